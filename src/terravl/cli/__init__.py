@@ -1,0 +1,1 @@
+"""The ``terravl`` command line: a thin front end over the library's functions."""

@@ -1,0 +1,67 @@
+"""Entry point of the ``terravl`` command. Exit codes: 0 ok, 1 failure, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from terravl import __version__
+from terravl.cli.datasets_cmd import datasets
+from terravl.cli.info_cmd import info
+from terravl.cli.tiles_cmd import tiles
+from terravl.errors import InputError, TerraVLError
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="terravl")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """TerraVL: ask questions of satellite and aerial imagery in plain language.
+
+    \b
+    Start here:
+      terravl info                                   what is installed, which models are found
+      terravl tiles scene.tif --size 256 --out chips cut a raster into georeferenced chips
+      terravl datasets inspect PATH                  check a dataset: format, splits, classes, problems
+
+    Every command takes --format json (result on stdout, logs on stderr).
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(info)
+cli.add_command(tiles)
+cli.add_command(datasets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; typed errors become one clear line on stderr and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="terravl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_BAD_INPUT if isinstance(exc, click.UsageError) or exc.exit_code == 2 else EXIT_FAILURE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    except TerraVLError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

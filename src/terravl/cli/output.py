@@ -1,0 +1,47 @@
+"""Output conventions shared by every command: ``--format table|json``, results on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def format_option(*choices: str) -> Callable:
+    """``--format`` with ``table`` (human) first and ``json`` (machine-readable, on stdout) always offered."""
+    names = choices or ("table", "json")
+    return click.option("--format", "fmt", type=click.Choice(names), default=names[0], show_default=True,
+                        help="Output: a human-readable table, or JSON on stdout (logs go to stderr).")
+
+
+def emit_json(result: Any) -> None:
+    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(title=title, show_lines=False, title_justify="left")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*["" if v is None else str(v) for v in row])
+    stdout.print(t)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def report_problems(problems: list[dict], limit: int = 50) -> None:
+    """One line per problem on stderr: ``path: error``."""
+    for problem in problems[:limit]:
+        click.echo(f"problem: {problem['path']}: {problem['error']}", err=True)
+    if len(problems) > limit:
+        click.echo(f"… and {len(problems) - limit} more problem(s); use --format json for the full list", err=True)

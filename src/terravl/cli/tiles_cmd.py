@@ -1,0 +1,66 @@
+"""``terravl tiles``: cut rasters into georeferenced chips with a GeoJSON index of their footprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from terravl.cli.output import emit_json, format_option, report_problems, stderr, table
+from terravl.io import BAND_PROFILES, write_tiles
+
+
+def parse_bands(value: str | None):
+    """``--bands``: a profile name, or comma-separated 1-based band indexes (``4,3,2``)."""
+    if value is None:
+        return "auto"
+    if value in BAND_PROFILES:
+        return value
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a band profile ({', '.join(BAND_PROFILES)}) nor indexes "
+                                 f"like 4,3,2", param_hint="--bands") from None
+
+
+@click.command()
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=8), help="Tile size in pixels.")
+@click.option("--overlap", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Pixels shared by neighbouring tiles (stride = size - overlap).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the chips and tiles.geojson.")
+@click.option("--chip-format", type=click.Choice(["png", "tif"]), default="png", show_default=True,
+              help="png: 8-bit RGB chips; tif: the same as georeferenced GeoTIFFs with a validity mask.")
+@click.option("--bands", default=None, metavar="PROFILE|R,G,B",
+              help=f"Bands to show as RGB: {', '.join(BAND_PROFILES)} or 1-based indexes. Default: auto.")
+@click.option("--stretch", type=click.Choice(["auto", "percentile", "none"]), default="auto", show_default=True,
+              help="auto: keep 8-bit data, 2-98 %% percentile stretch for 16-bit and float data.")
+@format_option()
+def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chip_format: str, bands: str | None,
+          stretch: str, fmt: str) -> int:
+    """Cut RASTERS (GeoTIFF, PNG, JPEG, …) into SIZE×SIZE chips and write OUT/tiles.geojson.
+
+    Tiles are read one window at a time, so rasters of any size tile at constant memory. Edge tiles are
+    zero-padded and flagged "partial"; each feature's polygon (WGS84 lon/lat) covers the tile's real pixels, so
+    the footprints cover the raster exactly. A file that cannot be read is reported on one line and the others
+    go on.
+
+    \b
+    Examples:
+      terravl tiles scene.tif --size 256 --overlap 32 --out chips/
+      terravl tiles s2.tif --bands sentinel2 --chip-format tif --out chips/ --format json
+    """
+    if overlap >= size:
+        raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
+    band_sel = parse_bands(bands)
+    with tqdm(desc="tiles", unit="tile", disable=None, file=__import__("sys").stderr) as bar:
+        result = write_tiles(list(rasters), out_dir, size, overlap, chip_format, band_sel, stretch, bar.update)
+    if fmt == "json":
+        emit_json(result.to_dict())
+    else:
+        table(None, ["source", "tiles"], [[s["path"], s["tiles"]] for s in result.sources])
+        stderr.print(f"{result.tiles} tiles ({result.partial} partial) → {result.geojson}")
+    report_problems(result.problems)
+    return 2 if result.problems and not result.sources else 0

@@ -1,0 +1,35 @@
+"""Typed errors. Every error that comes from user input names the file or field it is about, so a batch can
+report it on one line and carry on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TerraVLError(Exception):
+    """Base class of every error TerraVL raises on purpose."""
+
+
+class InputError(TerraVLError):
+    """Bad user input (a file, a field, an argument). Front ends map it to exit code 2."""
+
+    def __init__(self, source: str | Path, message: str):
+        self.source = str(source)
+        self.message = message
+        super().__init__(f"{self.source}: {message}")
+
+
+class RasterReadError(InputError):
+    """A raster that cannot be opened or decoded: missing, corrupt, truncated, or not an image at all."""
+
+
+class ImageTooLargeError(InputError):
+    """An image whose pixel count exceeds the configured limit (a guard against decompression bombs)."""
+
+
+class BandError(InputError):
+    """The raster's band count or band selection does not fit the requested band profile."""
+
+
+class DatasetFormatError(InputError):
+    """A dataset folder or file whose layout TerraVL does not recognise or cannot parse at all."""

@@ -1,0 +1,10 @@
+"""Raster I/O: open PNG/JPEG/GeoTIFF into 8-bit RGB with georeference, and tile rasters of any size."""
+
+from terravl.io.bands import BAND_PROFILES, Stretch
+from terravl.io.georef import GeoReference, PixelWindow
+from terravl.io.raster import GeoImage, RasterInfo, RasterSource, open_raster, raster_info, read_image
+from terravl.io.tiling import Tile, TilingResult, iter_tiles, tile_windows, write_tiles
+
+__all__ = ["BAND_PROFILES", "GeoImage", "GeoReference", "PixelWindow", "RasterInfo", "RasterSource", "Stretch",
+           "Tile", "TilingResult", "iter_tiles", "open_raster", "raster_info", "read_image", "tile_windows",
+           "write_tiles"]

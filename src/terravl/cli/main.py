@@ -10,6 +10,7 @@ import click
 from terravl import __version__
 from terravl.cli.datasets_cmd import datasets
 from terravl.cli.info_cmd import info
+from terravl.cli.models_cmd import models
 from terravl.cli.tiles_cmd import tiles
 from terravl.errors import InputError, TerraVLError
 
@@ -27,6 +28,7 @@ def cli(verbose: int) -> None:
       terravl info                                   what is installed, which models are found
       terravl tiles scene.tif --size 256 --out chips cut a raster into georeferenced chips
       terravl datasets inspect PATH                  check a dataset: format, splits, classes, problems
+      terravl models list                            registered models and whether their weights are on disk
 
     Every command takes --format json (result on stdout, logs on stderr).
     """
@@ -37,6 +39,7 @@ def cli(verbose: int) -> None:
 cli.add_command(info)
 cli.add_command(tiles)
 cli.add_command(datasets)
+cli.add_command(models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def emit_json(result: Any) -> None:
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, show_lines=False, title_justify="left")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
     stdout.print(t)

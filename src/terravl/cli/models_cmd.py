@@ -1,0 +1,72 @@
+"""``terravl models``: which dual encoders TerraVL knows, whether their weights are on disk, and fetching them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from terravl import config
+from terravl.cli.output import emit_json, format_option, stderr, table
+
+
+@click.group()
+def models() -> None:
+    """List and fetch model weights (TerraVL itself never downloads: only `models pull` does, when you run it)."""
+
+
+@models.command("list")
+@format_option()
+def list_cmd(fmt: str) -> None:
+    """Show every registered model, its architecture, the file it needs and whether that file is present.
+
+    \b
+    Weights are looked up in this order: an explicit path, $TERRAVL_HOME/models/<file>
+    (default ~/.cache/terravl/models), then the Hugging Face cache (files already there only).
+
+    \b
+    Examples:
+      terravl models list
+      terravl models list --format json
+    """
+    from terravl.models import list_models
+
+    rows = list_models()
+    if fmt == "json":
+        emit_json([{k: r[k] for k in ("name", "arch", "file", "present", "path")} for r in rows])
+        return
+    table(f"models (looked up in {config.models_dir()})", ["name", "arch", "file", "present"],
+          [[r["name"], r["arch"], r["file"], "yes" if r["present"] else "no"] for r in rows])
+
+
+@models.command()
+@click.argument("name")
+@format_option()
+def pull(name: str, fmt: str) -> None:
+    """Download NAME's published checkpoint into $TERRAVL_HOME/models (needs internet; nothing else downloads).
+
+    \b
+    Example:
+      terravl models pull remoteclip-vit-b-32
+    """
+    from terravl.models.registry import WeightsNotFoundError, get_config
+
+    cfg = get_config(name)
+    if cfg.family == "terravl":
+        raise click.UsageError(f"{name} ships inside the terravl package; nothing to pull")
+    if not cfg.hf_repo or not cfg.hf_filename:
+        raise WeightsNotFoundError(name, f"no Hugging Face repository is known for it: download {cfg.file!r} from "
+                                         f"{cfg.source} and put it at {config.models_dir() / cfg.file}")
+    from huggingface_hub import hf_hub_download
+
+    stderr.print(f"downloading {cfg.hf_repo}/{cfg.hf_filename} …")
+    cached = Path(hf_hub_download(cfg.hf_repo, cfg.hf_filename))  # explicit, user-requested download
+    target = config.models_dir() / cfg.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, target)
+    result = {"name": name, "path": str(target), "bytes": target.stat().st_size}
+    if fmt == "json":
+        emit_json(result)
+    else:
+        stderr.print(f"{name}: {target} ({result['bytes'] / 1e6:.0f} MB)")

@@ -1,0 +1,181 @@
+"""The dual-encoder interface every task uses, and the batch pipeline behind ``encode_images``.
+
+Decoding and preprocessing run in worker threads (Pillow and torchvision release the GIL) ahead of the forward
+pass, so on a 2-core machine the model rarely waits for input. Embeddings come back as L2-normalised float32
+numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from terravl.errors import InputError
+from terravl.models.images import ImageInput, describe, to_pil
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeReport:
+    """Inputs that could not be encoded (index, name, reason); their rows are left out of the result."""
+
+    failed: list[dict] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+
+class Encoder:
+    """A CLIP-style dual encoder. Subclasses implement ``_forward_images``/``_forward_texts`` and set
+    ``preprocess`` (PIL → CHW float tensor) and ``tokenize`` (list of str → model input)."""
+
+    name: str = "encoder"
+    embed_dim: int = 0
+
+    def __init__(self, device: str | torch.device | None = None, precision: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        self.preprocess: Callable = lambda img: img
+        self.report = EncodeReport()
+
+    # -- to implement --------------------------------------------------------------------------------
+    def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- public -------------------------------------------------------------------------------------
+    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings of ``texts``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(texts), batch_size):
+                out.append(_normalise(self._forward_texts(texts[start:start + batch_size])))
+        return torch.cat(out).numpy()
+
+    def encode_images(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32,
+                      workers: int | None = None, progress: bool | None = None, skip_errors: bool = False
+                      ) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings of ``images`` (paths, PIL images, arrays, tiles).
+
+        With ``skip_errors`` an unreadable input is recorded in ``self.report.failed`` and left out (rows follow
+        ``self.report.kept``); otherwise its typed error is raised. ``progress`` shows a bar on stderr (default:
+        for more than 256 images on a terminal).
+        """
+        items = [images] if not isinstance(images, (list, tuple)) and not _is_iterable(images) else list(images)
+        self.report = EncodeReport()
+        self._skip_errors = skip_errors
+        if not items:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        workers = workers or max(1, min(4, (os.cpu_count() or 2) - 1))
+        bar = _progress(len(items), progress)
+        out: list[torch.Tensor] = []
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="terravl-decode") as pool, torch.inference_mode(), \
+                    self._autocast():
+                for pixels in self._batches(items, batch_size, pool):
+                    if pixels is not None:
+                        out.append(_normalise(self._forward_images(pixels.to(self.device))))
+                        if bar is not None:
+                            bar.update(pixels.shape[0])
+        finally:
+            if bar is not None:
+                bar.close()
+        if not out:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    # -- pipeline -------------------------------------------------------------------------------------
+    def _load_one(self, index: int, item: ImageInput):
+        try:
+            return self.preprocess(to_pil(item))
+        except (InputError, ValueError, TypeError, OSError) as exc:
+            return exc
+
+    def _batches(self, items: list, batch_size: int, pool: ThreadPoolExecutor):
+        """Yield stacked pixel batches in order while the next two batches decode in the pool."""
+        starts = range(0, len(items), batch_size)
+        pending: deque = deque()
+        todo = iter(starts)
+
+        def submit(start: int) -> None:
+            pending.append((start, [pool.submit(self._load_one, start + i, item)
+                                    for i, item in enumerate(items[start:start + batch_size])]))
+
+        for start in todo:
+            submit(start)
+            if len(pending) >= 3:
+                break
+        while pending:
+            start, futures = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                submit(nxt)
+            tensors = []
+            for offset, future in enumerate(futures):
+                result = future.result()
+                index = start + offset
+                if isinstance(result, Exception):
+                    if not getattr(self, "_skip_errors", False):
+                        for _, rest in pending:
+                            for f in rest:
+                                f.cancel()
+                        raise result
+                    self.report.failed.append({"index": index, "path": describe(items[index], index),
+                                               "error": getattr(result, "message", str(result))})
+                    continue
+                self.report.kept.append(index)
+                tensors.append(result)
+            yield torch.stack(tensors) if tensors else None
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.embed_dim}, device={self.device})"
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu()
+
+
+def _is_iterable(obj) -> bool:
+    if isinstance(obj, (str, bytes, np.ndarray)) or hasattr(obj, "array"):
+        return False
+    from PIL import Image
+
+    if isinstance(obj, Image.Image):
+        return False
+    try:
+        iter(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def _progress(total: int, show: bool | None):
+    import sys
+
+    from tqdm import tqdm
+
+    if show is False or (show is None and total <= 256):
+        return None
+    return tqdm(total=total, desc="encoding", unit="img", file=sys.stderr, disable=None if show is None else False)

@@ -1,0 +1,69 @@
+"""``terravl.models.load``: one entry point from a registry name or a path to a ready :class:`Encoder`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from terravl.models.encoder import Encoder
+from terravl.models.registry import REGISTRY, get_config, resolve_weights
+
+DEFAULT_MODEL = "terravl-default"
+
+
+def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device | None = None,
+         precision: str | None = None, arch: str | None = None, quick_gelu: bool | None = None,
+         threads: int | None = None) -> Encoder:
+    """Load a dual encoder by registry name (weights resolved on disk) or from a path.
+
+    A path may be a checkpoint file (``.pt``/``.bin``/``.safetensors``; architecture from ``arch``, from a
+    registered config with the same file name, or inferred from the state dict) or a Hugging Face CLIP/SigLIP
+    folder. ``precision`` defaults to fp32 on CPU and fp16 on a GPU; ``threads`` sets torch's CPU threads.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    name = str(name_or_path)
+    if name in REGISTRY:
+        cfg = get_config(name)
+        weights = resolve_weights(cfg)
+        if cfg.family == "terravl":
+            from terravl.models.terravl_encoder import TerraVLEncoder
+
+            return TerraVLEncoder.from_folder(weights, name=cfg.name, device=device, precision=precision)
+        from terravl.models.openclip_encoder import OpenCLIPEncoder
+
+        return OpenCLIPEncoder.from_checkpoint(weights, arch or cfg.arch,
+                                               cfg.quick_gelu if quick_gelu is None else quick_gelu,
+                                               cfg.name, device, precision)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        get_config(name)  # raises: unknown name, with the list of registered names
+    if path.is_dir():
+        return _load_folder(path, device, precision)
+    from terravl.models.openclip_encoder import OpenCLIPEncoder
+
+    match = next((c for c in REGISTRY.values() if c.family == "open_clip" and path.as_posix().endswith(c.file)), None)
+    if match and arch is None:
+        return OpenCLIPEncoder.from_checkpoint(path, match.arch, match.quick_gelu if quick_gelu is None else quick_gelu,
+                                               match.name, device, precision)
+    return OpenCLIPEncoder.from_checkpoint(path, arch, bool(quick_gelu), None, device, precision)
+
+
+def _load_folder(path: Path, device, precision) -> Encoder:
+    if (path / "terravl_config.json").is_file():
+        from terravl.models.terravl_encoder import TerraVLEncoder
+
+        return TerraVLEncoder.from_folder(path, device=device, precision=precision)
+    config_file = path / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        if model_type in ("clip", "siglip", "siglip2", "chinese_clip", "altclip"):
+            from terravl.models.hf_encoder import HFCLIPEncoder
+
+            return HFCLIPEncoder(path, device=device, precision=precision)
+    from terravl.models.checkpoints import CheckpointError
+
+    raise CheckpointError(path, "folder is neither a TerraVL model (terravl_config.json) nor a Hugging Face "
+                                "CLIP/SigLIP model (config.json with model_type clip/siglip)")

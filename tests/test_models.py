@@ -1,0 +1,172 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import terravl.models as m
+from fakedata import tiny_hf_clip, tiny_open_clip, truncate, write_geotiff, write_image
+from terravl.errors import RasterReadError
+from terravl.models.registry import ModelConfig
+
+
+def _images(tmp_path, n=3):
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(0, 255, (70 + 7 * i, 90, 3), dtype=np.uint8) for i in range(n)]
+    return [Image.fromarray(a) for a in arrays]
+
+
+def _reference(model, encoder, images, texts):
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([encoder.preprocess(i) for i in images]))
+        txt = model.encode_text(encoder.tokenizer(texts))
+    return (torch.nn.functional.normalize(img, dim=-1).numpy(), torch.nn.functional.normalize(txt, dim=-1).numpy())
+
+
+TEXTS = ["a harbor with many boats", "center-pivot irrigation", "dense residential area"]
+
+
+@pytest.mark.parametrize("kind", ["vit", "rn"])
+@pytest.mark.parametrize("fmt", ["bare", "wrapped-module", "safetensors"])
+def test_open_clip_checkpoint_formats_load_exactly(tmp_path, kind, fmt):
+    model = tiny_open_clip(kind, quick_gelu=True)
+    sd = model.state_dict()
+    if fmt == "bare":
+        path = tmp_path / "model.pt"
+        torch.save(sd, path)
+    elif fmt == "wrapped-module":
+        path = tmp_path / "epoch_20.pt"
+        torch.save({"epoch": 20, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    encoder = m.load(path, quick_gelu=True)
+    images = _images(tmp_path)
+    ref_img, ref_txt = _reference(model, encoder, images, TEXTS)
+    got_img, got_txt = encoder.encode_images(images), encoder.encode_texts(TEXTS)
+    assert got_img.dtype == np.float32 and got_img.shape == (3, 32)
+    np.testing.assert_allclose(got_img, ref_img, atol=1e-5)
+    np.testing.assert_allclose(got_txt, ref_txt, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got_img, axis=1), 1.0, atol=1e-5)
+
+
+def test_hf_clip_folder_loads_exactly(tmp_path):
+    folder = tiny_hf_clip(tmp_path / "hfclip")
+    encoder = m.load(folder)
+    images = _images(tmp_path, 2)
+    from transformers import CLIPModel
+
+    ref_model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+    with torch.no_grad():
+        pixels = torch.stack([encoder.preprocess(i) for i in images])
+        ref = ref_model.get_image_features(pixel_values=pixels)
+        ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+        tokens = encoder.tokenizer(TEXTS, padding=True, return_tensors="pt")
+        ref_t = ref_model.get_text_features(**tokens)
+        ref_t = ref_t if isinstance(ref_t, torch.Tensor) else ref_t.pooler_output
+    np.testing.assert_allclose(encoder.encode_images(images), torch.nn.functional.normalize(ref, dim=-1).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_texts(TEXTS), torch.nn.functional.normalize(ref_t, dim=-1).numpy(),
+                               atol=1e-5)
+    assert encoder.embed_dim == 16
+
+
+def test_registry_name_resolves_file_in_terravl_home(tmp_path, monkeypatch):
+    """name → config → $TERRAVL_HOME/models/<file> → the same numbers as the in-memory model."""
+    import open_clip
+
+    monkeypatch.setitem(m.REGISTRY, "tiny-test", ModelConfig("tiny-test", "open_clip", "", "Tiny-Test.pt", True))
+    with pytest.raises(m.WeightsNotFoundError, match="Tiny-Test.pt.*models"):
+        m.load("tiny-test")
+    model = tiny_open_clip("vit", seed=3, quick_gelu=True)
+    home = m.registry.config.models_dir()
+    home.mkdir(parents=True)
+    torch.save(model.state_dict(), home / "Tiny-Test.pt")
+    entry = next(r for r in m.list_models() if r["name"] == "tiny-test")
+    assert entry["present"] and entry["path"].endswith("Tiny-Test.pt")
+    encoder = m.load("tiny-test")
+    ref_img, _ = _reference(model, encoder, _images(tmp_path, 1), TEXTS)
+    np.testing.assert_allclose(encoder.encode_images(_images(tmp_path, 1)), ref_img, atol=1e-5)
+    assert open_clip is not None
+
+
+def test_remoteclip_vit_b_32_matches_open_clip(tmp_path):
+    """The real registry entry with a full-size ViT-B-32 state dict (random weights: only the loader is tested)."""
+    import open_clip
+
+    reference = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_text=False).eval()
+    home = m.registry.config.models_dir()
+    home.mkdir(parents=True)
+    torch.save(reference.state_dict(), home / "RemoteCLIP-ViT-B-32.pt")
+    encoder = m.load("remoteclip-vit-b-32")
+    images = _images(tmp_path, 2)
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, pretrained_text=False)
+    with torch.no_grad():
+        ref = reference.encode_image(torch.stack([preprocess(i) for i in images]))
+        ref_t = reference.encode_text(open_clip.get_tokenizer("ViT-B-32")(TEXTS))
+    np.testing.assert_allclose(encoder.encode_images(images), torch.nn.functional.normalize(ref, dim=-1).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_texts(TEXTS), torch.nn.functional.normalize(ref_t, dim=-1).numpy(),
+                               atol=1e-5)
+
+
+def test_hugging_face_cache_is_used_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf"
+    snapshot = cache / "models--chendelong--RemoteCLIP" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (cache / "models--chendelong--RemoteCLIP" / "refs").mkdir()
+    (cache / "models--chendelong--RemoteCLIP" / "refs" / "main").write_text("abc123")
+    torch.save(tiny_open_clip("rn").state_dict(), snapshot / "RemoteCLIP-RN50.pt")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    entry = next(r for r in m.list_models() if r["name"] == "remoteclip-rn50")
+    assert entry["present"] and "snapshots/abc123" in entry["path"]
+
+
+def test_errors_name_the_file_and_the_keys(tmp_path):
+    model = tiny_open_clip("vit")
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(good.read_bytes())
+    truncate(bad, 0.5)
+    with pytest.raises(m.CheckpointError, match="trunc.pt.*unreadable or corrupted"):
+        m.load(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(m.CheckpointError, match="junk.safetensors"):
+        m.load(junk)
+    sd = model.state_dict()
+    sd.pop("visual.ln_post.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    broken = tmp_path / "broken.pt"
+    torch.save(sd, broken)
+    with pytest.raises(m.CheckpointError, match="1 missing: visual.ln_post.weight; 1 unexpected: extra.weight"):
+        m.load(broken)
+    with pytest.raises(m.CheckpointError, match="shape mismatch"):
+        m.load(good, arch="RN50")
+    with pytest.raises(m.WeightsNotFoundError, match="RemoteCLIP-ViT-L-14.pt"):
+        m.load("remoteclip-vit-l-14")
+    with pytest.raises(m.registry.InputError, match="unknown model"):
+        m.load("no-such-model")
+
+
+def test_encode_images_accepts_paths_arrays_tiles_and_reports_bad_files(tmp_path):
+    model = tiny_open_clip("vit")
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    encoder = m.load(path)
+    jpg = write_image(tmp_path / "a.jpg", 80, 60)
+    tif = write_geotiff(tmp_path / "b.tif", 50, 40, count=4, dtype="uint16")
+    broken = truncate(write_image(tmp_path / "c.png", 100, 100), 0.3)
+    array = np.asarray(Image.open(jpg).convert("RGB"))
+    out = encoder.encode_images([jpg, str(tif), array])
+    assert out.shape == (3, 32)
+    np.testing.assert_allclose(out[0], out[2], atol=1e-6)  # a path and its pixels embed the same
+    with pytest.raises(RasterReadError, match="c.png"):
+        encoder.encode_images([jpg, broken])
+    kept = encoder.encode_images([jpg, broken, tif], skip_errors=True)
+    assert kept.shape == (2, 32) and encoder.report.kept == [0, 2]
+    assert encoder.report.failed[0]["path"].endswith("c.png")

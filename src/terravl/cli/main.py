@@ -9,6 +9,7 @@ import click
 
 from terravl import __version__
 from terravl.cli.datasets_cmd import datasets
+from terravl.cli.eval_cmd import eval as eval_group
 from terravl.cli.info_cmd import info
 from terravl.cli.models_cmd import models
 from terravl.cli.tiles_cmd import tiles
@@ -29,6 +30,7 @@ def cli(verbose: int) -> None:
       terravl tiles scene.tif --size 256 --out chips cut a raster into georeferenced chips
       terravl datasets inspect PATH                  check a dataset: format, splits, classes, problems
       terravl models list                            registered models and whether their weights are on disk
+      terravl eval retrieval --dataset D --model M   the papers' benchmark tables, exact metrics
 
     Every command takes --format json (result on stdout, logs on stderr).
     """
@@ -40,6 +42,7 @@ cli.add_command(info)
 cli.add_command(tiles)
 cli.add_command(datasets)
 cli.add_command(models)
+cli.add_command(eval_group, name="eval")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,196 @@
+"""``terravl eval``: the benchmark tables of the RS vision-language papers, for any model or predictions file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from terravl.cli.output import emit_json, format_option, stderr, table
+
+
+def _model_option(f):
+    return click.option("--model", default="terravl-default", show_default=True,
+                        help="Registry name, checkpoint file or model folder (see `terravl models list`).")(f)
+
+
+def _finish(result: dict, fmt: str, out: Path | None, render) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        stderr.print(f"wrote {out}")
+    if fmt == "json":
+        emit_json(result)
+    else:
+        render(result)
+
+
+_out_option = click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+                           help="Also write the result as JSON here (for --compare).")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--compare", nargs=2, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              metavar="A.json B.json", help="Print two saved results side by side.")
+@format_option()
+@click.pass_context
+def eval(ctx: click.Context, compare: tuple[Path, Path] | None, fmt: str) -> None:  # noqa: A001 - the command's name
+    """Score models on the standard benchmarks with the papers' exact metrics.
+
+    \b
+    Tasks:
+      caption    BLEU-1..4, METEOR, ROUGE-L, CIDEr (coco-caption) of predictions on a caption split
+      retrieval  image↔text R@1/5/10 and mR (every image has 5 captions) on a caption split
+      zeroshot   top-1, per-class accuracy, confusion matrix with a remote-sensing prompt ensemble
+      vqa        RSVQA accuracy per question type, overall and average
+      change     caption scores on LEVIR-CC, split into changed / unchanged pairs
+
+    \b
+    Examples:
+      terravl eval retrieval --dataset data/rsicd_aid/dataset_rsicd_aid.json --model remoteclip-vit-b-32
+      terravl eval caption --predictions preds.json --dataset data/rsicd_aid/dataset_rsicd_aid.json
+      terravl eval --compare run_a.json run_b.json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not compare:
+        click.echo(ctx.get_help())
+        return
+    a, b = (json.loads(p.read_text()) for p in compare)
+    rows = _flatten_scores(a), _flatten_scores(b)
+    keys = list(dict.fromkeys([*rows[0], *rows[1]]))
+    result = {"a": str(compare[0]), "b": str(compare[1]),
+              "rows": [{"metric": k, "a": rows[0].get(k), "b": rows[1].get(k)} for k in keys]}
+    if fmt == "json":
+        emit_json(result)
+        return
+    table(None, ["metric", compare[0].name, compare[1].name, "b − a"],
+          [[k, _fmt(rows[0].get(k)), _fmt(rows[1].get(k)),
+            _fmt(rows[1][k] - rows[0][k]) if isinstance(rows[0].get(k), (int, float)) and
+            isinstance(rows[1].get(k), (int, float)) else ""] for k in keys])
+
+
+def _flatten_scores(result: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in result.items():
+        if key in ("confusion", "classes", "templates"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_scores(value, f"{name}." if key != "scores" else prefix))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
+@eval.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Karpathy caption JSON.")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help='COCO results JSON: [{"image_id": imgid, "caption": "..."}].')
+@click.option("--split", default="test", show_default=True)
+@click.option("--no-meteor", is_flag=True, help="Skip METEOR (the slowest metric; needs Java).")
+@click.option("--reference", is_flag=True, help="Use pycocoevalcap's own BLEU/ROUGE-L/CIDEr code (slow) instead of "
+                                                "TerraVL's fast path, which gives the same values.")
+@_out_option
+@format_option()
+def caption(dataset: Path, predictions: Path | None, split: str, no_meteor: bool, reference: bool, out: Path | None,
+            fmt: str) -> None:
+    """coco-caption scores (Bleu_1…Bleu_4, METEOR, ROUGE_L, CIDEr) of PREDICTIONS on a caption split."""
+    from terravl.errors import InputError
+    from terravl.eval.runners import eval_caption
+
+    if predictions is None:
+        raise InputError("--predictions", "no captioning model is installed yet: give a predictions file "
+                                          "(COCO results format)")
+    result = eval_caption(dataset, predictions, split, not no_meteor, "reference" if reference else "fast")
+    _finish(result, fmt, out, lambda r: table(f"captioning, {r['split']} split ({r['images']} images)",
+                                              list(r["scores"]), [[f"{v:.4f}" for v in r["scores"].values()]]))
+
+
+@eval.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Karpathy caption JSON with images.")
+@click.option("--split", default="test", show_default=True)
+@_model_option
+@click.option("--batch-size", default=64, show_default=True)
+@_out_option
+@format_option()
+def retrieval(dataset: Path, split: str, model: str, batch_size: int, out: Path | None, fmt: str) -> None:
+    """Image→text and text→image R@1/5/10 and mR (percent) with the RS protocol."""
+    import terravl.models as m
+    from terravl.eval.runners import eval_retrieval
+
+    result = eval_retrieval(m.load(model), dataset, split, batch_size)
+    s = result["scores"]
+    _finish(result, fmt, out, lambda r: table(
+        f"retrieval: {r['model']} on {r['split']} ({r['images']} images, {r['captions']} captions)",
+        ["i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mR"],
+        [[f"{s[k]:.2f}" for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")]]))
+
+
+@eval.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="Class folders, or caption JSON with a 'class' field.")
+@click.option("--split", default="test", show_default=True,
+              help="Split to score (class folders without split lists use every image).")
+@_model_option
+@click.option("--batch-size", default=64, show_default=True)
+@_out_option
+@format_option()
+def zeroshot(dataset: Path, split: str, model: str, batch_size: int, out: Path | None, fmt: str) -> None:
+    """Zero-shot scene classification: top-1, per-class accuracy and confusion matrix."""
+    import terravl.models as m
+    from terravl.eval.runners import eval_zeroshot
+
+    result = eval_zeroshot(m.load(model), dataset, split, batch_size=batch_size)
+
+    def render(r):
+        table(f"zero-shot: {r['model']}, {r['n']} images, top-1 {r['top1']:.2f} %", ["class", "accuracy %"],
+              [[c, f"{v:.1f}" if v is not None else "-"] for c, v in r["per_class"].items()])
+
+    _finish(result, fmt, out, render)
+
+
+@eval.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="RSVQA folder.")
+@click.option("--predictions", required=True, type=click.Path(path_type=Path),
+              help='JSON: [{"question_id": id, "answer": "..."}].')
+@click.option("--split", default="test", show_default=True)
+@_out_option
+@format_option()
+def vqa(dataset: Path, predictions: Path, split: str, out: Path | None, fmt: str) -> None:
+    """RSVQA accuracy per question type, overall accuracy and average accuracy (percent)."""
+    from terravl.eval.runners import eval_vqa
+
+    result = eval_vqa(dataset, predictions, split)
+    s = result["scores"]
+    _finish(result, fmt, out, lambda r: table(
+        f"RSVQA {r['split']}", ["question type", "questions", "accuracy %"],
+        [[t, s["questions"][t], f"{a:.2f}"] for t, a in s["per_type"].items()] +
+        [["overall", sum(s["questions"].values()), f"{s['overall_accuracy']:.2f}"],
+         ["average", "", f"{s['average_accuracy']:.2f}"]]))
+
+
+@eval.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="LEVIR-CC folder or JSON.")
+@click.option("--predictions", required=True, type=click.Path(path_type=Path),
+              help='JSON: [{"image_id": "test_000123", "caption": "..."}].')
+@click.option("--split", default="test", show_default=True)
+@click.option("--no-meteor", is_flag=True)
+@_out_option
+@format_option()
+def change(dataset: Path, predictions: Path, split: str, no_meteor: bool, out: Path | None, fmt: str) -> None:
+    """Change-captioning scores on LEVIR-CC pairs: all, changed and unchanged."""
+    from terravl.eval.runners import eval_change
+
+    result = eval_change(dataset, predictions, split, not no_meteor)
+    keys = list(next(iter(result["scores"].values())))
+    _finish(result, fmt, out, lambda r: table(f"LEVIR-CC {r['split']} ({r['pairs']} pairs)", ["pairs", *keys],
+                                              [[g, *[f"{v:.4f}" for v in s.values()]]
+                                               for g, s in r["scores"].items()]))

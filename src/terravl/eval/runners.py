@@ -1,0 +1,154 @@
+"""Dataset-level evaluations behind ``terravl eval``: each loads a dataset split with :mod:`terravl.datasets`,
+runs a model from :mod:`terravl.models` (or reads existing predictions) and returns a JSON-ready result."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from terravl.datasets import KarpathyCaptions, LevirCC, RSVQA, open_dataset
+from terravl.datasets.records import CaptionRecord, ImageRecord
+from terravl.errors import DatasetFormatError, InputError
+from terravl.eval.captions import score_captions
+from terravl.eval.retrieval import retrieval_metrics
+from terravl.eval.vqa import vqa_accuracy
+from terravl.eval.zeroshot import RS_TEMPLATES, class_embeddings, classification_metrics
+
+
+def load_predictions(path: str | Path, key: str = "image_id", value: str = "caption") -> dict:
+    """COCO results format ``[{"image_id": …, "caption": …}]`` (or ``question_id``/``answer`` for VQA)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such predictions file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise InputError(path, f"expected a JSON list of {{{key!r}, {value!r}}} objects")
+    out = {}
+    for index, item in enumerate(data):
+        if not isinstance(item, dict) or key not in item or value not in item:
+            raise InputError(f"{path}#[{index}]", f"each entry needs {key!r} and {value!r}")
+        if not isinstance(item[value], str):
+            raise InputError(f"{path}#[{index}].{value}", "must be a string")
+        out[item[key]] = item[value]
+    return out
+
+
+def eval_caption(dataset: str | Path, predictions: str | Path, split: str = "test", meteor: bool = True,
+                 implementation: str = "fast") -> dict:
+    """coco-caption scores of a predictions file on a Karpathy caption dataset split (``image_id`` = ``imgid``)."""
+    records = KarpathyCaptions(dataset, split=split).records
+    if not records:
+        raise InputError(dataset, f"no images in split {split!r}")
+    preds = load_predictions(predictions)
+    refs = {r.image_id: list(r.captions) for r in records}
+    missing = [i for i in refs if i not in preds and str(i) not in preds]
+    if missing:
+        raise InputError(predictions, f"{len(missing)} of {len(refs)} {split} images have no caption "
+                                      f"(e.g. image_id {missing[0]})")
+    got = {i: preds[i] if i in preds else preds[str(i)] for i in refs}
+    scores = score_captions(refs, got, with_meteor=meteor, implementation=implementation)
+    return {"task": "caption", "dataset": str(dataset), "split": split, "images": len(refs), "scores": scores}
+
+
+def _split_records(dataset: str | Path, split: str | None):
+    ds = open_dataset(dataset)
+    records = [r for r in ds if split is None or getattr(r, "split", None) == split]
+    if not records:
+        raise InputError(dataset, f"no records in split {split!r}" if split else "no records")
+    return ds, records
+
+
+def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64) -> dict:
+    """Image↔text retrieval on a Karpathy caption split with the RS protocol (every caption of an image counts)."""
+    _, records = _split_records(dataset, split)
+    records = [r for r in records if isinstance(r, CaptionRecord)]
+    if not records:
+        raise DatasetFormatError(dataset, "retrieval needs a caption dataset (Karpathy JSON)")
+    missing = [r.filename for r in records if r.path is None]
+    if missing:
+        raise InputError(dataset, f"{len(missing)} images of split {split!r} not found on disk (e.g. {missing[0]}); "
+                                  f"retrieval needs the images")
+    image_emb = encoder.encode_images([r.path for r in records], batch_size=batch_size)
+    captions = [c for r in records for c in r.captions]
+    caption_image = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
+    text_emb = encoder.encode_texts(captions)
+    metrics = retrieval_metrics(image_emb @ text_emb.T, caption_image)
+    return {"task": "retrieval", "model": encoder.name, "dataset": str(dataset), "split": split,
+            "images": len(records), "captions": len(captions), "scores": metrics}
+
+
+def eval_zeroshot(encoder, dataset: str | Path, split: str | None = "test", templates=RS_TEMPLATES,
+                  batch_size: int = 64) -> dict:
+    """Zero-shot top-1 with a prompt ensemble on class folders or on a caption JSON with a ``class`` field.
+
+    For class folders without split lists every image is used (``split=None``)."""
+    ds, records = _zeroshot_records(dataset, split)
+    classes = sorted({label for _, label in records})
+    index = {c: i for i, c in enumerate(classes)}
+    weights = class_embeddings(encoder, classes, templates)
+    image_emb = encoder.encode_images([p for p, _ in records], batch_size=batch_size)
+    pred = np.argmax(image_emb @ weights.T, axis=1)
+    true = np.array([index[label] for _, label in records])
+    metrics = classification_metrics(true, pred, classes)
+    return {"task": "zeroshot", "model": encoder.name, "dataset": str(dataset), "split": split,
+            "templates": list(templates), **metrics}
+
+
+def _zeroshot_records(dataset, split):
+    """(path, label) pairs. Class folders without split lists have no split: then every image is used."""
+    ds = open_dataset(dataset)
+    labelled = [r for r in ds if isinstance(r, ImageRecord) or (isinstance(r, CaptionRecord) and r.label and r.path)]
+    if split is not None and any(r.split == split for r in labelled):
+        labelled = [r for r in labelled if r.split == split]
+    elif split is not None and any(r.split for r in labelled if isinstance(r, CaptionRecord)):
+        labelled = []
+    if not labelled:
+        raise InputError(dataset, "no labelled images found (class folders, or caption JSON with 'class' and images)"
+                         + (f" in split {split!r}" if split else ""))
+    return ds, [(r.path, r.label) for r in labelled]
+
+
+def eval_vqa(dataset: str | Path, predictions: str | Path, split: str = "test") -> dict:
+    """RSVQA accuracy per question type from a predictions file ``[{"question_id", "answer"}]``."""
+    records = [r for r in RSVQA(dataset) if r.split == split]
+    if not records:
+        raise InputError(dataset, f"no questions in split {split!r}")
+    preds = load_predictions(predictions, "question_id", "answer")
+    items, missing = [], 0
+    for r in records:
+        answer = preds.get(r.question_id, preds.get(str(r.question_id)))
+        if answer is None:
+            missing += 1
+            answer = ""
+        items.append((r.question_type, r.answer, answer))
+    result = vqa_accuracy(items)
+    return {"task": "vqa", "dataset": str(dataset), "split": split, "missing_predictions": missing, "scores": result}
+
+
+def eval_change(dataset: str | Path, predictions: str | Path, split: str = "test", meteor: bool = True) -> dict:
+    """Change-captioning scores on LEVIR-CC: all pairs, changed pairs and unchanged pairs.
+
+    Predictions use the pair's file stem (``test_000123``) or its ``imgid`` as ``image_id``."""
+    records = [r for r in LevirCC(dataset) if r.split == split]
+    if not records:
+        raise InputError(dataset, f"no pairs in split {split!r}")
+    preds = {str(k): v for k, v in load_predictions(predictions).items()}
+    refs = {r.name: list(r.captions) for r in records}
+    missing = [n for n in refs if n not in preds]
+    if missing:
+        raise InputError(predictions, f"{len(missing)} of {len(refs)} pairs have no caption (e.g. {missing[0]})")
+    out = OrderedDict(task="change", dataset=str(dataset), split=split, pairs=len(refs))
+    groups = {"all": records, "changed": [r for r in records if r.changed],
+              "unchanged": [r for r in records if not r.changed]}
+    out["scores"] = {}
+    for name, group in groups.items():
+        if group:
+            sub = {r.name: refs[r.name] for r in group}
+            out["scores"][name] = score_captions(sub, {k: preds[k] for k in sub}, with_meteor=meteor)
+    return dict(out)

@@ -10,9 +10,11 @@ import click
 from terravl import __version__
 from terravl.cli.datasets_cmd import datasets
 from terravl.cli.eval_cmd import eval as eval_group
+from terravl.cli.index_cmd import classify, index, localize, search
 from terravl.cli.info_cmd import info
 from terravl.cli.models_cmd import models
 from terravl.cli.tiles_cmd import tiles
+from terravl.cli.train_cmd import train
 from terravl.errors import InputError, TerraVLError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -27,6 +29,10 @@ def cli(verbose: int) -> None:
     \b
     Start here:
       terravl info                                   what is installed, which models are found
+      terravl index build FOLDER --out archive.idx   embed an imagery archive (crash-safe, resumable)
+      terravl search archive.idx "a harbor with boats"  find scenes by text (or --image), with --bbox/--date
+      terravl classify scene.jpg --classes aid       zero-shot scene classification
+      terravl localize scene.tif "a river" --out h.tif  where in a large scene is the text?
       terravl tiles scene.tif --size 256 --out chips cut a raster into georeferenced chips
       terravl datasets inspect PATH                  check a dataset: format, splits, classes, problems
       terravl models list                            registered models and whether their weights are on disk
@@ -42,7 +48,12 @@ cli.add_command(info)
 cli.add_command(tiles)
 cli.add_command(datasets)
 cli.add_command(models)
+cli.add_command(index)
+cli.add_command(search)
+cli.add_command(classify)
+cli.add_command(localize)
 cli.add_command(eval_group, name="eval")
+cli.add_command(train)
 
 
 def main(argv: list[str] | None = None) -> int:

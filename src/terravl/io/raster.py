@@ -283,7 +283,19 @@ def open_raster(path: str | Path, bands="auto", stretch: str | Stretch = "auto")
 
 
 def raster_info(path: str | Path) -> RasterInfo:
-    """Read a raster's header only (for PNG/JPEG the image is decoded, as Pillow has no windowed reads)."""
+    """Read a raster's header only, without decoding its pixels."""
+    path = str(path)
+    if Path(path).suffix.lower() in PILLOW_SUFFIXES:
+        if not Path(path).is_file():
+            raise RasterReadError(path, "no such file")
+        try:
+            with Image.open(path) as img:
+                bands = len(img.getbands())
+                return RasterInfo(path, img.format or "PIL", img.width, img.height, bands,
+                                  "uint16" if img.mode.startswith("I;16") else "uint8", None,
+                                  tuple(n.lower() for n in img.getbands()), None, acquisition_date(path, {}))
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+            raise RasterReadError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
     with open_raster(path, bands=(1,)) as src:
         return src.info
 

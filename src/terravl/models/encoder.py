@@ -37,6 +37,8 @@ class Encoder:
 
     name: str = "encoder"
     embed_dim: int = 0
+    source: str | None = None
+    """What :func:`terravl.models.load` was given (a registry name or an absolute path): enough to load it again."""
 
     def __init__(self, device: str | torch.device | None = None, precision: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -24,6 +24,13 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device | 
     """
     if threads:
         torch.set_num_threads(int(threads))
+    encoder = _load(name_or_path, device, precision, arch, quick_gelu)
+    name = str(name_or_path)
+    encoder.source = name if name in REGISTRY else str(Path(name_or_path).expanduser().resolve())
+    return encoder
+
+
+def _load(name_or_path, device, precision, arch, quick_gelu) -> Encoder:
     name = str(name_or_path)
     if name in REGISTRY:
         cfg = get_config(name)

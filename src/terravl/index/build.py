@@ -1,0 +1,165 @@
+"""``index build``: walk sources, cut large rasters into tiles, embed them and commit them batch by batch.
+
+A producer thread walks the files, decodes and hashes tiles while the main thread embeds the previous batch, so
+the build runs at nearly the encoder's own rate. Each batch is one SQLite transaction: a killed build keeps every
+committed batch, and a re-run skips tiles whose content hash is already indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from terravl.datasets.records import IMAGE_SUFFIXES
+from terravl.errors import InputError
+from terravl.index.store import IndexStore, TileRow
+from terravl.io import iter_tiles, raster_info
+
+
+@dataclass
+class BuildReport:
+    files: int = 0
+    tiles_seen: int = 0
+    added: int = 0
+    skipped_existing: int = 0
+    problems: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    row: TileRow
+
+
+def expand_sources(sources: Iterable[str | Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively for image files (sorted, so runs are repeatable)."""
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def content_hash(array: np.ndarray) -> str:
+    """sha1 of the tile's 8-bit RGB pixels and shape: identical pixels are indexed once."""
+    h = hashlib.sha1(str(array.shape).encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def _bbox(footprint: dict | None) -> tuple[float, float, float, float] | None:
+    if not footprint:
+        return None
+    lons = [p[0] for p in footprint["coordinates"][0]]
+    lats = [p[1] for p in footprint["coordinates"][0]]
+    return (min(lons), min(lats), max(lons), max(lats))
+
+
+def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
+    """The indexable items of one file: the whole image if both sides ≤ ``whole_below``, else its tiles."""
+    info = raster_info(path)
+    source = str(path.resolve())
+    if info.width <= whole_below and info.height <= whole_below:
+        from terravl.io import read_image
+
+        image = read_image(path)
+        array = np.ascontiguousarray(image.array)
+        footprint = image.footprint()
+        yield _Item(array, TileRow(content_hash(array), source, None, footprint, _bbox(footprint),
+                                   info.georef.crs_name if info.georef else None, info.acquired, np.zeros(0)))
+        return
+    for tile in iter_tiles(path, tile_size, overlap):
+        array = np.ascontiguousarray(tile.array)
+        footprint = tile.footprint
+        yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, _bbox(footprint),
+                                   tile.georef.crs_name if tile.georef else None, tile.acquired, np.zeros(0)))
+
+
+def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_size: int = 256, overlap: int = 0,
+                whole_below: int | None = None, batch_size: int = 64,
+                progress: Callable[[int], None] | None = None) -> BuildReport:
+    """Index ``sources`` (files or folders) into ``out`` with ``encoder``; returns what was done.
+
+    Unreadable files are reported (in the returned report and the index's problem log) and skipped.
+    """
+    whole_below = whole_below or 2 * tile_size
+    store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim)
+    report = BuildReport()
+    items: queue.Queue = queue.Queue(maxsize=4 * batch_size)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for path in expand_sources(sources):
+                if stop.is_set():
+                    return
+                report.files += 1
+                try:
+                    for item in items_of(path, tile_size, overlap, whole_below):
+                        if stop.is_set():
+                            return
+                        items.put(item)
+                except InputError as exc:
+                    items.put(("problem", str(path), exc.message))
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
+                    items.put(("problem", str(path), f"{exc.__class__.__name__}: {exc}"))
+        finally:
+            items.put(done)
+
+    producer = threading.Thread(target=produce, name="terravl-index-producer", daemon=True)
+    producer.start()
+    batch: list[_Item] = []
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                break
+            if isinstance(item, tuple):
+                report.problems.append({"path": item[1], "error": item[2]})
+                store.log_problem(item[1], item[2])
+                continue
+            report.tiles_seen += 1
+            batch.append(item)
+            if len(batch) >= batch_size:
+                _commit(store, encoder, batch, report, progress)
+                batch = []
+        if batch:
+            _commit(store, encoder, batch, report, progress)
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.1)
+        store.close()
+    return report
+
+
+def _commit(store: IndexStore, encoder, batch: list[_Item], report: BuildReport, progress) -> None:
+    known = store.known_hashes(i.row.content_hash for i in batch)
+    fresh, seen = [], set()
+    for item in batch:
+        if item.row.content_hash in known or item.row.content_hash in seen:
+            report.skipped_existing += 1
+            continue
+        seen.add(item.row.content_hash)
+        fresh.append(item)
+    if fresh:
+        vectors = encoder.encode_images([i.array for i in fresh], batch_size=len(fresh), progress=False)
+        for item, vector in zip(fresh, vectors):
+            item.row.vector = vector
+        report.added += store.add([i.row for i in fresh])
+    if progress is not None:
+        progress(len(batch))

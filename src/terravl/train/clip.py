@@ -1,0 +1,264 @@
+"""Contrastive training (symmetric InfoNCE, learnable temperature) of TerraVL's dual encoder.
+
+The loop is visible on purpose (nanoGPT style): decode the images once, compute the frozen text tower's features
+once, then per step augment a batch, embed it, and match images to captions. Captions that are identical across
+images, and class prompts of the same class, count as positives too (RSICD repeats captions). Checkpoints hold the
+config beside the weights; ``resume`` continues from the last one; a fixed seed makes a CPU run repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from terravl.eval.retrieval import retrieval_metrics
+from terravl.eval.zeroshot import classification_metrics
+from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
+from terravl.train.augment import augment
+from terravl.train.data import TextTable, decode_split, describe_data, load_records, text_features
+
+
+@dataclass
+class TrainConfig:
+    """Flat training settings; every field can be set from YAML (``--config``) or the command line."""
+
+    data: str = "../shared/data/rsicd_aid/dataset_rsicd_aid.json"
+    train_split: str = "train"
+    eval_split: str = "test"
+    out: str = "runs/terravl-default"
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    resolution: int = 112
+    cache_resolution: int = 128
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    jitter: float = 0.2
+    class_prompt_prob: float = 0.2
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    embed_dim: int = 384
+    text_projection: str = "linear"
+    dropout: float = 0.0
+    seed: int = 0
+    threads: int | None = None
+    max_steps: int | None = None
+    stop_after_epochs: int | None = None
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        cfg = cls(**values)
+        cfg.crop_scale = tuple(cfg.crop_scale)
+        cfg.widths, cfg.depths = tuple(cfg.widths), tuple(cfg.depths)
+        return cfg
+
+
+def model_config(cfg: TrainConfig, mean, std) -> dict:
+    config = json.loads(json.dumps(DEFAULT_CONFIG))
+    config["embed_dim"] = cfg.embed_dim
+    config["image"].update(widths=list(cfg.widths), depths=list(cfg.depths), resolution=cfg.resolution,
+                           dropout=cfg.dropout, mean=mean, std=std)
+    config["text"]["projection"] = cfg.text_projection
+    return config
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def prepare_data(cfg: TrainConfig):
+    table = TextTable()
+    train_rows = load_records(cfg.data, cfg.train_split)[: cfg.limit_train]
+    eval_rows = load_records(cfg.data, cfg.eval_split)[: cfg.limit_eval]
+    overlap = {str(p) for p, _, _ in train_rows} & {str(p) for p, _, _ in eval_rows}
+    if overlap:
+        raise ValueError(f"{len(overlap)} images are in both the training and the evaluation split")
+    table.add_classes(sorted({c for _, _, c in train_rows + eval_rows if c}))
+    train = decode_split(train_rows, cfg.cache_resolution, table, cfg.progress)
+    evaluation = decode_split(eval_rows, cfg.resolution, table, cfg.progress)
+    return table, train, evaluation
+
+
+def positives(cap_ids: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor, text_class: torch.Tensor
+              ) -> torch.Tensor:
+    """(B, B) bool: image i matches text j if j's string is one of i's captions or a prompt of i's class."""
+    same_caption = (cap_ids[:, :, None] == text_ids[None, None, :]).any(dim=1)
+    same_class = (text_class[None, :] >= 0) & (labels[:, None] == text_class[None, :])
+    return same_caption | same_class | torch.eye(len(text_ids), dtype=torch.bool)
+
+
+def contrastive_loss(image_emb, text_emb, logit_scale, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with several positives per row/column (targets spread evenly over them)."""
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+    targets = pos.float()
+    i2t = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = -(targets / targets.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+@torch.inference_mode()
+def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Tensor, mean, std,
+             batch_size: int = 256) -> dict:
+    """Retrieval (RS protocol) and prompt-ensemble zero-shot on the evaluation split."""
+    model.eval()
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    emb = []
+    for start in range(0, len(evaluation.paths), batch_size):
+        pixels = (evaluation.images[start:start + batch_size].float() / 255 - mean_t) / std_t
+        emb.append(F.normalize(model.encode_image(pixels), dim=-1))
+    image_emb = torch.cat(emb)
+    out: dict = {}
+    caps = [c for ids in evaluation.captions for c in ids]
+    if caps:
+        text_emb = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
+        owner = np.repeat(np.arange(len(evaluation.paths)), [len(c) for c in evaluation.captions])
+        out.update(retrieval_metrics((image_emb @ text_emb.T).numpy(), owner))
+    labels = np.array(evaluation.labels)
+    if table.classes and (labels >= 0).all():
+        prompts = F.normalize(model.encode_text_features(feats[torch.tensor(table.prompt_ids)].reshape(
+            -1, feats.shape[1])), dim=-1).reshape(len(table.classes), -1, image_emb.shape[1]).mean(1)
+        pred = (image_emb @ F.normalize(prompts, dim=-1).T).argmax(1).numpy()
+        out["zeroshot_top1"] = classification_metrics(labels, pred, table.classes)["top1"]
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Train, evaluate each epoch, checkpoint each epoch, export the final model to ``out/model``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = _seed_everything(cfg.seed)
+    table, train_split, eval_split = prepare_data(cfg)
+    feats = text_features(table, out / "cache", cfg.progress)
+    pixels = train_split.images.float() / 255
+    mean = pixels.mean(dim=(0, 2, 3)).tolist()
+    std = pixels.std(dim=(0, 2, 3)).tolist()
+    del pixels
+    model = TerraVLModel(model_config(cfg, mean, std))
+    model.image_tower.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n = len(train_split.paths)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+    state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0}
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["config"] != asdict(cfg):
+            log("warning: the checkpoint was written with other settings; continuing with the checkpoint's model")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        state = saved["state"]
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        log(f"resumed from {checkpoint} at epoch {state['epoch']}, step {state['step']}")
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    caption_matrix = _caption_matrix(train_split.captions)
+    labels = torch.tensor(train_split.labels)
+    prompt_table = torch.tensor(table.prompt_ids) if table.prompt_ids else None
+    model.train()
+    while state["step"] < total:
+        if cfg.stop_after_epochs is not None and state["epoch"] >= cfg.stop_after_epochs:
+            log(f"stopping after epoch {state['epoch']} as asked; continue with --resume")
+            break
+        epoch_start = time.perf_counter()
+        losses = []
+        order = torch.randperm(n, generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}", unit="step", file=sys.stderr,
+                   disable=not cfg.progress or None)
+        for b in bar:
+            if state["step"] >= total:
+                break
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            text_ids, text_class = _sample_texts(idx, caption_matrix, labels, prompt_table, cfg.class_prompt_prob,
+                                                 generator)
+            images = augment(train_split.images[idx], cfg.resolution, cfg.crop_scale, cfg.jitter, generator)
+            images = (images / 255 - mean_t) / std_t
+            image_emb = F.normalize(model.encode_image(images), dim=-1)
+            text_emb = F.normalize(model.encode_text_features(feats[text_ids]), dim=-1)
+            pos = positives(caption_matrix[idx], labels[idx], text_ids, text_class)
+            loss = contrastive_loss(image_emb, text_emb, model.logit_scale, pos)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{1 / model.logit_scale.exp().item():.3f}",
+                            img_s=f"{(b + 1) * len(idx) / (time.perf_counter() - epoch_start):.0f}")
+        bar.close()
+        state["epoch"] += 1
+        state["elapsed"] += time.perf_counter() - epoch_start
+        scores = evaluate(model, eval_split, table, feats, mean, std)
+        state["history"].append({"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
+                                 "elapsed_s": round(state["elapsed"], 1), **scores})
+        log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f} " +
+            " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "state": state, "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state()}, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+    final = state["history"][-1] if state["history"] else {}
+    info = {"config": asdict(cfg), "data": describe_data(cfg.data, train_split, eval_split), "scores": final,
+            "history": state["history"], "torch": torch.__version__, "threads": torch.get_num_threads()}
+    model.eval()
+    model.save(out / "model", {"training": {"data": cfg.data, "scores": final}})
+    (out / "model" / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info
+
+
+def _caption_matrix(captions: list[list[int]]) -> torch.Tensor:
+    width = max((len(c) for c in captions), default=1) or 1
+    m = torch.full((len(captions), width), -1, dtype=torch.long)
+    for i, c in enumerate(captions):
+        if c:
+            m[i, : len(c)] = torch.tensor(c)
+    return m
+
+
+def _sample_texts(idx, caption_matrix, labels, prompt_table, class_prob: float, generator):
+    """One text per image: a random one of its captions, or (with ``class_prob``, or when it has none) a random
+    prompt of its class. Returns string ids and, for prompts, the class (else -1)."""
+    caps = caption_matrix[idx]
+    counts = (caps >= 0).sum(1)
+    pick = (torch.rand(len(idx), generator=generator) * counts.clamp(min=1)).long()
+    text_ids = caps[torch.arange(len(idx)), pick]
+    text_class = torch.full((len(idx),), -1, dtype=torch.long)
+    if prompt_table is not None:
+        use_prompt = (torch.rand(len(idx), generator=generator) < class_prob) | (counts == 0)
+        use_prompt &= labels[idx] >= 0
+        if use_prompt.any():
+            which = torch.randint(0, prompt_table.shape[1], (int(use_prompt.sum()),), generator=generator)
+            text_ids[use_prompt] = prompt_table[labels[idx][use_prompt], which]
+            text_class[use_prompt] = labels[idx][use_prompt]
+    return text_ids, text_class

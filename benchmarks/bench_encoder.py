@@ -59,6 +59,20 @@ def bench(encoder, files: list[Path], batch_size: int) -> dict:
     return {"bare": bare, "full": full}
 
 
+def startup_seconds(image: Path, repeats: int = 3) -> float:
+    """Wall time of a fresh process from start to the default model's first image embedding (median)."""
+    import statistics
+    import subprocess
+
+    code = ("import terravl.models as m; m.load('terravl-default').encode_images([%r])" % str(image))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="number of JPEG tiles")
@@ -90,6 +104,9 @@ def main() -> None:
             r = bench(encoder, files, args.batch_size)
             rows.append((label, r))
             print(f"{label}: done", file=sys.stderr)
+    if "terravl-default" in args.models.split(",") and any(label == "terravl-default" for label, _ in rows):
+        print(f"\nstart-up to the first embedding with terravl-default (fresh process, median of 3): "
+              f"{startup_seconds(files[0]):.2f} s", file=sys.stderr)
     print(f"\nencode_images over {len(files)} JPEG tiles, batch {args.batch_size}, {torch.get_num_threads()} torch "
           f"threads\n")
     print(f"| {'model':<22} | {'bare forward img/s':>18} | {'encode_images img/s':>19} | {'ratio':>6} |")

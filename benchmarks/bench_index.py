@@ -32,10 +32,14 @@ def real_shaped(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.nda
         from terravl import config
 
         shared = config.shared_dir()
-        if shared and (shared / "data" / "aid_150px" / "images").is_dir() and dim == m.load().embed_dim:
+        if shared and (shared / "data" / "aid_150px" / "images").is_dir():
             files = sorted((shared / "data" / "aid_150px" / "images").rglob("*.jpg"))
-            base = m.load().encode_images(files, progress=True)
-            label = f"default-model embeddings of the {len(files):,} AID images + noise"
+            encoder = m.load()
+            base = encoder.encode_images(files, progress=True)
+            if base.shape[1] < dim:  # an isometry into `dim` dimensions keeps every inner product
+                q, _ = np.linalg.qr(rng.normal(size=(dim, base.shape[1])))
+                base = (base @ q.T).astype(np.float32)
+            label = f"AID embeddings ({encoder.name}, {len(files):,}) + noise"
     except Exception as exc:  # noqa: BLE001 - fall back to synthetic data
         print(f"(no default model embeddings: {exc})", file=sys.stderr)
     if base is None:

@@ -50,3 +50,62 @@ def test_the_test_split_is_never_trained_on(tmp_path, fake_captions):
     cfg = TrainConfig(data=str(fake_captions), out=str(tmp_path / "c"), eval_split="train", epochs=1, **TINY)
     with pytest.raises(ValueError, match="both the training and the evaluation split"):
         train(cfg, log=lambda _: None)
+
+
+@pytest.mark.parametrize("mode", [dict(lora_image=4), dict(freeze_image=False, freeze_text=False)])
+def test_fine_tuning_an_open_clip_checkpoint(tmp_path, fake_captions, mode):
+    from fakedata import tiny_open_clip
+
+    ckpt = tmp_path / "base.pt"
+    base = tiny_open_clip("vit", seed=2)
+    torch.save(base.state_dict(), ckpt)
+    cfg = TrainConfig(data=str(fake_captions), out=str(tmp_path / "ft"), model=str(ckpt), epochs=3, batch_size=8,
+                      lr=1e-3, warmup_epochs=0.0, class_prompt_prob=0.0, threads=1, progress=False, **mode)
+    info = train(cfg, log=lambda _: None)
+    assert info["config"]["resolution"] == 64  # the model's own input size
+    tuned = m.load(tmp_path / "ft" / "model")
+    before = m.load(ckpt)
+    image = fake_captions.parent / "imgs" / "scene_1.jpg"
+    assert tuned.encode_images([image]).shape == (1, 32)
+    assert not torch.allclose(torch.from_numpy(tuned.encode_images([image])),
+                              torch.from_numpy(before.encode_images([image])))  # the image tower changed
+    same_text = torch.allclose(torch.from_numpy(tuned.encode_texts(["a beach"])),
+                               torch.from_numpy(before.encode_texts(["a beach"])), atol=1e-6)
+    assert same_text == (mode.get("freeze_text", True) and not mode.get("lora_text"))
+
+
+def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
+    data = write_karpathy(tmp_path / "data" / "d.json", n_train=40, n_test=4)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "mem"), epochs=2, val_fraction=0.2, **TINY)
+    info = train(cfg, log=lambda _: None)
+    assert info["data"]["train_images"] == 32 and info["data"]["validation_images"] == 8
+    folder = tmp_path / "mem" / "model"
+    config = json.loads((folder / "terravl_config.json").read_text())
+    encoder = m.load(folder)
+    image = data.parent / "imgs" / "scene_0.jpg"
+    if "memory" in info["scores"]:  # attached: the saved model carries it and uses it
+        assert config["memory"]["size"] == 32 and encoder.model.memory_keys.shape == (32, 32)
+    else:
+        assert "memory" not in config
+    assert encoder.encode_images([image]).shape == (1, 32)
+
+
+def test_caption_memory_round_trips_through_save_and_load(tmp_path):
+    from terravl.models.terravl_encoder import TerraVLModel
+
+    torch.manual_seed(0)
+    config = {"arch": "terravl-cnn", "embed_dim": 16,
+              "image": {"widths": [8], "depths": [1], "resolution": 32, "dropout": 0.0, "mean": [0.5] * 3,
+                        "std": [0.25] * 3},
+              "text": {"tower": "all-MiniLM-L6-v2", "features": 384, "projection": "linear"}}
+    model = TerraVLModel(config).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    plain = model.encode_image(pixels)
+    keys = torch.nn.functional.normalize(torch.randn(50, 16), dim=-1)
+    values = torch.nn.functional.normalize(torch.randn(50, 16), dim=-1)
+    model.set_memory(keys, values, k=5, tau=0.05, alpha=0.5)
+    blended = model.encode_image(pixels)
+    assert not torch.allclose(plain, blended)
+    model.save(tmp_path / "m")
+    again = TerraVLModel.load(tmp_path / "m")
+    assert torch.allclose(again.encode_image(pixels), blended, atol=1e-6)

@@ -47,9 +47,12 @@ def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist:
 
 
 _build_options = [
-    click.option("--tile-size", default=256, show_default=True, help="Tile size for large rasters (pixels)."),
-    click.option("--overlap", default=0, show_default=True, help="Overlap between tiles (pixels)."),
-    click.option("--batch-size", default=64, show_default=True, help="Tiles embedded and committed together."),
+    click.option("--tile-size", default=256, show_default=True, type=click.IntRange(min=16),
+                 help="Tile size for large rasters (pixels)."),
+    click.option("--overlap", default=0, show_default=True, type=click.IntRange(min=0),
+                 help="Overlap between tiles (pixels)."),
+    click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+                 help="Tiles embedded and committed together (one transaction each)."),
 ]
 
 
@@ -143,7 +146,7 @@ def _hits_geojson(hits: list[dict]) -> dict:
 @click.option("--image", type=click.Path(path_type=Path), help="Search by this example image instead of text.")
 @click.option("--captions", type=click.Path(path_type=Path),
               help="With --image: rank these captions (Karpathy JSON or one caption per line) instead of tiles.")
-@click.option("--k", default=10, show_default=True, help="Number of hits.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
 @click.option("--bbox", help="Only tiles intersecting minlon,minlat,maxlon,maxlat (WGS84).")
 @click.option("--date-from", help="Only tiles acquired on or after this date (YYYY-MM-DD).")
 @click.option("--date-to", help="Only tiles acquired on or before this date (YYYY-MM-DD).")
@@ -203,7 +206,7 @@ def _read_captions(path: Path) -> list[str]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", help='Comma-separated class names, e.g. "forest,river,airport".')
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
-@click.option("--k", default=5, show_default=True, help="Top-k classes to report.")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Top-k classes to report.")
 @_model_option
 @format_option()
 def classify(images, labels, classes, k, model, fmt) -> int:
@@ -237,8 +240,9 @@ def classify(images, labels, classes, k, model, fmt) -> int:
 @click.option("--regions", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the top regions as GeoJSON here.")
 @click.option("--scales", default="256", show_default=True, help="Window sizes in pixels, comma-separated.")
-@click.option("--stride", default=0.5, show_default=True, help="Step between windows, as a fraction of the size.")
-@click.option("--top", default=5, show_default=True, help="Regions to return.")
+@click.option("--stride", default=0.5, show_default=True, type=click.FloatRange(0.05, 1.0),
+              help="Step between windows, as a fraction of the size.")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Regions to return.")
 @_model_option
 @format_option()
 def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> None:
@@ -253,7 +257,9 @@ def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> No
     try:
         sizes = tuple(int(s) for s in scales.split(","))
     except ValueError:
-        raise click.BadParameter("comma-separated integers", param_hint="--scales") from None
+        sizes = ()
+    if not sizes or min(sizes) < 16:
+        raise click.BadParameter("comma-separated window sizes of at least 16 pixels", param_hint="--scales")
     result = localize_task(raster, query, _load_model(model), out, sizes, stride, top)
     if regions is not None:
         regions.write_text(json.dumps(result["regions"], indent=1))

@@ -28,15 +28,18 @@ def cli(verbose: int) -> None:
 
     \b
     Start here:
-      terravl info                                   what is installed, which models are found
-      terravl index build FOLDER --out archive.idx   embed an imagery archive (crash-safe, resumable)
-      terravl search archive.idx "a harbor with boats"  find scenes by text (or --image), with --bbox/--date
-      terravl classify scene.jpg --classes aid       zero-shot scene classification
-      terravl localize scene.tif "a river" --out h.tif  where in a large scene is the text?
-      terravl tiles scene.tif --size 256 --out chips cut a raster into georeferenced chips
-      terravl datasets inspect PATH                  check a dataset: format, splits, classes, problems
-      terravl models list                            registered models and whether their weights are on disk
-      terravl eval retrieval --dataset D --model M   the papers' benchmark tables, exact metrics
+      terravl info                                 what is installed, which models are found
+      terravl index build FOLDER --out A.idx       embed an imagery archive (crash-safe, resumable)
+      terravl search A.idx "a harbor with boats"   find scenes by text (or --image), --bbox, --date-from
+      terravl classify scene.jpg --classes aid     zero-shot scene classification
+      terravl localize scene.tif "a river" --out heat.tif
+                                                   where in a large scene is the text? (heat map)
+      terravl tiles scene.tif --size 256 --out chips
+                                                   cut a raster into georeferenced chips
+      terravl datasets inspect PATH                a dataset's format, splits, classes, problems
+      terravl models list                          registered models, and whether their weights are here
+      terravl eval retrieval --dataset D           the papers' benchmark tables, exact metrics
+      terravl train clip --config C.yaml           train or fine-tune a dual encoder
 
     Every command takes --format json (result on stdout, logs on stderr).
     """

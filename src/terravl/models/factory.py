@@ -60,6 +60,12 @@ def _load(name_or_path, device, precision, arch, quick_gelu) -> Encoder:
 
 def _load_folder(path: Path, device, precision) -> Encoder:
     if (path / "terravl_config.json").is_file():
+        settings = json.loads((path / "terravl_config.json").read_text())
+        if settings.get("family") == "open_clip":  # a fine-tuned OpenCLIP model written by `terravl train clip`
+            from terravl.models.openclip_encoder import OpenCLIPEncoder
+
+            return OpenCLIPEncoder.from_checkpoint(path / "model.safetensors", settings.get("arch"),
+                                                   bool(settings.get("quick_gelu")), path.name, device, precision)
         from terravl.models.terravl_encoder import TerraVLEncoder
 
         return TerraVLEncoder.from_folder(path, device=device, precision=precision)

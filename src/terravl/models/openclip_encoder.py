@@ -43,7 +43,9 @@ class OpenCLIPEncoder(Encoder):
         state_dict = read_state_dict(path)
         model = build_open_clip(state_dict, arch, quick_gelu, path)
         load_into(model, state_dict, path, ignore=_OPENAI_EXTRA_KEYS)
-        return cls(model, name or Path(path).stem, device, precision)
+        encoder = cls(model, name or Path(path).stem, device, precision)
+        encoder.arch, encoder.quick_gelu = arch, quick_gelu
+        return encoder
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(next(self.model.parameters()).dtype))

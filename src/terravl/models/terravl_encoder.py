@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 
 from terravl.models.checkpoints import CheckpointError, load_into, read_state_dict
@@ -47,9 +48,29 @@ class TerraVLModel(nn.Module):
         else:
             raise ValueError(f"unknown text projection {text['projection']!r}")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        memory = self.config.get("memory")
+        if memory:
+            self.register_buffer("memory_keys", torch.zeros(int(memory["size"]), dim, dtype=torch.float16))
+            self.register_buffer("memory_values", torch.zeros(int(memory["size"]), dim, dtype=torch.float16))
+
+    def encode_image_base(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image tower alone (what training optimises)."""
+        return self.image_tower(pixels.contiguous(memory_format=torch.channels_last))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_tower(pixels.contiguous(memory_format=torch.channels_last))
+        """Image embedding; with a caption memory, blended with the captions of the nearest training images."""
+        base = self.encode_image_base(pixels)
+        memory = self.config.get("memory")
+        if not memory:
+            return base
+        return blend_with_memory(F.normalize(base, dim=-1), self.memory_keys.float(), self.memory_values.float(),
+                                 int(memory["k"]), float(memory["tau"]), float(memory["alpha"]))
+
+    def set_memory(self, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float, alpha: float) -> None:
+        """Attach a caption memory (keys: training images' embeddings; values: their caption prototypes)."""
+        self.config["memory"] = {"size": int(keys.shape[0]), "k": int(k), "tau": float(tau), "alpha": float(alpha)}
+        self.register_buffer("memory_keys", keys.detach().to(torch.float16).contiguous())
+        self.register_buffer("memory_values", values.detach().to(torch.float16).contiguous())
 
     def encode_text_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.text_projection(features)
@@ -70,9 +91,20 @@ class TerraVLModel(nn.Module):
             config = json.loads((folder / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(folder, f"unreadable {CONFIG_FILE} ({exc})") from exc
-        model = cls({k: config[k] for k in DEFAULT_CONFIG if k in config})
+        model = cls({k: config[k] for k in (*DEFAULT_CONFIG, "memory") if k in config})
         load_into(model, read_state_dict(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
         return model.eval()
+
+
+def blend_with_memory(image: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float,
+                      alpha: float) -> torch.Tensor:
+    """alpha · image + (1 − alpha) · (softmax(sim/τ)-weighted caption prototypes of the k most similar training
+    images): a non-parametric head that lends an image the words written for scenes that look like it."""
+    sims = image @ keys.T
+    top = sims.topk(min(k, keys.shape[0]), dim=1)
+    weights = torch.softmax(top.values / tau, dim=1)
+    neighbours = F.normalize((weights[:, :, None] * values[top.indices]).sum(1), dim=-1)
+    return alpha * image + (1 - alpha) * neighbours
 
 
 class ImagePreprocess:

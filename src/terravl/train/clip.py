@@ -33,6 +33,11 @@ class TrainConfig:
     """Flat training settings; every field can be set from YAML (``--config``) or the command line."""
 
     data: str = "../shared/data/rsicd_aid/dataset_rsicd_aid.json"
+    model: str = "terravl-cnn"
+    freeze_image: bool = False
+    freeze_text: bool = True
+    lora_image: int = 0
+    lora_text: int = 0
     train_split: str = "train"
     eval_split: str = "test"
     out: str = "runs/terravl-default"
@@ -55,6 +60,8 @@ class TrainConfig:
     threads: int | None = None
     max_steps: int | None = None
     stop_after_epochs: int | None = None
+    val_fraction: float = 0.05
+    memory: bool = True
     limit_train: int | None = None
     limit_eval: int | None = None
     progress: bool = True
@@ -88,6 +95,9 @@ def _seed_everything(seed: int) -> torch.Generator:
 
 
 def prepare_data(cfg: TrainConfig):
+    """Decoded training images (at the cache resolution, for random crops), evaluation images (at the model's
+    resolution) and, when ``val_fraction`` > 0, a validation part of the training split that is never trained on
+    (it chooses the caption-memory settings, so the evaluation split stays untouched)."""
     table = TextTable()
     train_rows = load_records(cfg.data, cfg.train_split)[: cfg.limit_train]
     eval_rows = load_records(cfg.data, cfg.eval_split)[: cfg.limit_eval]
@@ -95,9 +105,17 @@ def prepare_data(cfg: TrainConfig):
     if overlap:
         raise ValueError(f"{len(overlap)} images are in both the training and the evaluation split")
     table.add_classes(sorted({c for _, _, c in train_rows + eval_rows if c}))
+    val_rows = []
+    if cfg.val_fraction > 0 and len(train_rows) >= 20:
+        order = np.random.default_rng(cfg.seed).permutation(len(train_rows))
+        n_val = max(1, int(round(cfg.val_fraction * len(train_rows))))
+        val_rows = [train_rows[i] for i in sorted(order[:n_val])]
+        train_rows = [train_rows[i] for i in sorted(order[n_val:])]
     train = decode_split(train_rows, cfg.cache_resolution, table, cfg.progress)
     evaluation = decode_split(eval_rows, cfg.resolution, table, cfg.progress)
-    return table, train, evaluation
+    validation = decode_split(val_rows, cfg.resolution, table, cfg.progress) if val_rows else None
+    train.rows, train.val_rows = train_rows, val_rows
+    return table, train, evaluation, validation
 
 
 def positives(cap_ids: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor, text_class: torch.Tensor
@@ -151,16 +169,23 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     generator = _seed_everything(cfg.seed)
-    table, train_split, eval_split = prepare_data(cfg)
-    feats = text_features(table, out / "cache", cfg.progress)
-    pixels = train_split.images.float() / 255
-    mean = pixels.mean(dim=(0, 2, 3)).tolist()
-    std = pixels.std(dim=(0, 2, 3)).tolist()
-    del pixels
-    model = TerraVLModel(model_config(cfg, mean, std))
-    model.image_tower.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    if cfg.model == "terravl-cnn":
+        table, train_split, eval_split, val_split = prepare_data(cfg)
+        feats = text_features(table, out / "cache", cfg.progress)
+        pixels = train_split.images.float() / 255
+        mean = pixels.mean(dim=(0, 2, 3)).tolist()
+        std = pixels.std(dim=(0, 2, 3)).tolist()
+        del pixels
+        model = TerraVLModel(model_config(cfg, mean, std))
+        model.image_tower.to(memory_format=torch.channels_last)
+    else:
+        model = _open_clip_model(cfg)
+        mean, std = model.mean, model.std
+        table, train_split, eval_split, val_split = prepare_data(cfg)
+        feats = model.text_inputs(table.strings)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2]
+    no_decay = [p for n, p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     n = len(train_split.paths)
@@ -204,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                                                  generator)
             images = augment(train_split.images[idx], cfg.resolution, cfg.crop_scale, cfg.jitter, generator)
             images = (images / 255 - mean_t) / std_t
-            image_emb = F.normalize(model.encode_image(images), dim=-1)
+            image_emb = F.normalize(_base_image(model, images), dim=-1)
             text_emb = F.normalize(model.encode_text_features(feats[text_ids]), dim=-1)
             pos = positives(caption_matrix[idx], labels[idx], text_ids, text_class)
             loss = contrastive_loss(image_emb, text_emb, model.logit_scale, pos)
@@ -229,12 +254,85 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                     "torch_rng": torch.get_rng_state()}, checkpoint.with_suffix(".tmp"))
         checkpoint.with_suffix(".tmp").replace(checkpoint)
     final = state["history"][-1] if state["history"] else {}
+    if cfg.memory and isinstance(model, TerraVLModel) and val_split is not None and state["step"] >= total:
+        choice = attach_memory(model, cfg, train_split, val_split, table, feats, mean, std, log)
+        if choice is not None:
+            final = {**final, **evaluate(model, eval_split, table, feats, mean, std), "memory": choice}
+            log("with caption memory: " + " ".join(f"{k} {v:.2f}" for k, v in final.items()
+                                                   if isinstance(v, float)))
     info = {"config": asdict(cfg), "data": describe_data(cfg.data, train_split, eval_split), "scores": final,
             "history": state["history"], "torch": torch.__version__, "threads": torch.get_num_threads()}
     model.eval()
     model.save(out / "model", {"training": {"data": cfg.data, "scores": final}})
     (out / "model" / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def _base_image(model, images: torch.Tensor) -> torch.Tensor:
+    return model.encode_image_base(images) if hasattr(model, "encode_image_base") else model.encode_image(images)
+
+
+MEMORY_GRID = {"k": (10, 20, 50), "tau": (0.02, 0.05, 0.1), "alpha": (0.0, 0.25, 0.5, 0.75)}
+
+
+@torch.inference_mode()
+def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split, table: TextTable, feats, mean, std,
+                  log=print) -> dict | None:
+    """Build the caption memory from the training images and choose (k, τ, α) on the validation part of the
+    training split — never on the evaluation split. Attached only if it beats the plain model there."""
+    from terravl.models.terravl_encoder import blend_with_memory
+
+    model.eval()
+    train_eval = decode_split(train_split.rows, cfg.resolution, table, cfg.progress)
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def embed(split):
+        return torch.cat([F.normalize(model.encode_image_base((split.images[i:i + 256].float() / 255 - mean_t)
+                                                              / std_t), dim=-1)
+                          for i in range(0, len(split.paths), 256)])
+
+    keys = embed(train_eval)
+    values = []
+    for caps, label in zip(train_eval.captions, train_eval.labels):
+        ids = caps or (table.prompt_ids[label] if label >= 0 else [])
+        values.append(F.normalize(F.normalize(model.encode_text_features(feats[ids]), dim=-1).mean(0), dim=0)
+                      if ids else torch.zeros(keys.shape[1]))
+    values = torch.stack(values)
+    val_images = embed(val_split)
+    caps = [c for ids in val_split.captions for c in ids]
+    if not caps:
+        return None
+    text = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
+    owner = np.repeat(np.arange(len(val_split.paths)), [len(c) for c in val_split.captions])
+    best = {"alpha": 1.0, "mR": retrieval_metrics((val_images @ text.T).numpy(), owner)["mR"]}
+    plain = best["mR"]
+    for k in MEMORY_GRID["k"]:
+        for tau in MEMORY_GRID["tau"]:
+            for alpha in MEMORY_GRID["alpha"]:
+                blended = F.normalize(blend_with_memory(val_images, keys, values, k, tau, alpha), dim=-1)
+                score = retrieval_metrics((blended @ text.T).numpy(), owner)["mR"]
+                if score > best["mR"]:
+                    best = {"k": k, "tau": tau, "alpha": alpha, "mR": score}
+    log(f"caption memory on the validation part ({len(val_split.paths)} images): plain mR {plain:.2f}, best "
+        f"{best}")
+    if best["alpha"] >= 1.0:
+        return None
+    model.set_memory(keys, values, best["k"], best["tau"], best["alpha"])
+    return {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
+
+
+def _open_clip_model(cfg: TrainConfig):
+    """A registry (or file) OpenCLIP model prepared for fine-tuning; sets the resolution to the model's own."""
+    import terravl.models as m
+    from terravl.train.openclip_trainable import OpenCLIPTrainable
+
+    encoder = m.load(cfg.model, device="cpu", precision="fp32")
+    if not hasattr(encoder, "model") or not hasattr(encoder.model, "encode_text"):
+        raise ValueError(f"{cfg.model!r} is not an OpenCLIP model; fine-tuning supports OpenCLIP and terravl-cnn")
+    model = OpenCLIPTrainable(encoder, cfg.freeze_image, cfg.freeze_text, cfg.lora_image, cfg.lora_text)
+    cfg.resolution = model.resolution
+    cfg.cache_resolution = max(cfg.cache_resolution, round(model.resolution * 8 / 7))
+    return model
 
 
 def _caption_matrix(captions: list[list[int]]) -> torch.Tensor:

@@ -28,6 +28,8 @@ class Split:
     captions: list[list[int]]              # ids into TextTable.strings
     labels: list[int]                      # ids into TextTable.classes, -1 if none
     skipped: list[dict] = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    val_rows: list = field(default_factory=list)
 
 
 @dataclass
@@ -124,7 +126,8 @@ def images_checksum(paths: list[Path]) -> str:
 
 
 def describe_data(config_data: str, train: Split, evaluation: Split) -> dict:
-    info = {"dataset": str(config_data), "train_images": len(train.paths), "eval_images": len(evaluation.paths),
+    info = {"dataset": str(config_data), "train_images": len(train.paths),
+            "validation_images": len(train.val_rows), "eval_images": len(evaluation.paths),
             "train_images_sha256": images_checksum(train.paths), "skipped": train.skipped + evaluation.skipped}
     if Path(config_data).is_file():
         info["dataset_sha256"] = file_checksum(Path(config_data))

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--exact-queries", type=int, default=200, help="queries timed exactly (ground truth)")
-    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--tiles", type=int, default=2000)
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-vectors", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -55,7 +56,7 @@ def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chi
     if overlap >= size:
         raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
     band_sel = parse_bands(bands)
-    with tqdm(desc="tiles", unit="tile", disable=None, file=__import__("sys").stderr) as bar:
+    with tqdm(desc="tiles", unit="tile", disable=None, file=sys.stderr) as bar:
         result = write_tiles(list(rasters), out_dir, size, overlap, chip_format, band_sel, stretch, bar.update)
     if fmt == "json":
         emit_json(result.to_dict())

@@ -66,7 +66,8 @@ def _bbox(footprint: dict | None) -> tuple[float, float, float, float] | None:
 
 
 def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
-    """The indexable items of one file: the whole image if both sides ≤ ``whole_below``, else its tiles."""
+    """The indexable items of one file: the whole image if both sides ≤ ``whole_below``, else its tiles (tiles
+    with no valid pixel — all nodata — are left out)."""
     info = raster_info(path)
     source = str(path.resolve())
     if info.width <= whole_below and info.height <= whole_below:
@@ -79,6 +80,8 @@ def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iter
                                    info.georef.crs_name if info.georef else None, info.acquired, np.zeros(0)))
         return
     for tile in iter_tiles(path, tile_size, overlap):
+        if not tile.valid.any():  # all nodata (outside the scene): nothing to search for
+            continue
         array = np.ascontiguousarray(tile.array)
         footprint = tile.footprint
         yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, _bbox(footprint),

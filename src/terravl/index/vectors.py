@@ -48,7 +48,7 @@ class IVFIndex:
         import faiss
 
         n, dim = vectors.shape
-        nlist = nlist or max(16, int(4 * np.sqrt(n)))
+        nlist = nlist or max(16, int(2 * np.sqrt(n)))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)

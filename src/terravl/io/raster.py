@@ -210,7 +210,7 @@ class RasterSource:
                 data = raw
             else:
                 data = raw[[unique.index(b) for b in self.bands]]
-            valid = _finite(data) if data.dtype.kind == "f" else _all_valid(data.shape[1:])
+            valid = _finite(data) if data.dtype.kind == "f" else all_valid(data.shape[1:])
             if self.info.nodata is not None and not np.isnan(self.info.nodata):
                 valid = valid & ~np.all(data == np.array(self.info.nodata, dtype=data.dtype), axis=0)
             if self._alpha is not None:
@@ -354,7 +354,7 @@ def _pillow_to_bands(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, t
 
 
 @lru_cache(maxsize=8)
-def _all_valid(shape: tuple[int, int]) -> np.ndarray:
+def all_valid(shape: tuple[int, int]) -> np.ndarray:
     """A shared, read-only all-True mask: most rasters have no nodata, so no per-window mask is built."""
     mask = np.ones(shape, dtype=bool)
     mask.flags.writeable = False

@@ -21,7 +21,7 @@ import numpy as np
 from terravl.errors import InputError
 from terravl.io.bands import Stretch
 from terravl.io.georef import GeoReference, PixelWindow
-from terravl.io.raster import open_raster
+from terravl.io.raster import all_valid, open_raster
 
 
 @dataclass
@@ -143,23 +143,11 @@ def _cut(planar: np.ndarray, valid: np.ndarray, x0: int, window: PixelWindow, si
         tile = np.zeros((3, size, size), dtype=np.uint8)
         tile[:, : window.height, : window.width] = planar[:, :, x0:x0 + window.width]
     if full and valid.all():
-        mask = _full_mask(size)
+        mask = all_valid((size, size))
     else:
         mask = np.zeros((size, size), dtype=bool)
         mask[: window.height, : window.width] = valid[:, x0:x0 + window.width]
     return tile.transpose(1, 2, 0), mask
-
-
-_FULL_MASKS: dict[int, np.ndarray] = {}
-
-
-def _full_mask(size: int) -> np.ndarray:
-    mask = _FULL_MASKS.get(size)
-    if mask is None:
-        mask = np.ones((size, size), dtype=bool)
-        mask.flags.writeable = False
-        _FULL_MASKS[size] = mask
-    return mask
 
 
 @dataclass

@@ -1,0 +1,52 @@
+"""The shipped default model: it loads offline, its weights match the checksum in the model card, and it matches
+real test images to their own captions. The images were chosen by a fixed rule before any result was seen: the
+first test-split image (in file order) of five visually distinct classes."""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import terravl.models as m
+from terravl import config
+
+CLASSES = ["Airport", "Beach", "Forest", "Port", "Stadium"]
+
+
+def test_shipped_weights_load_and_match_the_model_card():
+    folder = config.packaged_models_dir() / "terravl-default"
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_size < 25 * 1024 * 1024
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text()
+    assert digest in card, "MODEL_CARD.md must state the sha256 of the shipped weights"
+    training = json.loads((folder / "training.json").read_text())
+    assert training["data"]["train_images"] + training["data"]["validation_images"] == 8973
+    encoder = m.load("terravl-default")
+    assert encoder.embed_dim == json.loads((folder / "terravl_config.json").read_text())["embed_dim"]
+
+
+@pytest.fixture(scope="module")
+def similarities(shared_data):
+    data = json.loads((shared_data / "rsicd_aid" / "dataset_rsicd_aid.json").read_text())
+    test = [i for i in data["images"] if i["split"] == "test"]
+    chosen = [next(i for i in test if i["class"] == c) for c in CLASSES]
+    encoder = m.load("terravl-default")
+    images = encoder.encode_images([shared_data / i["filepath"] / i["filename"] for i in chosen])
+    captions = encoder.encode_texts([i["sentences"][0]["raw"] for i in chosen])
+    return images @ captions.T
+
+
+@pytest.mark.parametrize("index", [
+    pytest.param(i, id=c, marks=pytest.mark.xfail(strict=True, reason=(
+        "measured with the shipped model: the beach image (beach_388.jpg, 'the sea has a texture of fish scale "
+        "shape .') scores 0.523 with its own caption and 0.551 with the port image's 'a white ship in the vast "
+        "sea .'; strict, so a better model that fixes it turns this into a failure until the mark is removed"))
+                 if c == "Beach" else ())
+    for i, c in enumerate(CLASSES)])
+def test_default_model_ranks_the_image_own_caption_first(similarities, index):
+    """The images were fixed before any result was seen; one of the five is a known miss (see MODEL_CARD.md)."""
+    assert int(np.argmax(similarities[index])) == index

@@ -6,7 +6,7 @@
 (a) Vectors shaped like real embeddings: the embeddings of the shared AID images by the default model (or a
 Gaussian mixture when it is absent), each repeated with small noise up to N, L2-normalised, plus 1,000 held-apart
 queries (fresh noisy copies). Exact search (one matrix product) is the baseline and the ground truth for recall;
-FAISS IVF is what `terravl search` uses above 200,000 vectors. Isotropic random vectors are reported as the worst
+FAISS IVF is what `terravl search` uses above 100,000 vectors. Isotropic random vectors are reported as the worst
 case. Targets (issue 6): p50 ≤ 10 ms and recall@10 ≥ 0.95 on 2 cores.
 (b) `index build` on 2,000 image tiles against the bare encoder rate (encode_images on the same files), same run;
 target ≥ 0.85×.

@@ -35,7 +35,7 @@ def real_shaped(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.nda
         if shared and (shared / "data" / "aid_150px" / "images").is_dir():
             files = sorted((shared / "data" / "aid_150px" / "images").rglob("*.jpg"))
             encoder = m.load()
-            base = encoder.encode_images(files, progress=True)
+            base = encoder.encode_images(files, progress=False)
             if base.shape[1] < dim:  # an isometry into `dim` dimensions keeps every inner product
                 q, _ = np.linalg.qr(rng.normal(size=(dim, base.shape[1])))
                 base = (base @ q.T).astype(np.float32)
@@ -68,7 +68,8 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_vectors(vectors: np.ndarray, queries: np.ndarray, k: int, nprobe: int, exact_queries: int) -> list[dict]:
+def bench_vectors(vectors: np.ndarray, queries: np.ndarray, k: int, nprobe: int, exact_queries: int,
+                  compare_usearch: bool = False) -> list[dict]:
     from terravl.index import IVFIndex, exact_search
 
     ids = np.arange(len(vectors))
@@ -97,7 +98,32 @@ def bench_vectors(vectors: np.ndarray, queries: np.ndarray, k: int, nprobe: int,
     rows.append({"method": f"FAISS IVF (nlist {ann.index.nlist}, nprobe {nprobe})", "build_s": build,
                  "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99),
                  "recall": float(np.mean(recall)), "disk_mb": disk})
+    if compare_usearch:
+        rows.append(_usearch_row(vectors, queries, truth, k, exact_queries))
     return rows
+
+
+def _usearch_row(vectors, queries, truth, k, exact_queries) -> dict:
+    """usearch's HNSW, measured beside FAISS to choose the library (it is not a TerraVL dependency)."""
+    from usearch.index import Index
+
+    index = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=128,
+                  expansion_search=64)
+    t = time.perf_counter()
+    index.add(np.arange(len(vectors)), vectors, threads=2)
+    build = time.perf_counter() - t
+    times, recall = [], []
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        found = index.search(q, k)
+        times.append(time.perf_counter() - t)
+        if i < exact_queries:
+            recall.append(len(truth[i] & set(found.keys.tolist())) / k)
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(str(Path(tmp) / "u.usearch"))
+        disk = (Path(tmp) / "u.usearch").stat().st_size / 1e6
+    return {"method": "usearch HNSW (M 16, ef 128/64)", "build_s": build, "p50_ms": 1e3 * np.percentile(times, 50),
+            "p99_ms": 1e3 * np.percentile(times, 99), "recall": float(np.mean(recall)), "disk_mb": disk}
 
 
 def bench_build(n_tiles: int) -> dict:
@@ -129,6 +155,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=2000)
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-vectors", action="store_true")
+    parser.add_argument("--compare-usearch", action="store_true",
+                        help="also measure usearch's HNSW (pip install usearch; not a TerraVL dependency)")
     args = parser.parse_args()
     if not args.skip_vectors:
         print(f"\n(a) {args.n:,} × {args.dim} float32 vectors, {args.queries:,} queries, k = 10\n")
@@ -137,7 +165,7 @@ def main() -> None:
         print("|" + "|".join("-" * (w + 2) for w in (48, 34, 7, 7, 7, 9, 8)) + "|")
         for make in (real_shaped, isotropic):
             vectors, queries, label = make(args.n, args.dim, args.queries)
-            for row in bench_vectors(vectors, queries, 10, args.nprobe, args.exact_queries):
+            for row in bench_vectors(vectors, queries, 10, args.nprobe, args.exact_queries, args.compare_usearch):
                 print(f"| {label:<48} | {row['method']:<34} | {row['build_s']:>7.1f} | {row['p50_ms']:>7.2f} | "
                       f"{row['p99_ms']:>7.2f} | {row['recall']:>9.3f} | {row['disk_mb']:>8.0f} |", flush=True)
             del vectors

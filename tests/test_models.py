@@ -86,6 +86,7 @@ def test_registry_name_resolves_file_in_terravl_home(tmp_path, monkeypatch):
     entry = next(r for r in m.list_models() if r["name"] == "tiny-test")
     assert entry["present"] and entry["path"].endswith("Tiny-Test.pt")
     encoder = m.load("tiny-test")
+    assert encoder.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's initial temperature, as saved
     ref_img, _ = _reference(model, encoder, _images(tmp_path, 1), TEXTS)
     np.testing.assert_allclose(encoder.encode_images(_images(tmp_path, 1)), ref_img, atol=1e-5)
     assert open_clip is not None

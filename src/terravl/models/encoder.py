@@ -55,6 +55,15 @@ class Encoder:
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned similarity scale (1 / temperature): zero-shot probabilities are a softmax of
+        ``logit_scale × cosine``. 100 (CLIP's value) when the model does not carry one."""
+        scale = getattr(getattr(self, "model", None), "logit_scale", None)
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            return float(scale.detach().float().exp().clamp(max=100))
+        return 100.0
+
     # -- public -------------------------------------------------------------------------------------
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of ``texts``."""

@@ -64,15 +64,15 @@ def classify(images: list, encoder, labels: list[str] | str | None = None, class
     """Per image: ``{path, label, score, top: [{label, probability}]}``; unreadable images get ``error``.
 
     Directories in ``images`` are walked recursively; rasters larger than ``whole_below`` pixels (default twice
-    the tile size) are classified tile by tile, each result with its window and footprint. Probabilities are a softmax over the model's scaled
-    cosine similarities (temperature 100, as CLIP's zero-shot classifier)."""
+    the tile size) are classified tile by tile, each result with its window and footprint. Probabilities are a softmax over the cosine similarities
+    scaled by the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100)."""
     names = resolve_labels(labels, classes)
     items, extra, failed = _expand(images, tile_size, whole_below or 2 * tile_size)
     if not items and not failed:
         raise InputError("images", "no image files found")
     weights = class_embeddings(encoder, names, templates)
     emb = encoder.encode_images(items, batch_size=batch_size, skip_errors=True) if items else np.zeros((0, 1))
-    probs = softmax(100.0 * emb @ weights.T) if len(emb) else np.zeros((0, len(names)))
+    probs = softmax(encoder.logit_scale * emb @ weights.T) if len(emb) else np.zeros((0, len(names)))
     results: list[dict] = [{} for _ in items]
     for row, index in enumerate(encoder.report.kept if items else []):
         order = np.argsort(-probs[row])[: max(1, k)]

@@ -35,10 +35,6 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     stdout.print(t)
 
 
-def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
-
-
 def report_problems(problems: list[dict], limit: int = 50) -> None:
     """One line per problem on stderr: ``path: error``."""
     for problem in problems[:limit]:

@@ -8,7 +8,7 @@ prints.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -118,9 +118,3 @@ class DatasetReader:
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
-
-@dataclass
-class SplitLists:
-    """Optional split files beside a dataset: file name → split name."""
-
-    by_name: dict[str, str] = field(default_factory=dict)

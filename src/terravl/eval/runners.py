@@ -56,17 +56,16 @@ def eval_caption(dataset: str | Path, predictions: str | Path, split: str = "tes
     return {"task": "caption", "dataset": str(dataset), "split": split, "images": len(refs), "scores": scores}
 
 
-def _split_records(dataset: str | Path, split: str | None):
-    ds = open_dataset(dataset)
-    records = [r for r in ds if split is None or getattr(r, "split", None) == split]
+def _split_records(dataset: str | Path, split: str | None) -> list:
+    records = [r for r in open_dataset(dataset) if split is None or getattr(r, "split", None) == split]
     if not records:
         raise InputError(dataset, f"no records in split {split!r}" if split else "no records")
-    return ds, records
+    return records
 
 
 def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64) -> dict:
     """Image↔text retrieval on a Karpathy caption split with the RS protocol (every caption of an image counts)."""
-    _, records = _split_records(dataset, split)
+    records = _split_records(dataset, split)
     records = [r for r in records if isinstance(r, CaptionRecord)]
     if not records:
         raise DatasetFormatError(dataset, "retrieval needs a caption dataset (Karpathy JSON)")

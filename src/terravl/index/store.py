@@ -14,7 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -120,9 +120,6 @@ class IndexStore:
                 "acquired": list(span) if span[0] else None, "bbox": list(bbox) if bbox[0] is not None else None}
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def has(self, content_hash: str) -> bool:
-        return self.db.execute("SELECT 1 FROM tiles WHERE content_hash = ?", (content_hash,)).fetchone() is not None
-
     def known_hashes(self, hashes: Iterable[str]) -> set[str]:
         hashes = list(hashes)
         found: set[str] = set()
@@ -228,10 +225,6 @@ class IndexStore:
                 out[r[0]] = TileRow(r[1], r[2], json.loads(r[3]) if r[3] else None,
                                     json.loads(r[4]) if r[4] else None, None, r[5], r[6], np.zeros(0), r[0])
         return out
-
-    def sources(self) -> Iterator[str]:
-        for (source,) in self.db.execute("SELECT DISTINCT source FROM tiles ORDER BY source"):
-            yield source
 
     def close(self) -> None:
         self.db.close()

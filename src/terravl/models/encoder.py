@@ -111,7 +111,7 @@ class Encoder:
         return torch.cat(out).numpy()
 
     # -- pipeline -------------------------------------------------------------------------------------
-    def _load_one(self, index: int, item: ImageInput):
+    def _load_one(self, item: ImageInput):
         try:
             return self.preprocess(to_pil(item))
         except (InputError, ValueError, TypeError, OSError) as exc:
@@ -124,8 +124,7 @@ class Encoder:
         todo = iter(starts)
 
         def submit(start: int) -> None:
-            pending.append((start, [pool.submit(self._load_one, start + i, item)
-                                    for i, item in enumerate(items[start:start + batch_size])]))
+            pending.append((start, [pool.submit(self._load_one, item) for item in items[start:start + batch_size]]))
 
         for start in todo:
             submit(start)

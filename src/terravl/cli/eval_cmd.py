@@ -93,25 +93,51 @@ def _fmt(value) -> str:
 @eval.command()
 @click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Karpathy caption JSON.")
 @click.option("--predictions", type=click.Path(path_type=Path),
-              help='COCO results JSON: [{"image_id": imgid, "caption": "..."}].')
+              help='Score a COCO results file [{"image_id": imgid, "caption": "..."}] instead of generating.')
+@click.option("--model", default=None, help="Captioner to generate with (name or folder). Default: terravl-captioner.")
+@click.option("--method", type=click.Choice(["generate", "retrieval"]), default="generate", show_default=True,
+              help="retrieval: the baseline that copies the consensus caption of the nearest train-split image.")
+@click.option("--encoder", default=None, help="Encoder for --method retrieval. Default: terravl-default.")
+@click.option("--k", default=1, show_default=True, type=click.IntRange(min=1), help="Retrieval neighbours.")
+@click.option("--beams", type=click.IntRange(min=1), help="Beam width for generation (default: the model's).")
 @click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images (quick checks).")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (the slowest metric; needs Java).")
 @click.option("--reference", is_flag=True, help="Use pycocoevalcap's own BLEU/ROUGE-L/CIDEr code (slow) instead of "
                                                 "TerraVL's fast path, which gives the same values.")
+@click.option("--save-predictions", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the generated captions here (COCO results format).")
 @_out_option
 @format_option()
-def caption(dataset: Path, predictions: Path | None, split: str, no_meteor: bool, reference: bool, out: Path | None,
-            fmt: str) -> None:
-    """coco-caption scores (Bleu_1…Bleu_4, METEOR, ROUGE_L, CIDEr) of PREDICTIONS on a caption split."""
-    from terravl.errors import InputError
-    from terravl.eval.runners import eval_caption
+def caption(dataset: Path, predictions: Path | None, model: str | None, method: str, encoder: str | None, k: int,
+            beams: int | None, split: str, limit: int | None, no_meteor: bool, reference: bool,
+            save_predictions: Path | None, out: Path | None, fmt: str) -> None:
+    """coco-caption scores (Bleu_1…Bleu_4, METEOR, ROUGE_L, CIDEr) on a caption split: of captions generated
+    now (the shipped captioner, --model, or --method retrieval), or of a PREDICTIONS file.
 
-    if predictions is None:
-        raise InputError("--predictions", "no captioning model is installed yet: give a predictions file "
-                                          "(COCO results format)")
-    result = eval_caption(dataset, predictions, split, not no_meteor, "reference" if reference else "fast")
-    _finish(result, fmt, out, lambda r: table(f"captioning, {r['split']} split ({r['images']} images)",
-                                              list(r["scores"]), [[f"{v:.4f}" for v in r["scores"].values()]]))
+    \b
+    Examples:
+      terravl eval caption --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json --split test
+      terravl eval caption --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json --method retrieval
+      terravl eval caption --dataset D.json --predictions results.json
+    """
+    from terravl.eval.runners import eval_caption, eval_caption_model
+
+    implementation = "reference" if reference else "fast"
+    if predictions is not None:
+        result = eval_caption(dataset, predictions, split, not no_meteor, implementation)
+    else:
+        from terravl.cli.caption_cmd import _load
+
+        captioner = _load(model, method, dataset, encoder, k)
+        result = eval_caption_model(dataset, captioner, split, beams=beams, meteor=not no_meteor, limit=limit,
+                                    implementation=implementation)
+        generated = result.pop("predictions")
+        if save_predictions:
+            save_predictions.write_text(json.dumps(generated, indent=1) + "\n")
+    _finish(result, fmt, out, lambda r: table(
+        f"captioning{': ' + r['model'] if 'model' in r else ''}, {r['split']} split ({r['images']} images)",
+        list(r["scores"]), [[f"{v:.4f}" for v in r["scores"].values()]]))
 
 
 @eval.command()
@@ -158,20 +184,37 @@ def zeroshot(dataset: Path, split: str, model: str, batch_size: int, out: Path |
 
 
 @eval.command()
-@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="RSVQA folder.")
-@click.option("--predictions", required=True, type=click.Path(path_type=Path),
-              help='JSON: [{"question_id": id, "answer": "..."}].')
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="RSVQA folder, or a caption JSON with a 'class' field (questions derived from class and captions).")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help='Score a file [{"question_id": id, "answer": "..."}] instead of answering now.')
+@click.option("--model", default=None, help="Captioner that answers (name or folder). Default: terravl-captioner.")
 @click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the questions of the first N images.")
 @_out_option
 @format_option()
-def vqa(dataset: Path, predictions: Path, split: str, out: Path | None, fmt: str) -> None:
-    """RSVQA accuracy per question type, overall accuracy and average accuracy (percent)."""
-    from terravl.eval.runners import eval_vqa
+def vqa(dataset: Path, predictions: Path | None, model: str | None, split: str, limit: int | None, out: Path | None,
+        fmt: str) -> None:
+    """VQA accuracy per question type, overall accuracy and average accuracy (percent), RSVQA style.
 
-    result = eval_vqa(dataset, predictions, split)
+    \b
+    Examples:
+      terravl eval vqa --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json      # derived questions
+      terravl eval vqa --dataset RSVQA_LR/ --predictions answers.json
+    """
+    from terravl.eval.runners import eval_vqa, eval_vqa_model
+
+    if predictions is not None:
+        result = eval_vqa(dataset, predictions, split)
+    else:
+        from terravl.cli.caption_cmd import _load
+
+        result = eval_vqa_model(dataset, _load(model), split, limit=limit)
+        result.pop("predictions")
     s = result["scores"]
     _finish(result, fmt, out, lambda r: table(
-        f"RSVQA {r['split']}", ["question type", "questions", "accuracy %"],
+        f"VQA {r['split']}" + (f" ({r['questions_from']} questions, {r['model']})" if "model" in r else ""),
+        ["question type", "questions", "accuracy %"],
         [[t, s["questions"][t], f"{a:.2f}"] for t, a in s["per_type"].items()] +
         [["overall", sum(s["questions"].values()), f"{s['overall_accuracy']:.2f}"],
          ["average", "", f"{s['average_accuracy']:.2f}"]]))

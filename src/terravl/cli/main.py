@@ -8,11 +8,13 @@ import sys
 import click
 
 from terravl import __version__
+from terravl.cli.caption_cmd import ask, caption
 from terravl.cli.datasets_cmd import datasets
 from terravl.cli.eval_cmd import eval as eval_group
 from terravl.cli.index_cmd import classify, index, localize, search
 from terravl.cli.info_cmd import info
 from terravl.cli.models_cmd import models
+from terravl.cli.serve_cmd import serve
 from terravl.cli.tiles_cmd import tiles
 from terravl.cli.train_cmd import train
 from terravl.errors import InputError, TerraVLError
@@ -34,12 +36,16 @@ def cli(verbose: int) -> None:
       terravl classify scene.jpg --classes aid     zero-shot scene classification
       terravl localize scene.tif "a river" --out heat.tif
                                                    where in a large scene is the text? (heat map)
+      terravl caption scene.jpg                    describe an image (large GeoTIFFs: per tile, with footprints)
+      terravl ask scene.jpg "is there a bridge?"   answer a question about an image
       terravl tiles scene.tif --size 256 --out chips
                                                    cut a raster into georeferenced chips
+      terravl serve A.idx                          web map + HTTP API over an index (http://127.0.0.1:8000/)
       terravl datasets inspect PATH                a dataset's format, splits, classes, problems
       terravl models list                          registered models, and whether their weights are here
       terravl eval retrieval --dataset D           the papers' benchmark tables, exact metrics
       terravl train clip --config C.yaml           train or fine-tune a dual encoder
+      terravl train caption --config C.yaml        train a captioner / VQA bridge (own decoder or your LM)
 
     Every command takes --format json (result on stdout, logs on stderr).
     """
@@ -55,8 +61,11 @@ cli.add_command(index)
 cli.add_command(search)
 cli.add_command(classify)
 cli.add_command(localize)
+cli.add_command(caption)
+cli.add_command(ask)
 cli.add_command(eval_group, name="eval")
 cli.add_command(train)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> int:

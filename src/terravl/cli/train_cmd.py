@@ -11,7 +11,24 @@ from terravl.cli.output import emit_json, format_option, stderr, table
 
 @click.group()
 def train() -> None:
-    """Train models (contrastive dual encoders today)."""
+    """Train models: contrastive dual encoders (clip) and captioning/VQA bridges (caption)."""
+
+
+def _settings(config_file, overrides, given: dict) -> dict:
+    """YAML file, then the named options, then ``--set KEY=VALUE`` pairs (values parsed as YAML)."""
+    import yaml
+
+    values = yaml.safe_load(config_file.read_text()) if config_file else {}
+    if values is not None and not isinstance(values, dict):
+        raise click.BadParameter("the YAML file must hold a mapping of settings", param_hint="--config")
+    values = values or {}
+    values.update({k: v for k, v in given.items() if v is not None})
+    for item in overrides:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        key, raw = item.split("=", 1)
+        values[key.replace("-", "_")] = yaml.safe_load(raw)
+    return values
 
 
 @train.command()
@@ -43,20 +60,11 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, threa
       terravl train clip --config configs/terravl-default.yaml --out runs/try2 --set jitter=0.3 --epochs 40
       terravl train clip --config configs/terravl-default.yaml --resume
     """
-    import yaml
-
     from terravl.train.clip import TrainConfig, train as run
 
-    values = yaml.safe_load(config_file.read_text()) if config_file else {}
-    for key, value in {"data": data, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                       "resolution": resolution, "seed": seed, "threads": threads, "max_steps": max_steps}.items():
-        if value is not None:
-            values[key] = value
-    for item in overrides:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        key, raw = item.split("=", 1)
-        values[key.replace("-", "_")] = yaml.safe_load(raw)
+    values = _settings(config_file, overrides, {"data": data, "out": out, "epochs": epochs, "batch_size": batch_size,
+                                                "lr": lr, "resolution": resolution, "seed": seed, "threads": threads,
+                                                "max_steps": max_steps})
     try:
         cfg = TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
@@ -67,3 +75,57 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, threa
     else:
         table(f"{cfg.out}/model", ["metric", "value"],
               [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in info["scores"].items()])
+
+
+@train.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="YAML file of settings (see configs/terravl-captioner.yaml); options below override it.")
+@click.option("--data", help="Karpathy caption JSON (captions + derived questions) or an RSVQA folder.")
+@click.option("--out", help="Run folder: checkpoint.pt, best.pt, cache/, model/ (the captioner folder).")
+@click.option("--encoder", help="Frozen image encoder (registry name or path). Default: terravl-default.")
+@click.option("--lm", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A local Hugging Face causal LM folder (frozen; only the mapping trains). Default: TerraVL's own "
+                   "small decoder, trained from scratch.")
+@click.option("--lora", type=click.IntRange(min=0), help="LoRA rank on the language model (0 = frozen).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--threads", type=int, help="torch CPU threads (default: all cores).")
+@click.option("--max-steps", type=int, help="Stop after this many steps (smoke tests).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. --set views=1")
+@format_option()
+def caption(config_file, data, out, encoder, lm, lora, epochs, batch_size, lr, seed, threads, max_steps, resume,
+            overrides, fmt) -> None:
+    """Train a captioning / VQA bridge: frozen image features → trained MLP prefix → causal language model.
+
+    Image features are computed once per image and view (identity, flips) and cached in OUT/cache. Each epoch
+    scores greedy captions of a held-out part of the training split (CIDEr-D); the best epoch is written to
+    OUT/model with its settings, data checksums and, at the end, its scores on the evaluation split.
+
+    \b
+    Examples:
+      terravl train caption --config configs/terravl-captioner.yaml
+      terravl train caption --data D.json --out runs/gpt2 --lm ~/models/gpt2 --lora 8
+      terravl train caption --config configs/terravl-captioner.yaml --resume
+    """
+    from terravl.train.caption import CaptionTrainConfig, train as run
+
+    values = _settings(config_file, overrides, {"data": data, "out": out, "encoder": encoder,
+                                                "lm": str(lm) if lm else None, "lora": lora, "epochs": epochs,
+                                                "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
+                                                "max_steps": max_steps})
+    try:
+        cfg = CaptionTrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
+    result = {"out": cfg.out, "model": f"{cfg.out}/model", "best_epoch": info["best_epoch"],
+              "scores": info.get("scores"), "data": info["data"]}
+    if fmt == "json":
+        emit_json(result)
+    else:
+        best = info["best_epoch"] or {}
+        table(f"{cfg.out}/model (best epoch {best.get('epoch')})", ["metric", "value"],
+              [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in best.items()])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terravl.datasets import KarpathyCaptions, LevirCC, RSVQA, open_dataset
+from terravl.datasets import KarpathyCaptions, LevirCC, open_dataset
 from terravl.datasets.records import CaptionRecord, ImageRecord
 from terravl.errors import DatasetFormatError, InputError
 from terravl.eval.captions import score_captions
@@ -54,6 +54,74 @@ def eval_caption(dataset: str | Path, predictions: str | Path, split: str = "tes
     got = {i: preds[i] if i in preds else preds[str(i)] for i in refs}
     scores = score_captions(refs, got, with_meteor=meteor, implementation=implementation)
     return {"task": "caption", "dataset": str(dataset), "split": split, "images": len(refs), "scores": scores}
+
+
+def eval_caption_model(dataset: str | Path, captioner, split: str = "test", beams: int | None = None,
+                       max_tokens: int | None = None, meteor: bool = True, limit: int | None = None,
+                       implementation: str = "fast") -> dict:
+    """Generate a caption for every image of a Karpathy split with ``captioner`` (a bridge
+    :class:`~terravl.models.bridge.Captioner` or the retrieval baseline) and score them like :func:`eval_caption`.
+    The result carries the predictions in COCO results format."""
+    from terravl.models.bridge import CAPTION_PROMPT
+
+    records = [r for r in KarpathyCaptions(dataset, split=split).records][:limit]
+    if not records:
+        raise InputError(dataset, f"no images in split {split!r}")
+    missing = [r.filename for r in records if r.path is None]
+    if missing:
+        raise InputError(dataset, f"{len(missing)} images of split {split!r} not found on disk (e.g. {missing[0]}); "
+                                  f"captioning needs the images")
+    features = captioner.encoder.encode_images([r.path for r in records], batch_size=64)
+    captions = captioner.generate(features, CAPTION_PROMPT, beams=beams, max_tokens=max_tokens)
+    refs = {r.image_id: list(r.captions) for r in records}
+    preds = {r.image_id: c for r, c in zip(records, captions)}
+    scores = score_captions(refs, preds, with_meteor=meteor, implementation=implementation)
+    settings = getattr(captioner, "settings", {})
+    return {"task": "caption", "model": captioner.name, "method": settings.get("method", "generate"),
+            "beams": beams or settings.get("beams"), "dataset": str(dataset), "split": split, "images": len(refs),
+            "scores": scores, "predictions": [{"image_id": i, "caption": c} for i, c in preds.items()]}
+
+
+def vqa_questions(dataset: str | Path, split: str = "test") -> tuple[list, str]:
+    """The questions of a split: a VQA dataset's own (RSVQA), else questions derived from a caption dataset's
+    scene classes and captions (:mod:`terravl.datasets.derived_vqa`). Returns (records, "rsvqa" | "derived")."""
+    from terravl.datasets.derived_vqa import derive_questions
+    from terravl.datasets.records import VQARecord
+
+    records = list(open_dataset(dataset))
+    questions = [r for r in records if isinstance(r, VQARecord)]
+    kind = "rsvqa"
+    if not questions:
+        questions, kind = derive_questions([r for r in records if isinstance(r, CaptionRecord)]), "derived"
+    questions = [q for q in questions if q.split == split]
+    if not questions:
+        raise InputError(dataset, f"no questions in split {split!r} (needs RSVQA, or captions with a 'class' field)")
+    return questions, kind
+
+
+def eval_vqa_model(dataset: str | Path, captioner, split: str = "test", beams: int | None = None,
+                   limit: int | None = None) -> dict:
+    """Answer every question of a split with ``captioner`` and report accuracy per question type (each image is
+    encoded once)."""
+    from terravl.models.bridge import question_prompt
+
+    questions, kind = vqa_questions(dataset, split)
+    images = list(dict.fromkeys(q.image_id for q in questions))[:limit]
+    keep = set(images)
+    questions = [q for q in questions if q.image_id in keep]
+    missing = [q for q in questions if q.path is None]
+    if missing:
+        raise InputError(dataset, f"{len(missing)} questions refer to images not found on disk")
+    paths = {q.image_id: q.path for q in questions}
+    features = captioner.encoder.encode_images([paths[i] for i in images], batch_size=64)
+    row = {image_id: k for k, image_id in enumerate(images)}
+    answers = captioner.generate(features[[row[q.image_id] for q in questions]],
+                                 [question_prompt(q.question) for q in questions], beams=beams or 1, max_tokens=8)
+    result = vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, answers)])
+    return {"task": "vqa", "model": captioner.name, "questions_from": kind, "dataset": str(dataset), "split": split,
+            "images": len(images), "scores": result,
+            "predictions": [{"question_id": q.question_id, "question": q.question, "answer": a}
+                            for q, a in zip(questions, answers)]}
 
 
 def _split_records(dataset: str | Path, split: str | None) -> list:
@@ -114,10 +182,9 @@ def _zeroshot_records(dataset, split):
 
 
 def eval_vqa(dataset: str | Path, predictions: str | Path, split: str = "test") -> dict:
-    """RSVQA accuracy per question type from a predictions file ``[{"question_id", "answer"}]``."""
-    records = [r for r in RSVQA(dataset) if r.split == split]
-    if not records:
-        raise InputError(dataset, f"no questions in split {split!r}")
+    """Accuracy per question type from a predictions file ``[{"question_id", "answer"}]`` on RSVQA or on the
+    questions derived from a caption dataset (see :func:`vqa_questions`)."""
+    records, _ = vqa_questions(dataset, split)
     preds = load_predictions(predictions, "question_id", "answer")
     items, missing = [], 0
     for r in records:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from terravl.datasets.records import class_phrase
 
 RS_TEMPLATES = (
     "a satellite photo of {}.",
@@ -18,12 +18,6 @@ RS_TEMPLATES = (
 )
 """Prompt templates in the style of the RS CLIP papers (RemoteCLIP, GeoRSCLIP, SkyCLIP); the class embedding is
 the normalised mean over templates."""
-
-
-def class_phrase(name: str) -> str:
-    """``DenseResidential`` / ``dense_residential`` / ``baseballfield`` → ``dense residential`` etc."""
-    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).replace("_", " ").replace("-", " ")
-    return " ".join(spaced.lower().split())
 
 
 def class_embeddings(encoder, classes: list[str], templates: tuple[str, ...] = RS_TEMPLATES) -> np.ndarray:

@@ -7,8 +7,8 @@
 
 from terravl.models.checkpoints import CheckpointError, read_state_dict
 from terravl.models.encoder import Encoder
-from terravl.models.factory import DEFAULT_MODEL, load
+from terravl.models.factory import DEFAULT_CAPTIONER, DEFAULT_MODEL, load, load_captioner
 from terravl.models.registry import REGISTRY, ModelConfig, WeightsNotFoundError, get_config, list_models, register
 
-__all__ = ["DEFAULT_MODEL", "REGISTRY", "CheckpointError", "Encoder", "ModelConfig", "WeightsNotFoundError",
-           "get_config", "list_models", "load", "read_state_dict", "register"]
+__all__ = ["DEFAULT_CAPTIONER", "DEFAULT_MODEL", "REGISTRY", "CheckpointError", "Encoder", "ModelConfig", "WeightsNotFoundError",
+           "get_config", "list_models", "load", "load_captioner", "read_state_dict", "register"]

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
+from terravl.errors import InputError
 from terravl.models.encoder import Encoder
 from terravl.models.registry import REGISTRY, get_config, resolve_weights
 
 DEFAULT_MODEL = "terravl-default"
+DEFAULT_CAPTIONER = "terravl-captioner"
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device | None = None,
@@ -34,6 +36,8 @@ def _load(name_or_path, device, precision, arch, quick_gelu) -> Encoder:
     name = str(name_or_path)
     if name in REGISTRY:
         cfg = get_config(name)
+        if cfg.family == "captioner":
+            raise InputError(name, "is a captioner, not a dual encoder: load it with terravl.models.load_captioner")
         weights = resolve_weights(cfg)
         if cfg.family == "terravl":
             from terravl.models.terravl_encoder import TerraVLEncoder
@@ -80,3 +84,31 @@ def _load_folder(path: Path, device, precision) -> Encoder:
 
     raise CheckpointError(path, "folder is neither a TerraVL model (terravl_config.json) nor a Hugging Face "
                                 "CLIP/SigLIP model (config.json with model_type clip/siglip)")
+
+
+def load_captioner(name_or_path: str | Path = DEFAULT_CAPTIONER, device: str | torch.device | None = None,
+                   threads: int | None = None):
+    """A :class:`~terravl.models.bridge.Captioner` by registry name (``terravl-captioner``, shipped) or from a
+    folder written by ``terravl train caption``. Its image encoder loads on first use."""
+    from terravl.models.bridge import SETTINGS_FILE, Captioner
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    name = str(name_or_path)
+    if name in REGISTRY:
+        cfg = get_config(name)
+        if cfg.family != "captioner":
+            raise InputError(name, f"is a dual encoder, not a captioner; captioners: "
+                                   f"{', '.join(n for n, c in REGISTRY.items() if c.family == 'captioner')}")
+        folder = resolve_weights(cfg)
+    else:
+        folder = Path(name_or_path).expanduser()
+        if not (folder / SETTINGS_FILE).is_file():
+            if not folder.exists():
+                get_config(name)  # raises: unknown name, with the registered names
+            raise InputError(folder, f"not a captioner folder (no {SETTINGS_FILE}); give a registered captioner "
+                                     f"name or a folder written by `terravl train caption`")
+    captioner = Captioner.load(folder, device=device)
+    captioner.name = name if name in REGISTRY else folder.name
+    captioner.source = name if name in REGISTRY else str(folder.resolve())
+    return captioner

@@ -1,5 +1,5 @@
 """Turn whatever a caller passes as an image into a PIL RGB image: paths (any raster TerraVL reads), PIL images,
-arrays (H, W, 3) or (H, W), and TerraVL ``GeoImage``/``Tile`` objects."""
+arrays (H, W, 3) or (H, W), TerraVL ``GeoImage``/``Tile`` objects, and zero-argument callables returning one of these."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def to_pil(item: ImageInput) -> Image.Image:
         return item if item.mode == "RGB" else item.convert("RGB")
     if isinstance(item, (str, Path)):
         return _open_path(Path(item))
+    if callable(item):  # a deferred image (e.g. path + augmentation), decoded in the encoder's worker threads
+        return to_pil(item())
     array = getattr(item, "array", item)
     if isinstance(array, np.ndarray):
         if array.ndim == 2:

@@ -78,6 +78,10 @@ for _cfg in [
     # TerraVL's own small dual encoder, trained here and shipped inside the package.
     ModelConfig("terravl-default", "terravl", "terravl-default", "terravl-default", False, None, None,
                 "shipped in the terravl package", "TerraVL's small RS dual encoder (frozen MiniLM text tower)"),
+    # TerraVL's own captioner / VQA model: a bridge from terravl-default to a small GPT-2 trained from scratch.
+    ModelConfig("terravl-captioner", "captioner", "bridge+gpt2-small", "terravl-captioner", False, None, None,
+                "shipped in the terravl package", "TerraVL's captioning and VQA model (terravl-default features "
+                                                  "→ MLP prefix → small GPT-2)"),
 ]:
     register(_cfg)
 
@@ -92,7 +96,7 @@ def get_config(name: str) -> ModelConfig:
 
 def find_weights(cfg: ModelConfig) -> Path | None:
     """The checkpoint of ``cfg`` on disk, or None. Looks only at local files."""
-    if cfg.family == "terravl":
+    if cfg.family in ("terravl", "captioner"):
         shipped = config.packaged_models_dir() / cfg.file
         return shipped if shipped.exists() else None
     local = config.models_dir() / cfg.file

@@ -135,6 +135,9 @@ class TerraVLEncoder(Encoder):
         image = model.config["image"]
         self.preprocess = ImagePreprocess(image["resolution"], image["mean"], image["std"])
         self._text = None
+        self.use_memory = True
+        """Blend image embeddings with the caption memory (when the model has one). The captioner turns it off:
+        a training image's nearest memory entry is itself, which would leak its own captions into training."""
 
     @classmethod
     def from_folder(cls, folder: str | Path, name: str | None = None, device=None,
@@ -150,6 +153,8 @@ class TerraVLEncoder(Encoder):
         return self._text
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.use_memory:
+            return self.model.encode_image_base(pixels)
         return self.model.encode_image(pixels)
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:

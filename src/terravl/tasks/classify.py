@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from terravl.errors import InputError
 from terravl.eval.zeroshot import RS_TEMPLATES, class_embeddings, softmax
+from terravl.tasks.inputs import expand_images
 
 BUILTIN_CLASSES: dict[str, list[str]] = {
     "aid": ["Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
@@ -67,7 +66,7 @@ def classify(images: list, encoder, labels: list[str] | str | None = None, class
     the tile size) are classified tile by tile, each result with its window and footprint. Probabilities are a softmax over the cosine similarities
     scaled by the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100)."""
     names = resolve_labels(labels, classes)
-    items, extra, failed = _expand(images, tile_size, whole_below or 2 * tile_size)
+    items, extra, failed = expand_images(images, tile_size, whole_below or 2 * tile_size)
     if not items and not failed:
         raise InputError("images", "no image files found")
     weights = class_embeddings(encoder, names, templates)
@@ -81,30 +80,3 @@ def classify(images: list, encoder, labels: list[str] | str | None = None, class
     for failure in (encoder.report.failed if items else []):
         results[failure["index"]] = {**extra[failure["index"]], "error": failure["error"]}
     return results + failed
-
-
-def _expand(images: list, tile_size: int, whole_below: int) -> tuple[list, list[dict], list[dict]]:
-    """Inputs → encoder items: small images by path (decoded in the encoder's worker threads), large rasters as
-    tiles with their window and footprint; directories walked recursively."""
-    from terravl.index.build import expand_sources, items_of
-    from terravl.io import raster_info
-
-    items, extra, failed = [], [], []
-    for image in images:
-        if not isinstance(image, (str, Path)):
-            items.append(image)
-            extra.append({"path": f"image #{len(items) - 1}"})
-            continue
-        for path in expand_sources([image]):
-            try:
-                info = raster_info(path)
-                if info.width <= whole_below and info.height <= whole_below:
-                    items.append(path)
-                    extra.append({"path": str(path)})
-                    continue
-                for item in items_of(path, tile_size, 0, whole_below):
-                    items.append(item.array)
-                    extra.append({"path": str(path), "window": item.row.window, "footprint": item.row.footprint})
-            except InputError as exc:
-                failed.append({"path": str(path), "error": exc.message})
-    return items, extra, failed

@@ -1,0 +1,160 @@
+"""Load benchmark of ``terravl serve`` on loopback: text-search requests/s and p50/p99 latency at 1, 8 and 64
+concurrent clients, against the in-process ``terravl.tasks.search`` call in the same run, then a soak that samples
+the server's resident memory.
+
+    python benchmarks/bench_server.py                         # samples index, 10 s per level, 300 s soak
+    python benchmarks/bench_server.py --seconds 5 --soak 60   # quicker
+    python benchmarks/bench_server.py --index out/samples.idx
+
+Every loop is bounded in requests and seconds and stops by itself; traffic goes to 127.0.0.1 only.
+Targets (issue 9): p50 overhead of the HTTP layer ≤ 2 ms at 1 client; peak RSS flat (±10 %) across the soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUERIES = ["green farmland with fields", "a river", "a road through a forest", "buildings in a town", "a lake",
+           "bare land", "a harbor with boats", "circular irrigated fields", "dense residential area", "a highway"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def in_process(index: Path, n: int) -> list[float]:
+    import terravl.models as m
+    from terravl.index import IndexStore
+    from terravl.tasks import search
+
+    store = IndexStore(index)
+    encoder = m.load(store.model)
+    search(store, text="warm-up", encoder=encoder)
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        search(store, text=QUERIES[i % len(QUERIES)], k=10, encoder=encoder)
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+async def load(url: str, clients: int, seconds: float, max_requests: int) -> tuple[list[float], int, float]:
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + seconds
+    sent = 0
+
+    async def client_loop(client, c):
+        nonlocal failures, sent
+        i = c
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            start = time.perf_counter()
+            response = await client.get("/api/v1/search", params={"q": QUERIES[i % len(QUERIES)], "k": 10})
+            if response.status_code == 200:
+                latencies.append(1000 * (time.perf_counter() - start))
+            else:
+                failures += 1
+            i += clients
+
+    limits = __import__("httpx").Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, c) for c in range(clients)))
+        elapsed = time.perf_counter() - start
+    return latencies, failures, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, help="Index to serve (default: built from the shipped samples).")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Seconds per concurrency level.")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="Cap per level.")
+    parser.add_argument("--soak", type=float, default=300.0, help="Soak seconds at 8 clients (0 to skip).")
+    parser.add_argument("--in-process", type=int, default=300, help="In-process search calls for the baseline.")
+    args = parser.parse_args()
+
+    from terravl import config
+
+    tmp = Path(tempfile.mkdtemp(prefix="terravl-bench-serve-"))
+    index = args.index
+    if index is None:
+        import terravl.models as m
+        from terravl.index import build_index
+
+        index = tmp / "samples.idx"
+        build_index([config.samples_dir()], m.load("terravl-default"), index)
+
+    base = in_process(index, args.in_process)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "terravl.cli.main", "serve", str(index), "--port", str(port),
+                               "--log-level", "warning", "--queue", "256"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit("server did not start; see " + log.name)
+        asyncio.run(load(url, 1, 1.0, 50))  # warm-up
+        rows = []
+        for clients in (1, 8, 64):
+            latencies, failures, elapsed = asyncio.run(load(url, clients, args.seconds, args.max_requests))
+            rows.append((clients, len(latencies) / elapsed, percentile(latencies, 50), percentile(latencies, 99),
+                         failures))
+        soak = []
+        if args.soak > 0:
+            end = time.perf_counter() + args.soak
+            while time.perf_counter() < end:
+                asyncio.run(load(url, 8, min(5.0, end - time.perf_counter()), args.max_requests))
+                soak.append((time.perf_counter() - (end - args.soak), rss_mib(server.pid)))
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()
+
+    base_p50 = statistics.median(base)
+    print(f"\nindex {index} · in-process search p50 {base_p50:.2f} ms, p99 {percentile(base, 99):.2f} ms "
+          f"({len(base)} calls, {os.cpu_count()} cores)")
+    print(f"| clients | requests/s | p50 ms | p99 ms | non-200 | p50 − in-process |")
+    print(f"|--------:|-----------:|-------:|-------:|--------:|-----------------:|")
+    for clients, rps, p50, p99, failures in rows:
+        print(f"| {clients:7d} | {rps:10.1f} | {p50:6.2f} | {p99:6.2f} | {failures:7d} | {p50 - base_p50:13.2f} ms |")
+    if soak:
+        first = max(r for t, r in soak if t <= 60) if any(t <= 60 for t, _ in soak) else soak[0][1]
+        peak = max(r for _, r in soak)
+        last = soak[-1][1]
+        print(f"\nsoak {args.soak:.0f} s at 8 clients: RSS after the first minute {first:.1f} MiB, peak {peak:.1f} MiB, "
+              f"at the end {last:.1f} MiB → peak/first-minute {peak / first:.3f} (flat within ±10 %: "
+              f"{'yes' if abs(peak / first - 1) <= 0.10 else 'no'})")
+
+
+if __name__ == "__main__":
+    main()

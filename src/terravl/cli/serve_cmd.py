@@ -1,0 +1,64 @@
+"""``terravl serve``: the HTTP API and the web map over archive indexes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("indexes", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Loopback by default; 0.0.0.0 exposes the service to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", envvar="TERRAVL_API_KEY", default=None,
+              help="Require this key on every route (X-API-Key or Authorization: Bearer; the page: open "
+                   "/?api_key=KEY once). Also read from $TERRAVL_API_KEY.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow cross-origin requests from this origin (repeatable). Off by default.")
+@click.option("--max-upload-mb", default=32, show_default=True, type=click.IntRange(1, 2048),
+              help="Largest request body.")
+@click.option("--max-upload-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
+              help="Largest uploaded image (width × height), checked from the header before decoding.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Threads running model work.")
+@click.option("--queue", default=64, show_default=True, type=click.IntRange(0, 100_000),
+              help="Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.")
+@click.option("--captioner", default=None, help="Captioner for /caption and /ask. Default: terravl-captioner.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_pixels, workers, queue, captioner,
+          log_level) -> None:
+    """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
+
+    Every asset is served by this process (no CDN, no basemap: the imagery is the map). Routes read files only
+    by id from the served indexes. Ctrl-C (SIGINT/SIGTERM) finishes the requests in flight, then stops.
+
+    \b
+    Examples:
+      terravl serve archive.idx                       # http://127.0.0.1:8000/
+      terravl serve a.idx b.idx --port 9000 --api-key "$(openssl rand -hex 16)"
+      curl 'http://127.0.0.1:8000/api/v1/search?q=a+harbor+with+boats&k=5'
+    """
+    import logging
+
+    import uvicorn
+
+    from terravl.server import create_app
+
+    logging.getLogger("terravl").setLevel(log_level.upper())
+    access = logging.getLogger("terravl.server.access")  # one JSON object per line, nothing around it
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [handler]
+    access.propagate = False
+    app = create_app(list(indexes), api_key=api_key or None, cors_origins=list(cors_origins) or None,
+                     max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
+                     queue=queue, captioner=captioner)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
+    click.echo(f"TerraVL on http://{host}:{port}/  (API docs: /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
+                server_header=False)

@@ -1,0 +1,355 @@
+"""Training of the captioning / VQA bridge (``terravl train caption``).
+
+The recipe is RS-CapRet's, sized for a CPU: the image encoder is frozen, so its features are computed once per
+image and augmentation view (identity and flips) and cached; each step maps a batch of features to prefixes and
+trains next-token prediction on a caption or an answer. With TerraVL's own decoder the language model trains from
+scratch beside the mapping; with a user's language model (``lm=PATH``) only the mapping trains, or LoRA adapters
+too (``lora=R``). Each epoch scores greedy captions of a validation part of the training split (CIDEr-D) and the
+best epoch is exported; the evaluation split is scored once, at the end, for the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from terravl.datasets import open_dataset
+from terravl.datasets.derived_vqa import derive_questions
+from terravl.datasets.records import CaptionRecord, VQARecord
+from terravl.errors import InputError
+from terravl.models.bridge import CAPTION_PROMPT, Captioner, question_prompt, small_decoder
+from terravl.models.word_tokenizer import train_word_tokenizer
+
+
+@dataclass
+class CaptionTrainConfig:
+    """Flat settings; each can be set from YAML (``--config``) or ``--set KEY=VALUE``."""
+
+    data: str = "../shared/data/rsicd_aid/dataset_rsicd_aid.json"
+    out: str = "runs/terravl-captioner"
+    encoder: str = "terravl-default"
+    lm: str | None = None                 # None: TerraVL's own small decoder, trained from scratch
+    lora: int = 0
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    val_fraction: float = 0.05
+    vqa: bool = True                      # derived questions (caption datasets) or the dataset's own (RSVQA)
+    questions_per_image: float = 1.0      # question samples per caption sample in an epoch
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    prefix_len: int = 8
+    hidden: int = 1024
+    n_embd: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.1
+    vocab_min_frequency: int = 2
+    views: int = 3                        # feature views per training image: identity, h-flip, v-flip
+    feature_noise: float = 0.0
+    beams: int = 3
+    max_tokens: int = 40
+    seed: int = 0
+    threads: int | None = None
+    max_steps: int | None = None
+    stop_after_epochs: int | None = None
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    progress: bool = True
+    name: str = "terravl-captioner"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CaptionTrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class ImageSamples:
+    """One image and what it teaches: its captions and its (question, answer, type) triples."""
+
+    path: Path
+    image_id: int | str
+    captions: list[str] = field(default_factory=list)
+    questions: list[tuple[str, str, str]] = field(default_factory=list)
+    label: str | None = None
+
+
+def load_samples(data: str | Path, split: str, vqa: bool = True) -> list[ImageSamples]:
+    """Images of ``split`` with their captions (caption JSON) and questions (derived from the captions and scene
+    class, or a VQA dataset's own)."""
+    records = list(open_dataset(data))
+    by_image: dict = {}
+    captions = [r for r in records if isinstance(r, CaptionRecord) and r.path is not None]
+    for r in captions:
+        if r.split == split:
+            by_image[r.image_id] = ImageSamples(r.path, r.image_id, list(r.captions), label=r.label)
+    questions = [r for r in records if isinstance(r, VQARecord)]
+    if vqa and not questions and captions:
+        questions = derive_questions(captions)
+    for q in questions:
+        if q.split != split or q.path is None:
+            continue
+        item = by_image.setdefault(q.image_id, ImageSamples(q.path, q.image_id))
+        item.questions.append((q.question, q.answer, q.question_type))
+    out = [s for s in by_image.values() if s.captions or s.questions]
+    if not out:
+        raise InputError(data, f"no images with captions or questions in split {split!r}")
+    return out
+
+
+VIEWS = ("identity", "hflip", "vflip", "rot180")
+
+
+def image_features(encoder, paths: list[Path], view: str, cache_dir: Path | None = None, progress: bool = True
+                   ) -> tuple[np.ndarray, list[int], list[dict]]:
+    """(features, kept row indices, failures) of ``paths`` under one augmentation view; cached on disk by
+    encoder, view and the list of paths."""
+    from PIL import ImageOps
+
+    from terravl.models.images import to_pil
+
+    key = hashlib.sha256(f"{encoder.source}|{view}|{getattr(encoder, 'use_memory', '')}|".encode()
+                         + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
+    cache = cache_dir / f"features_{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        saved = np.load(cache, allow_pickle=False)
+        return saved["features"], saved["kept"].tolist(), json.loads(str(saved["failed"]))
+    if view == "identity":
+        items = list(paths)
+    else:
+        transform = {"hflip": ImageOps.mirror, "vflip": ImageOps.flip, "rot180": lambda im: im.rotate(180)}[view]
+        items = [_Lazy(p, transform, to_pil) for p in paths]
+    feats = encoder.encode_images(items, batch_size=64, skip_errors=True, progress=progress)
+    kept, failed = list(encoder.report.kept), list(encoder.report.failed)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, features=feats, kept=np.array(kept, dtype=np.int64), failed=json.dumps(failed))
+        tmp.replace(cache)
+    return feats, kept, failed
+
+
+class _Lazy:
+    """An image decoded and transformed in the encoder's worker threads (keeps memory flat)."""
+
+    def __init__(self, path, transform, loader):
+        self.path, self.transform, self.loader = path, transform, loader
+
+    def __call__(self):
+        return self.transform(self.loader(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_captioner(cfg: CaptionTrainConfig, train_items: list[ImageSamples], feature_dim: int) -> Captioner:
+    """A fresh bridge: own decoder (tokenizer from the training texts) or the user's local LM."""
+    if cfg.lm is None:
+        texts = [c for s in train_items for c in s.captions]
+        texts += [f"{question_prompt(q)} {a}" for s in train_items for q, a, _ in s.questions] + [CAPTION_PROMPT]
+        tokenizer = train_word_tokenizer(texts, cfg.vocab_min_frequency)
+        lm = small_decoder(tokenizer, cfg.n_embd, cfg.n_layer, cfg.n_head, dropout=cfg.dropout)
+        lm_path = None
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (Path(cfg.lm) / "config.json").is_file():
+            raise InputError(cfg.lm, "not a Hugging Face model folder (config.json missing); TerraVL never "
+                                     "downloads: give a local path")
+        lm = AutoModelForCausalLM.from_pretrained(cfg.lm, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.lm)
+        lm_path = cfg.lm
+    return Captioner.build(lm, tokenizer, feature_dim, encoder=cfg.encoder, prefix_len=cfg.prefix_len,
+                           hidden=cfg.hidden, dropout=cfg.dropout, lm_path=lm_path, lora=cfg.lora,
+                           beams=cfg.beams, max_tokens=cfg.max_tokens, name=cfg.name)
+
+
+def _trainable_state(model: Captioner) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
+    """Train, checkpoint every epoch (``--resume`` continues), export the best epoch to ``out/model``."""
+    import terravl.models as models
+    from terravl.eval.captions import score_captions
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = load_samples(cfg.data, cfg.train_split, cfg.vqa)[: cfg.limit_train]
+    order = np.random.default_rng(cfg.seed).permutation(len(items))
+    n_val = int(round(cfg.val_fraction * len(items))) if len(items) >= 20 else 0
+    val_items = [items[i] for i in sorted(order[:n_val])]
+    train_items = [items[i] for i in sorted(order[n_val:])]
+    encoder = models.load(cfg.encoder)
+    if hasattr(encoder, "use_memory"):
+        encoder.use_memory = False
+    cache = out / "cache"
+    views = VIEWS[: max(1, cfg.views)]
+    base, kept, failed = image_features(encoder, [s.path for s in train_items], "identity", cache, cfg.progress)
+    for f in failed:
+        log(f"skipped {f['path']}: {f['error']}")
+    train_items = [train_items[i] for i in kept]
+    features = [torch.from_numpy(base)] + [
+        torch.from_numpy(image_features(encoder, [s.path for s in train_items], v, cache, cfg.progress)[0])
+        for v in views[1:]]
+    val_feats, val_kept, _ = image_features(encoder, [s.path for s in val_items], "identity", cache, cfg.progress) \
+        if val_items else (np.zeros((0, base.shape[1]), np.float32), [], [])
+    val_items = [val_items[i] for i in val_kept]
+
+    model = build_captioner(cfg, train_items, base.shape[1])
+    caption_prompt = model.prompt_ids(CAPTION_PROMPT)
+    captions = [[model.target_ids(c) for c in s.captions] for s in train_items]
+    questions = [[(model.prompt_ids(question_prompt(q)), model.target_ids(a)) for q, a, _ in s.questions]
+                 for s in train_items]
+    with_q = [i for i, q in enumerate(questions) if q]
+    with_c = [i for i, c in enumerate(captions) if c]
+    per_epoch = len(with_c) + int(round(cfg.questions_per_image * len(with_q)))
+    steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+                                                 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+    state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0, "best": None}
+    checkpoint, best_file = out / "checkpoint.pt", out / "best.pt"
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        state = saved["state"]
+        random.setstate(saved["python_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        log(f"resumed from {checkpoint} at epoch {state['epoch']}, step {state['step']}")
+    log(f"training {sum(p.numel() for p in params) / 1e6:.2f} M parameters on {len(train_items)} images "
+        f"({len(views)} views), {per_epoch} samples per epoch; validation: {len(val_items)} images")
+    model.train()
+    while state["step"] < total:
+        if cfg.stop_after_epochs is not None and state["epoch"] >= cfg.stop_after_epochs:
+            log(f"stopping after epoch {state['epoch']} as asked; continue with --resume")
+            break
+        start = time.perf_counter()
+        samples = [(i, -1) for i in with_c] + [(i, 1) for i in random.choices(with_q, k=per_epoch - len(with_c))]
+        random.shuffle(samples)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}", unit="step", file=sys.stderr,
+                   disable=not cfg.progress or None)
+        for b in bar:
+            if state["step"] >= total:
+                break
+            batch = samples[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if not batch:
+                break
+            idx = torch.tensor([i for i, _ in batch])
+            view = torch.randint(0, len(features), (len(batch),))
+            feats = torch.stack([features[v][i] for v, i in zip(view.tolist(), idx.tolist())])
+            if cfg.feature_noise > 0:
+                feats = feats + cfg.feature_noise * torch.randn_like(feats)
+            prompts, targets = [], []
+            for i, kind in batch:
+                if kind < 0:
+                    prompts.append(caption_prompt)
+                    targets.append(random.choice(captions[i]))
+                else:
+                    p, t = random.choice(questions[i])
+                    prompts.append(p)
+                    targets.append(t)
+            loss = model.loss_from_ids(feats, prompts, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
+        bar.close()
+        state["epoch"] += 1
+        state["elapsed"] += time.perf_counter() - start
+        entry = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)) if losses else None,
+                 "elapsed_s": round(state["elapsed"], 1)}
+        if val_items:
+            preds = model.generate(val_feats, CAPTION_PROMPT, beams=1, max_tokens=cfg.max_tokens)
+            refs = {k: val_items[k].captions for k in range(len(val_items)) if val_items[k].captions}
+            if refs:
+                scores = score_captions(refs, {k: preds[k] for k in refs}, with_meteor=False)
+                entry["val_CIDEr"] = scores["CIDEr"]
+                entry["val_Bleu_4"] = scores["Bleu_4"]
+            model.train()
+        state["history"].append(entry)
+        log(f"epoch {state['epoch']}: " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in entry.items() if k != "epoch"))
+        if state["best"] is None or entry.get("val_CIDEr", 0.0) >= state["best"].get("val_CIDEr", 0.0):
+            state["best"] = entry
+            torch.save(_trainable_state(model), best_file)
+        torch.save({"config": asdict(cfg), "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "state": state, "python_rng": random.getstate(),
+                    "torch_rng": torch.get_rng_state()}, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+    if best_file.is_file():
+        model.load_state_dict(torch.load(best_file, weights_only=True), strict=False)
+    model.eval()
+    info = {"config": asdict(cfg), "best_epoch": state["best"], "history": state["history"],
+            "data": _describe(cfg, train_items, val_items), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "elapsed_s": round(state["elapsed"], 1)}
+    folder = model.save(out / "model", {"name": cfg.name})
+    model._encoder = encoder
+    if cfg.eval_split and state["step"] >= total:
+        info["scores"] = evaluate_split(model, cfg, log)
+    (folder / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info
+
+
+def evaluate_split(model: Captioner, cfg: CaptionTrainConfig, log=print) -> dict:
+    """Captioning (coco-caption, with METEOR) and derived-VQA accuracy on the evaluation split."""
+    from terravl.eval.runners import eval_caption_model, eval_vqa_model
+
+    result = {"caption": eval_caption_model(cfg.data, model, cfg.eval_split, limit=cfg.limit_eval)["scores"]}
+    log("evaluation split captioning: " + " ".join(f"{k} {v:.4f}" for k, v in result["caption"].items()))
+    if cfg.vqa:
+        result["vqa"] = eval_vqa_model(cfg.data, model, cfg.eval_split, limit=cfg.limit_eval)["scores"]
+        log(f"evaluation split VQA: {result['vqa']['per_type']}")
+    return result
+
+
+def _describe(cfg: CaptionTrainConfig, train_items: list[ImageSamples], val_items: list[ImageSamples]) -> dict:
+    from terravl.train.data import file_checksum, images_checksum
+
+    info = {"dataset": cfg.data, "train_images": len(train_items), "validation_images": len(val_items),
+            "train_captions": sum(len(s.captions) for s in train_items),
+            "train_questions": sum(len(s.questions) for s in train_items),
+            "train_images_sha256": images_checksum([s.path for s in train_items])}
+    if Path(cfg.data).is_file():
+        info["dataset_sha256"] = file_checksum(Path(cfg.data))
+    counts = defaultdict(int)
+    for s in train_items:
+        for _, _, t in s.questions:
+            counts[t] += 1
+    info["train_questions_per_type"] = dict(counts)
+    return info

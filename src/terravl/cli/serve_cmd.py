@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from terravl.cli.output import emit_json, format_option
+
 
 @click.command()
 @click.argument("indexes", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
@@ -29,8 +31,9 @@ import click
 @click.option("--captioner", default=None, help="Captioner for /caption and /ask. Default: terravl-captioner.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@format_option()
 def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_pixels, workers, queue, captioner,
-          log_level) -> None:
+          log_level, fmt) -> None:
     """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
 
     Every asset is served by this process (no CDN, no basemap: the imagery is the map). Routes read files only
@@ -59,6 +62,10 @@ def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_
                      queue=queue, captioner=captioner)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
-    click.echo(f"TerraVL on http://{host}:{port}/  (API docs: /docs)", err=True)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if fmt == "json":  # where to find it, for scripts; request logs follow on stderr as JSON lines
+        emit_json({"url": url + "/", "api": url + "/api/v1", "docs": url + "/docs",
+                   "indexes": [str(p) for p in indexes], "api_key_required": bool(api_key)})
+    click.echo(f"TerraVL on {url}/  (API docs: {url}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
                 server_header=False)

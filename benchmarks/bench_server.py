@@ -6,6 +6,7 @@ the server's resident memory.
     python benchmarks/bench_server.py --seconds 5 --soak 60   # quicker
     python benchmarks/bench_server.py --index out/samples.idx
 
+One client uses the stdlib's http.client on a keep-alive connection; 8 and 64 clients use httpx's async client.
 Every loop is bounded in requests and seconds and stops by itself; traffic goes to 127.0.0.1 only.
 Targets (issue 9): p50 overhead of the HTTP layer ≤ 2 ms at 1 client; peak RSS flat (±10 %) across the soak.
 """
@@ -84,6 +85,66 @@ async def load(url: str, clients: int, seconds: float, max_requests: int) -> tup
     return latencies, failures, elapsed
 
 
+def sequential(port: int, seconds: float, max_requests: int) -> tuple[list[float], int, float]:
+    """One client on one keep-alive connection (the stdlib's http.client: the least client-side overhead), so
+    the latency is the server's plus loopback's."""
+    import http.client
+    from urllib.parse import urlencode
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    latencies, failures, i = [], 0, 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline and i < max_requests:
+        t0 = time.perf_counter()
+        conn.request("GET", "/api/v1/search?" + urlencode({"q": QUERIES[i % len(QUERIES)], "k": 10}))
+        response = conn.getresponse()
+        response.read()
+        if response.status == 200:
+            latencies.append(1000 * (time.perf_counter() - t0))
+        else:
+            failures += 1
+        i += 1
+    conn.close()
+    return latencies, failures, time.perf_counter() - start
+
+
+def http_layer_only(index: Path, n: int = 300) -> list[float]:
+    """p50 of the HTTP layer alone: the same app (routing, validation, guard, thread-pool hop, JSON) served by
+    uvicorn in a thread of this process, with the search call replaced by its cached result."""
+    import threading
+
+    import uvicorn
+
+    import terravl.tasks as tasks
+    from terravl.server import create_app
+
+    real, cached = tasks.search, {}
+
+    def stub(store, **kwargs):
+        if "hits" not in cached:
+            cached["hits"] = real(store, **kwargs)
+        return cached["hits"]
+
+    tasks.search = stub
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app([index], preload=False), host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        latencies, _, _ = sequential(port, 60.0, n + 20)
+        server.should_exit = True
+        thread.join(30)
+        return latencies[20:]
+    finally:
+        tasks.search = real
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="Index to serve (default: built from the shipped samples).")
@@ -91,6 +152,7 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=20_000, help="Cap per level.")
     parser.add_argument("--soak", type=float, default=300.0, help="Soak seconds at 8 clients (0 to skip).")
     parser.add_argument("--in-process", type=int, default=300, help="In-process search calls for the baseline.")
+    parser.add_argument("--workers", type=int, default=2, help="Server worker threads (terravl serve --workers).")
     args = parser.parse_args()
 
     from terravl import config
@@ -105,13 +167,15 @@ def main() -> None:
         build_index([config.samples_dir()], m.load("terravl-default"), index)
 
     base = in_process(index, args.in_process)
+    layer = http_layer_only(index)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "terravl.cli.main", "serve", str(index), "--port", str(port),
-                               "--log-level", "warning", "--queue", "256"], stdout=log, stderr=subprocess.STDOUT)
+                               "--log-level", "warning", "--queue", "256", "--workers", str(args.workers)],
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
         import httpx
 
@@ -126,7 +190,8 @@ def main() -> None:
         asyncio.run(load(url, 1, 1.0, 50))  # warm-up
         rows = []
         for clients in (1, 8, 64):
-            latencies, failures, elapsed = asyncio.run(load(url, clients, args.seconds, args.max_requests))
+            latencies, failures, elapsed = (sequential(port, args.seconds, args.max_requests) if clients == 1 else
+                                            asyncio.run(load(url, clients, args.seconds, args.max_requests)))
             rows.append((clients, len(latencies) / elapsed, percentile(latencies, 50), percentile(latencies, 99),
                          failures))
         soak = []
@@ -147,6 +212,8 @@ def main() -> None:
     print(f"|--------:|-----------:|-------:|-------:|--------:|-----------------:|")
     for clients, rps, p50, p99, failures in rows:
         print(f"| {clients:7d} | {rps:10.1f} | {p50:6.2f} | {p99:6.2f} | {failures:7d} | {p50 - base_p50:13.2f} ms |")
+    print(f"HTTP layer alone (search replaced by its cached result, 1 client): p50 {statistics.median(layer):.2f} ms, "
+          f"p99 {percentile(layer, 99):.2f} ms")
     if soak:
         first = max(r for t, r in soak if t <= 60) if any(t <= 60 for t, _ in soak) else soak[0][1]
         peak = max(r for _, r in soak)

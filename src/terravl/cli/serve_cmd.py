@@ -26,14 +26,17 @@ from terravl.cli.output import emit_json, format_option
               help="Largest uploaded image (width × height), checked from the header before decoding.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads running model work.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="torch CPU threads per worker. Default: cores ÷ workers (at least 1), so concurrent requests do "
+                   "not fight over the cores.")
 @click.option("--queue", default=64, show_default=True, type=click.IntRange(0, 100_000),
               help="Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.")
 @click.option("--captioner", default=None, help="Captioner for /caption and /ask. Default: terravl-captioner.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @format_option()
-def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_pixels, workers, queue, captioner,
-          log_level, fmt) -> None:
+def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_pixels, workers, threads, queue,
+          captioner, log_level, fmt) -> None:
     """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
 
     Every asset is served by this process (no CDN, no basemap: the imagery is the map). Routes read files only
@@ -47,9 +50,12 @@ def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_
     """
     import logging
 
+    import torch
     import uvicorn
 
     from terravl.server import create_app
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
 
     logging.getLogger("terravl").setLevel(log_level.upper())
     access = logging.getLogger("terravl.server.access")  # one JSON object per line, nothing around it

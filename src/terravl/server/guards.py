@@ -99,9 +99,11 @@ class Guard:
                 await _send_json(send_logged, 413, {"error": {"field": "body", "message":
                                  f"request body over the limit of {self.max_body:,} bytes"}})
         finally:
-            log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": scope["path"],
-                                 "status": status["code"], "ms": round(1000 * (time.perf_counter() - start), 2),
-                                 "client": (scope.get("client") or ["?"])[0]}))
+            if log.isEnabledFor(logging.INFO):
+                log.info(json.dumps({"request_id": request_id, "method": scope.get("method"),
+                                     "path": scope["path"],
+                                     "status": status["code"], "ms": round(1000 * (time.perf_counter() - start), 2),
+                                     "client": (scope.get("client") or ["?"])[0]}))
 
 
 class _TooLarge(Exception):

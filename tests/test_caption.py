@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakedata import write_geotiff, write_image, write_karpathy
+from fakedata import write_geotiff, write_image, write_karpathy, write_rsvqa
 from terravl.cli.main import main
 from terravl.errors import InputError
 from terravl.models.bridge import CAPTION_PROMPT, Captioner, question_prompt
@@ -201,6 +201,20 @@ def test_train_caption_cli_resumes_and_the_result_captions_answers_and_evaluates
     code, out, err = _run(capsys, "eval", "vqa", "--dataset", data, "--model", model, "--format", "json")
     assert code == 0, err
     assert json.loads(out)["questions_from"] == "derived"
+
+
+def test_rsvqa_trains_with_the_same_command(tmp_path, capsys):
+    folder = write_rsvqa(tmp_path / "rsvqa", prefix="LR_split_train")
+    write_rsvqa(folder, prefix="LR_split_test")
+    code, out, err = _run(capsys, "train", "caption", "--data", folder, "--out", tmp_path / "run", "--epochs", 2,
+                          "--batch-size", 4, "--threads", 1, "--set", "progress=false", "--set", "n_embd=32",
+                          "--set", "n_layer=1", "--set", "n_head=2", "--set", "hidden=32",
+                          "--set", "vocab_min_frequency=1", "--set", "warmup_steps=1", "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["data"]["train_captions"] == 0 and result["data"]["train_questions"] == 11  # one inactive
+    assert set(result["scores"]["vqa"]["per_type"]) == {"presence", "comparison", "rural_urban", "count"}
+    assert "caption" not in result["scores"]
 
 
 def test_large_rasters_are_captioned_per_tile_with_footprints(tmp_path):

@@ -321,18 +321,23 @@ def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
     folder = model.save(out / "model", {"name": cfg.name})
     model._encoder = encoder
     if cfg.eval_split and state["step"] >= total:
-        info["scores"] = evaluate_split(model, cfg, log)
+        info["scores"] = evaluate_split(model, cfg, log, captions=any(s.captions for s in train_items),
+                                        questions=any(s.questions for s in train_items))
     (folder / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
 
 
-def evaluate_split(model: Captioner, cfg: CaptionTrainConfig, log=print) -> dict:
-    """Captioning (coco-caption, with METEOR) and derived-VQA accuracy on the evaluation split."""
+def evaluate_split(model: Captioner, cfg: CaptionTrainConfig, log=print, captions: bool = True,
+                   questions: bool = True) -> dict:
+    """Captioning (coco-caption, with METEOR) and VQA accuracy (the dataset's questions, or derived ones) on the
+    evaluation split, for what the training data had."""
     from terravl.eval.runners import eval_caption_model, eval_vqa_model
 
-    result = {"caption": eval_caption_model(cfg.data, model, cfg.eval_split, limit=cfg.limit_eval)["scores"]}
-    log("evaluation split captioning: " + " ".join(f"{k} {v:.4f}" for k, v in result["caption"].items()))
-    if cfg.vqa:
+    result = {}
+    if captions:
+        result["caption"] = eval_caption_model(cfg.data, model, cfg.eval_split, limit=cfg.limit_eval)["scores"]
+        log("evaluation split captioning: " + " ".join(f"{k} {v:.4f}" for k, v in result["caption"].items()))
+    if cfg.vqa and questions:
         result["vqa"] = eval_vqa_model(cfg.data, model, cfg.eval_split, limit=cfg.limit_eval)["scores"]
         log(f"evaluation split VQA: {result['vqa']['per_type']}")
     return result

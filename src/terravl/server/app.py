@@ -356,6 +356,8 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
     @app.post("/api/v1/search", response_model=list[Hit], tags=["search"])
     async def search_image(image: UploadFile = File(..., description="Example image (JPEG, PNG, GeoTIFF)."),
                            k: int = Form(10, ge=1, le=200), bbox: str | None = Form(None),
+                           date_from: str | None = Form(None, pattern=r"^\d{4}-\d{2}-\d{2}$"),
+                           date_to: str | None = Form(None, pattern=r"^\d{4}-\d{2}-\d{2}$"),
                            index: str | None = Form(None)) -> list[dict]:
         """Search by example image."""
         from terravl.tasks import search
@@ -368,7 +370,8 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
                 picture = service.decode_upload(path)
                 store = service.store(index)
                 with service._model_lock:
-                    return _hits(search(store, image=picture, k=k, bbox=box, encoder=service.encoder(store.model)),
+                    return _hits(search(store, image=picture, k=k, bbox=box, date_from=date_from, date_to=date_to,
+                                        encoder=service.encoder(store.model)),
                                  index or next(iter(service.paths)))
             finally:
                 path.unlink(missing_ok=True)

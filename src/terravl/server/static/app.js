@@ -83,6 +83,8 @@ async function search(event) {
   if (!q) return;
   const params = new URLSearchParams({ q, k: $("k").value || "12" });
   if (box) params.set("bbox", box.join(","));
+  if ($("date-from").value) params.set("date_from", $("date-from").value);
+  if ($("date-to").value) params.set("date_to", $("date-to").value);
   if ($("index").value) params.set("index", $("index").value);
   status("searching…");
   try { render(await api("/api/v1/search?" + params)); } catch (e) { status(e.message, true); }
@@ -95,6 +97,8 @@ async function searchByImage() {
   form.append("image", file);
   form.append("k", $("k").value || "12");
   if (box) form.append("bbox", box.join(","));
+  if ($("date-from").value) form.append("date_from", $("date-from").value);
+  if ($("date-to").value) form.append("date_to", $("date-to").value);
   if ($("index").value) form.append("index", $("index").value);
   status("searching by image…");
   try { render(await api("/api/v1/search", { method: "POST", body: form })); } catch (e) { status(e.message, true); }
@@ -147,6 +151,8 @@ $("clear-box").addEventListener("click", () => {
 });
 
 $("search-form").addEventListener("submit", search);
+$("date-from").addEventListener("change", search);
+$("date-to").addEventListener("change", search);
 $("example").addEventListener("change", searchByImage);
 $("ask-form").addEventListener("submit", ask);
 api("/api/v1/indexes").then((list) => {

@@ -16,6 +16,20 @@ import httpx
 API_KEY = "test-key-0123456789"
 
 
+def _raise_open_file_limit(wanted: int = 8192) -> None:
+    """The 1,000-concurrent-requests test holds 1,000 sockets in this process and in the server; make sure a
+    default soft limit of 1,024 open files does not turn that into "too many open files"."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_raise_open_file_limit()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,12 +13,14 @@ user LM is referenced by its absolute path, never copied.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from terravl.errors import InputError
 from terravl.models.checkpoints import CheckpointError, load_into, read_state_dict
@@ -187,10 +189,11 @@ class Captioner(nn.Module):
     # -- generation -----------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, features, prompts: Sequence[str] | str = CAPTION_PROMPT, beams: int | None = None,
-                 max_tokens: int | None = None, length_penalty: float | None = None, batch_size: int = 64
-                 ) -> list[str]:
+                 max_tokens: int | None = None, length_penalty: float | None = None, batch_size: int = 64,
+                 progress: bool | None = None) -> list[str]:
         """Deterministic decoding (greedy for ``beams=1``, else beam search with ``length_penalty``) of one text
-        per feature row; ``prompts`` is one prompt for all rows or one per row."""
+        per feature row; ``prompts`` is one prompt for all rows or one per row. ``progress`` shows a bar on
+        stderr (default: for more than 256 rows on a terminal)."""
         n = len(features)
         prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
         if len(prompts) != n:
@@ -203,13 +206,20 @@ class Captioner(nn.Module):
         was_training = self.training
         self.eval()
         out: list[str] = []
+        if progress is False or (progress is None and n <= 256):
+            disable: bool | None = True
+        else:
+            disable = None if progress is None else False  # None: only on a terminal
+        bar = tqdm(total=n, desc="generating", unit="img", file=sys.stderr, disable=disable)
         try:
             for start in range(0, n, batch_size):
                 out.extend(self._generate_batch(features[start:start + batch_size], ids[start:start + batch_size],
                                                 beams, max_tokens,
                                                 float(length_penalty if length_penalty is not None
                                                       else self.settings["length_penalty"])))
+                bar.update(min(batch_size, n - start))
         finally:
+            bar.close()
             self.train(was_training)
         return out
 

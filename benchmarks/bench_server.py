@@ -208,8 +208,8 @@ def main() -> None:
     base_p50 = statistics.median(base)
     print(f"\nindex {index} · in-process search p50 {base_p50:.2f} ms, p99 {percentile(base, 99):.2f} ms "
           f"({len(base)} calls, {os.cpu_count()} cores)")
-    print(f"| clients | requests/s | p50 ms | p99 ms | non-200 | p50 − in-process |")
-    print(f"|--------:|-----------:|-------:|-------:|--------:|-----------------:|")
+    print("| clients | requests/s | p50 ms | p99 ms | non-200 | p50 − in-process |")
+    print("|--------:|-----------:|-------:|-------:|--------:|-----------------:|")
     for clients, rps, p50, p99, failures in rows:
         print(f"| {clients:7d} | {rps:10.1f} | {p50:6.2f} | {p99:6.2f} | {failures:7d} | {p50 - base_p50:13.2f} ms |")
     print(f"HTTP layer alone (search replaced by its cached result, 1 client): p50 {statistics.median(layer):.2f} ms, "

@@ -2,8 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from fakedata import write_geotiff, write_karpathy, write_png_bomb
 from terravl.cli.main import main
 

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from fakedata import (write_karpathy, write_levir_cc, write_levir_cd, write_retrieval_splits, write_rsvqa,

@@ -4,7 +4,6 @@ first test-split image (in file order) of five visually distinct classes."""
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from affine import Affine
 
 from fakedata import truncate, write_geotiff, write_image, write_png_bomb
 from terravl.errors import BandError, ImageTooLargeError, RasterReadError

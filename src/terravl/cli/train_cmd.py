@@ -14,6 +14,36 @@ def train() -> None:
     """Train models: contrastive dual encoders (clip) and captioning/VQA bridges (caption)."""
 
 
+def _loop_options(example: str):
+    """The options every training command shares (loop length, optimiser, seed, threads, resume, overrides)."""
+    options = [
+        click.option("--epochs", type=int),
+        click.option("--batch-size", type=int),
+        click.option("--lr", type=float),
+        click.option("--seed", type=int),
+        click.option("--threads", type=int, help="torch CPU threads (default: all cores)."),
+        click.option("--max-steps", type=int, help="Stop after this many steps (smoke tests)."),
+        click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help=f"Any other setting, e.g. --set {example}"),
+        format_option(),
+    ]
+
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return wrap
+
+
+def _config(cls, config_file, overrides, given: dict):
+    """The settings object of ``cls`` from the YAML file, the named options and ``--set`` (bad keys: exit 2)."""
+    try:
+        return cls.from_dict(_settings(config_file, overrides, given))
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _settings(config_file, overrides, given: dict) -> dict:
     """YAML file, then the named options, then ``--set KEY=VALUE`` pairs (values parsed as YAML)."""
     import yaml
@@ -36,16 +66,8 @@ def _settings(config_file, overrides, given: dict) -> dict:
               help="YAML file of settings (see configs/terravl-default.yaml); options below override it.")
 @click.option("--data", help="Karpathy caption JSON or class folders (class names become captions).")
 @click.option("--out", help="Run folder: checkpoint.pt, model/ (weights + config + data checksums + scores).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
 @click.option("--resolution", type=int)
-@click.option("--seed", type=int)
-@click.option("--threads", type=int, help="torch CPU threads (default: all cores).")
-@click.option("--max-steps", type=int, help="Stop after this many steps (smoke tests).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. --set jitter=0.1")
-@format_option()
+@_loop_options("jitter=0.1")
 def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, threads, max_steps, resume, overrides,
          fmt) -> None:
     """Contrastive training (symmetric InfoNCE, learnable temperature) of TerraVL's dual encoder: a CNN image
@@ -62,13 +84,9 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, threa
     """
     from terravl.train.clip import TrainConfig, train as run
 
-    values = _settings(config_file, overrides, {"data": data, "out": out, "epochs": epochs, "batch_size": batch_size,
-                                                "lr": lr, "resolution": resolution, "seed": seed, "threads": threads,
-                                                "max_steps": max_steps})
-    try:
-        cfg = TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    cfg = _config(TrainConfig, config_file, overrides, {
+        "data": data, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr, "resolution": resolution,
+        "seed": seed, "threads": threads, "max_steps": max_steps})
     info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
     if fmt == "json":
         emit_json({"out": cfg.out, "scores": info["scores"], "data": info["data"]})
@@ -87,15 +105,7 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, threa
               help="A local Hugging Face causal LM folder (frozen; only the mapping trains). Default: TerraVL's own "
                    "small decoder, trained from scratch.")
 @click.option("--lora", type=click.IntRange(min=0), help="LoRA rank on the language model (0 = frozen).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--seed", type=int)
-@click.option("--threads", type=int, help="torch CPU threads (default: all cores).")
-@click.option("--max-steps", type=int, help="Stop after this many steps (smoke tests).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. --set views=1")
-@format_option()
+@_loop_options("views=1")
 def caption(config_file, data, out, encoder, lm, lora, epochs, batch_size, lr, seed, threads, max_steps, resume,
             overrides, fmt) -> None:
     """Train a captioning / VQA bridge: frozen image features → trained MLP prefix → causal language model.
@@ -112,14 +122,9 @@ def caption(config_file, data, out, encoder, lm, lora, epochs, batch_size, lr, s
     """
     from terravl.train.caption import CaptionTrainConfig, train as run
 
-    values = _settings(config_file, overrides, {"data": data, "out": out, "encoder": encoder,
-                                                "lm": str(lm) if lm else None, "lora": lora, "epochs": epochs,
-                                                "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads,
-                                                "max_steps": max_steps})
-    try:
-        cfg = CaptionTrainConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    cfg = _config(CaptionTrainConfig, config_file, overrides, {
+        "data": data, "out": out, "encoder": encoder, "lm": str(lm) if lm else None, "lora": lora, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads, "max_steps": max_steps})
     info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
     result = {"out": cfg.out, "model": f"{cfg.out}/model", "best_epoch": info["best_epoch"],
               "scores": info.get("scores"), "data": info["data"]}

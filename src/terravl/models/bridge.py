@@ -252,10 +252,9 @@ class Captioner(nn.Module):
                   str(folder / BRIDGE_FILE))
         settings = {**self.settings, **(extra or {})}
         if settings["lm_trained"]:
-            lm = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
-            if lm is not self.lm:  # LoRA merged into a copy of the base weights; adapters stay in training
-                self.lm = lm
-            lm.save_pretrained(folder / "lm")
+            if hasattr(self.lm, "merge_and_unload"):  # LoRA: fold the adapters into the base weights for good
+                self.lm = self.lm.merge_and_unload()
+            self.lm.save_pretrained(folder / "lm")
             self.tokenizer.save_pretrained(folder / "lm")
             settings["lm"] = "lm"
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
@@ -278,8 +277,8 @@ class Captioner(nn.Module):
         if not (lm_path / "config.json").is_file():
             raise CheckpointError(lm_path, "language model folder not found (needs config.json and weights)")
         try:
-            lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(lm_path)
+            lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(lm_path, f"could not load the language model ({exc})") from None
         settings = {**settings, "lm_trained": bool(settings.get("lm_trained", True)), "lora": 0}

@@ -8,13 +8,13 @@ word pairs with the others, weighted by each neighbour's similarity (Devlin et a
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from terravl.errors import InputError
 from terravl.models.bridge import CAPTION_PROMPT
+from terravl.models.feature_cache import image_features
 
 
 def _grams(text: str) -> set:
@@ -47,17 +47,8 @@ class RetrievalCaptioner:
                    and r.captions]
         if not records:
             raise InputError(dataset, f"no captioned images with files in split {split!r} for the caption bank")
-        paths = [r.path for r in records]
-        key = hashlib.sha256(f"{encoder.source}|{getattr(encoder, 'use_memory', '')}|".encode()
-                             + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
-        cache = (cache_dir / f"bank_{key}.npy") if cache_dir else None
-        if cache is not None and cache.is_file():
-            features = np.load(cache)
-        else:
-            features = encoder.encode_images(paths, batch_size=64)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cache, features)
+        features, kept, _ = image_features(encoder, [r.path for r in records], "identity", cache_dir, progress=None)
+        records = [records[i] for i in kept]  # unreadable bank images drop out with their captions
         return cls(encoder, features, [list(r.captions) for r in records], k, name=f"retrieval (k={k})")
 
     def generate(self, features, prompts=CAPTION_PROMPT, **_: object) -> list[str]:

@@ -110,7 +110,8 @@ class Service:
         self.encoders: dict[str, Any] = {}
         self._captioner = None
         self._local = threading.local()
-        self._model_lock = threading.Lock()
+        self.model_lock = threading.Lock()
+        """Serialises image-model calls: encoders record per-call state (which inputs failed)."""
         self._load_lock = threading.Lock()
         self._thumbs: OrderedDict = OrderedDict()
         self._thumb_lock = threading.Lock()
@@ -144,13 +145,12 @@ class Service:
         stores = getattr(self._local, "stores", None)
         if stores is None:
             stores = self._local.stores = {}
-        store = stores.get(name)
-        if store is None or store.version != getattr(store, "_served_version", None):
+        store, opened_at = stores.get(name, (None, None))
+        if store is None or store.version != opened_at:  # the store caches vectors: reopen after an index change
             if store is not None:
                 store.close()
             store = IndexStore(self.paths[name])
-            store._served_version = store.version
-            stores[name] = store
+            stores[name] = (store, store.version)
         return store
 
     def encoder(self, model: str):
@@ -363,26 +363,29 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
         from terravl.tasks import search
 
         box = _bbox(bbox)
-        path = await service.save_upload(image)
 
-        def work():
-            try:
-                picture = service.decode_upload(path)
-                store = service.store(index)
-                with service._model_lock:
-                    return _hits(search(store, image=picture, k=k, bbox=box, date_from=date_from, date_to=date_to,
-                                        encoder=service.encoder(store.model)),
-                                 index or next(iter(service.paths)))
-            finally:
-                path.unlink(missing_ok=True)
-        return await service.pool.run(work)
+        def work(path: Path, _):
+            picture = service.decode_upload(path)
+            store = service.store(index)
+            with service.model_lock:
+                return _hits(search(store, image=picture, k=k, bbox=box, date_from=date_from, date_to=date_to,
+                                    encoder=service.encoder(store.model)), index or next(iter(service.paths)))
+        return await _on_input(image, None, work, required="image")
 
-    async def _input(image: UploadFile | None, tile_id: int | None, index: str | None):
-        if (image is None) == (tile_id is None):
+    async def _on_input(image: UploadFile | None, tile_id: int | None, work, required: str = "image/id"):
+        """Save the upload (if any), run ``work(upload path | None, tile id | None)`` in the work pool, and
+        delete the upload afterwards, whatever happened."""
+        if required == "image/id" and (image is None) == (tile_id is None):
             raise InputError("image/id", "give exactly one of an uploaded image or the id of an indexed tile")
-        if image is not None:
-            return await service.save_upload(image), None
-        return None, tile_id
+        path = await service.save_upload(image) if image is not None else None
+
+        def run():
+            try:
+                return work(path, tile_id)
+            finally:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+        return await service.pool.run(run)
 
     def _pixels(path: Path | None, tile_id: int | None, index: str | None):
         """(model input, description) for an upload or an indexed tile."""
@@ -399,21 +402,15 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
         built-in list in ``classes``: aid, ucm, resisc45, eurosat, whu-rs19, patternnet)."""
         from terravl.tasks import classify
 
-        path, tile_id = await _input(image, id, index)
-
-        def work():
-            try:
-                pixels, about = _pixels(path, tile_id, index)
-                encoder = service.encoder(service.store(index).model)
-                with service._model_lock:
-                    result = classify([pixels], encoder, labels, classes, k)[0]
-                if "error" in result:
-                    raise InputError("image", result["error"])
-                return {**result, **about}
-            finally:
-                if path is not None:
-                    path.unlink(missing_ok=True)
-        return await service.pool.run(work)
+        def work(path, tile_id):
+            pixels, about = _pixels(path, tile_id, index)
+            encoder = service.encoder(service.store(index).model)
+            with service.model_lock:
+                result = classify([pixels], encoder, labels, classes, k)[0]
+            if "error" in result:
+                raise InputError("image", result["error"])
+            return {**result, **about}
+        return await _on_input(image, id, work)
 
     @app.post("/api/v1/caption", response_model=CaptionResult, tags=["understand"])
     async def caption_route(image: UploadFile | None = File(None), id: int | None = Form(None, ge=1),
@@ -422,18 +419,11 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
         """A one-sentence description of an upload or an indexed tile."""
         from terravl.tasks import caption
 
-        path, tile_id = await _input(image, id, index)
-
-        def work():
-            try:
-                pixels, about = _pixels(path, tile_id, index)
-                with service._model_lock:
-                    result = caption([pixels], service.captioner(), beams=beams, max_tokens=max_tokens)[0]
-                return {**result, **about}
-            finally:
-                if path is not None:
-                    path.unlink(missing_ok=True)
-        return await service.pool.run(work)
+        def work(path, tile_id):
+            pixels, about = _pixels(path, tile_id, index)
+            with service.model_lock:
+                return {**caption([pixels], service.captioner(), beams=beams, max_tokens=max_tokens)[0], **about}
+        return await _on_input(image, id, work)
 
     @app.post("/api/v1/ask", response_model=AskResult, tags=["understand"])
     async def ask_route(question: str = Form(..., min_length=1, max_length=500), image: UploadFile | None = File(None),
@@ -443,18 +433,11 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
         from terravl.tasks import ask
 
         question_prompt(question)  # a clear 400 before any work
-        path, tile_id = await _input(image, id, index)
-
-        def work():
-            try:
-                pixels, about = _pixels(path, tile_id, index)
-                with service._model_lock:
-                    result = ask([pixels], question, service.captioner())[0]
-                return {**result, **about}
-            finally:
-                if path is not None:
-                    path.unlink(missing_ok=True)
-        return await service.pool.run(work)
+        def work(path, tile_id):
+            pixels, about = _pixels(path, tile_id, index)
+            with service.model_lock:
+                return {**ask([pixels], question, service.captioner())[0], **about}
+        return await _on_input(image, id, work)
 
     @app.post("/api/v1/localize", response_model=LocalizeResult, tags=["understand"])
     async def localize_route(query: str = Form(..., min_length=1, max_length=500),
@@ -465,29 +448,22 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
         searched. Returns the top regions (GeoJSON) and the URL of the heat map GeoTIFF."""
         from terravl.tasks import localize
 
-        path, tile_id = await _input(image, id, index)
         sizes = tuple(int(s) for s in scales.split(","))
         if any(not 32 <= s <= 4096 for s in sizes):
             raise InputError("scales", "window sizes must be between 32 and 4096 pixels")
 
-        def work():
-            try:
-                if path is not None:
-                    service.check_upload(path)
-                    raster = path
-                else:
-                    raster = Path(service.tile_row(index, tile_id).source)
-                heat = service.heatmap_path()
-                encoder = service.encoder(service.store(index).model)
-                with service._model_lock:
-                    result = localize(raster, query, encoder, heat, scales=sizes, top=top)
-                return {"query": query, "path": "upload" if path is not None else str(raster),
-                        "windows": result["windows"], "regions": result["regions"],
-                        "heatmap": f"/api/v1/heatmaps/{heat.stem}"}
-            finally:
-                if path is not None:
-                    path.unlink(missing_ok=True)
-        return await service.pool.run(work)
+        def work(path, tile_id):
+            if path is not None:
+                service.check_upload(path)
+            raster = path if path is not None else Path(service.tile_row(index, tile_id).source)
+            heat = service.heatmap_path()
+            encoder = service.encoder(service.store(index).model)
+            with service.model_lock:
+                result = localize(raster, query, encoder, heat, scales=sizes, top=top)
+            return {"query": query, "path": "upload" if path is not None else str(raster),
+                    "windows": result["windows"], "regions": result["regions"],
+                    "heatmap": f"/api/v1/heatmaps/{heat.stem}"}
+        return await _on_input(image, id, work)
 
     @app.get("/api/v1/heatmaps/{heatmap_id}", tags=["understand"], response_class=FileResponse)
     async def heatmap(heatmap_id: str):
@@ -532,6 +508,4 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
-    guarded.state = app.state  # so callers can reach the service through the wrapper
-    guarded.fastapi = app
     return guarded

@@ -10,14 +10,13 @@ best epoch is exported; the evaluation split is scored once, at the end, for the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,9 @@ from terravl.datasets.derived_vqa import derive_questions
 from terravl.datasets.records import CaptionRecord, VQARecord
 from terravl.errors import InputError
 from terravl.models.bridge import CAPTION_PROMPT, Captioner, question_prompt, small_decoder
+from terravl.models.feature_cache import VIEWS, image_features
 from terravl.models.word_tokenizer import train_word_tokenizer
+from terravl.train.settings import seed_everything, settings_from_dict
 
 
 @dataclass
@@ -73,11 +74,7 @@ class CaptionTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "CaptionTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**values)
+        return settings_from_dict(cls, values)
 
 
 @dataclass
@@ -114,57 +111,6 @@ def load_samples(data: str | Path, split: str, vqa: bool = True) -> list[ImageSa
     return out
 
 
-VIEWS = ("identity", "hflip", "vflip", "rot180")
-
-
-def image_features(encoder, paths: list[Path], view: str, cache_dir: Path | None = None, progress: bool = True
-                   ) -> tuple[np.ndarray, list[int], list[dict]]:
-    """(features, kept row indices, failures) of ``paths`` under one augmentation view; cached on disk by
-    encoder, view and the list of paths."""
-    from PIL import ImageOps
-
-    from terravl.models.images import to_pil
-
-    key = hashlib.sha256(f"{encoder.source}|{view}|{getattr(encoder, 'use_memory', '')}|".encode()
-                         + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
-    cache = cache_dir / f"features_{key}.npz" if cache_dir else None
-    if cache is not None and cache.is_file():
-        saved = np.load(cache, allow_pickle=False)
-        return saved["features"], saved["kept"].tolist(), json.loads(str(saved["failed"]))
-    if view == "identity":
-        items = list(paths)
-    else:
-        transform = {"hflip": ImageOps.mirror, "vflip": ImageOps.flip, "rot180": lambda im: im.rotate(180)}[view]
-        items = [_Lazy(p, transform, to_pil) for p in paths]
-    feats = encoder.encode_images(items, batch_size=64, skip_errors=True, progress=progress)
-    kept, failed = list(encoder.report.kept), list(encoder.report.failed)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, features=feats, kept=np.array(kept, dtype=np.int64), failed=json.dumps(failed))
-        tmp.replace(cache)
-    return feats, kept, failed
-
-
-class _Lazy:
-    """An image decoded and transformed in the encoder's worker threads (keeps memory flat)."""
-
-    def __init__(self, path, transform, loader):
-        self.path, self.transform, self.loader = path, transform, loader
-
-    def __call__(self):
-        return self.transform(self.loader(self.path))
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_captioner(cfg: CaptionTrainConfig, train_items: list[ImageSamples], feature_dim: int) -> Captioner:
     """A fresh bridge: own decoder (tokenizer from the training texts) or the user's local LM."""
     if cfg.lm is None:
@@ -179,8 +125,8 @@ def build_captioner(cfg: CaptionTrainConfig, train_items: list[ImageSamples], fe
         if not (Path(cfg.lm) / "config.json").is_file():
             raise InputError(cfg.lm, "not a Hugging Face model folder (config.json missing); TerraVL never "
                                      "downloads: give a local path")
-        lm = AutoModelForCausalLM.from_pretrained(cfg.lm, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.lm)
+        lm = AutoModelForCausalLM.from_pretrained(cfg.lm, dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.lm, local_files_only=True)
         lm_path = cfg.lm
     return Captioner.build(lm, tokenizer, feature_dim, encoder=cfg.encoder, prefix_len=cfg.prefix_len,
                            hidden=cfg.hidden, dropout=cfg.dropout, lm_path=lm_path, lora=cfg.lora,
@@ -198,7 +144,7 @@ def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _seed(cfg.seed)
+    seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     items = load_samples(cfg.data, cfg.train_split, cfg.vqa)[: cfg.limit_train]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from terravl.eval.zeroshot import classification_metrics
 from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
 from terravl.train.augment import augment
 from terravl.train.data import TextTable, decode_split, describe_data, load_records, text_features
+from terravl.train.settings import seed_everything, settings_from_dict
 
 
 @dataclass
@@ -68,11 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        cfg = cls(**values)
+        cfg = settings_from_dict(cls, values)
         cfg.crop_scale = tuple(cfg.crop_scale)
         cfg.widths, cfg.depths = tuple(cfg.widths), tuple(cfg.depths)
         return cfg
@@ -85,13 +81,6 @@ def model_config(cfg: TrainConfig, mean, std) -> dict:
                            dropout=cfg.dropout, mean=mean, std=std)
     config["text"]["projection"] = cfg.text_projection
     return config
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def prepare_data(cfg: TrainConfig):
@@ -168,7 +157,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    generator = _seed_everything(cfg.seed)
+    generator = seed_everything(cfg.seed)
     if cfg.model == "terravl-cnn":
         table, train_split, eval_split, val_split = prepare_data(cfg)
         feats = text_features(table, out / "cache", cfg.progress)

@@ -171,3 +171,11 @@ def test_encode_images_accepts_paths_arrays_tiles_and_reports_bad_files(tmp_path
     kept = encoder.encode_images([jpg, broken, tif], skip_errors=True)
     assert kept.shape == (2, 32) and encoder.report.kept == [0, 2]
     assert encoder.report.failed[0]["path"].endswith("c.png")
+
+
+@pytest.mark.parametrize("name", ["terravl-default", "terravl-captioner"])
+def test_pull_refuses_shipped_models_without_touching_the_network(name, capsys):
+    from terravl.cli.main import main
+
+    assert main(["models", "pull", name]) == 2
+    assert "ships inside the terravl package" in capsys.readouterr().err

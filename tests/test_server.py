@@ -193,3 +193,20 @@ def test_structured_logs_and_graceful_shutdown_finishes_requests_in_flight(index
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once its graceful shutdown is done
     lines = [json.loads(line) for line in srv.logs().splitlines() if line.startswith('{"request_id"')]
     assert any(entry["path"] == "/api/v1/localize" and entry["status"] == 200 and entry["ms"] > 0 for entry in lines)
+
+
+def test_cors_when_configured_answers_preflights_before_the_key_check(index):
+    srv = Server(index, "--cors-origin", "http://app.example")
+    try:
+        preflight = httpx.options(srv.url + "/api/v1/search", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-api-key"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        ok = srv.client.get("/api/v1/indexes", headers={"Origin": "http://app.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
+        assert httpx.get(srv.url + "/api/v1/indexes", headers={"Origin": "http://app.example"}).status_code == 401
+        other = srv.client.get("/api/v1/indexes", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        srv.stop()

@@ -53,7 +53,7 @@ def pull(name: str, fmt: str) -> None:
     from terravl.models.registry import WeightsNotFoundError, get_config
 
     cfg = get_config(name)
-    if cfg.family == "terravl":
+    if cfg.family in ("terravl", "captioner"):
         raise click.UsageError(f"{name} ships inside the terravl package; nothing to pull")
     if not cfg.hf_repo or not cfg.hf_filename:
         raise WeightsNotFoundError(name, f"no Hugging Face repository is known for it: download {cfg.file!r} from "

@@ -503,9 +503,11 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
                                    swagger_favicon_url="/vendor/swagger/favicon-32x32.png")
 
     guarded = Guard(app, api_key=api_key, max_body=max_upload_bytes)
-    if cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
+    if not cors_origins:
+        return guarded
+    from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
-    return guarded
+    # outside the guard: browsers send CORS preflights without credentials, so they must be answered before the
+    # API-key check
+    return CORSMiddleware(guarded, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                          allow_headers=["X-API-Key", "Authorization", "Content-Type"])

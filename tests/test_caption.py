@@ -263,3 +263,20 @@ def test_shipped_captioner_describes_and_answers_offline(shared_data, capsys):
     assert sum(a == class_phrase(c) for a, c in zip(answers, SHIPPED_CASES)) >= 5, answers
     code, out, err = _run(capsys, "ask", images[0], "is there an airplane in this image?", "--format", "json")
     assert json.loads(out)["answer"] == "yes"
+
+
+def test_cached_features_are_recomputed_when_the_weights_under_a_name_change(tmp_path):
+    """Retraining a model and shipping it under the same name must not reuse the old model's cached features."""
+    from terravl.models.feature_cache import image_features
+    from terravl.models.terravl_encoder import TerraVLEncoder, TerraVLModel
+
+    torch.manual_seed(0)
+    paths = [write_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    first, second = TerraVLEncoder(TerraVLModel()), TerraVLEncoder(TerraVLModel())
+    first.source = second.source = "same-name"
+    a, _, _ = image_features(first, paths, "identity", tmp_path / "cache", progress=False)
+    again, _, _ = image_features(first, paths, "identity", tmp_path / "cache", progress=False)
+    b, _, _ = image_features(second, paths, "identity", tmp_path / "cache", progress=False)
+    assert np.array_equal(a, again) and len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.allclose(a, b)
+    assert np.allclose(b, second.encode_images(paths), atol=1e-6)

@@ -1,6 +1,7 @@
 """Image features of a fixed list of files, computed once and cached on disk: what training a bridge on a frozen
 encoder and building a retrieval caption bank both need. The cache key covers the encoder (its ``source`` and
-caption-memory switch), the augmentation view and the exact list of paths, so a change to any of them recomputes."""
+caption-memory switch), a fingerprint of its weights (so retrained weights under the same name never reuse stale
+features), the augmentation view and the exact list of paths, so a change to any of them recomputes."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def image_features(encoder, paths: list[Path], view: str, cache_dir: Path | None
 
     from terravl.models.images import to_pil
 
-    key = hashlib.sha256(f"{encoder.source}|{view}|{getattr(encoder, 'use_memory', '')}|".encode()
+    key = hashlib.sha256(f"{encoder.source}|{weights_fingerprint(encoder)}|{view}|"
+                         f"{getattr(encoder, 'use_memory', '')}|".encode()
                          + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
     cache = cache_dir / f"features_{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -40,6 +42,20 @@ def image_features(encoder, paths: list[Path], view: str, cache_dir: Path | None
         np.savez(tmp, features=feats, kept=np.array(kept, dtype=np.int64), failed=json.dumps(failed))
         tmp.replace(cache)
     return feats, kept, failed
+
+
+def weights_fingerprint(encoder) -> str:
+    """sha256 (16 hex digits) over the encoder's parameters and buffers; empty when it has no torch model."""
+    import torch
+
+    model = getattr(encoder, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return ""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class _Lazy:

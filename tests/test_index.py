@@ -149,6 +149,11 @@ def test_cli_search_classify_json(tmp_path, archive, tiny_model, capsys):
                  "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result[0]["label"] in {"a", "b", "c"} and len(result[0]["top"]) == 3
+    assert main(["classify", str(archive / "scene_2.png"), "--labels", "a,b,c", "--model", str(tiny_model),
+                 "--views", "8", "--format", "json"]) == 0
+    averaged = json.loads(capsys.readouterr().out)
+    assert averaged[0]["label"] in {"a", "b", "c"} and averaged[0]["top"] != result[0]["top"]
+    assert main(["classify", str(archive / "scene_2.png"), "--labels", "a,b", "--views", "3"]) == 2
     assert main(["search", str(tmp_path / "none"), "x"]) == 2
     assert "no index here" in capsys.readouterr().err
     assert main(["search", str(out), "x", "--bbox", "1,2,3"]) == 2

@@ -179,3 +179,23 @@ def test_pull_refuses_shipped_models_without_touching_the_network(name, capsys):
 
     assert main(["models", "pull", name]) == 2
     assert "ships inside the terravl package" in capsys.readouterr().err
+
+
+def test_views_average_flips_and_rotations_and_make_embeddings_invariant_to_them():
+    """Test-time augmentation over the 8 flips/rotations: the same scene turned or mirrored embeds identically."""
+    from terravl.models.terravl_encoder import TerraVLEncoder, TerraVLModel
+
+    torch.manual_seed(0)
+    encoder = TerraVLEncoder(TerraVLModel())
+    scene = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)  # the model's size: no resize
+    turned = [scene, np.ascontiguousarray(np.rot90(scene)), np.ascontiguousarray(np.fliplr(np.rot90(scene, 3)))]
+    single = encoder.encode_images(turned)
+    assert not np.allclose(single[0], single[1], atol=1e-3)   # one view: orientation matters
+    eight = encoder.encode_images(turned, views=8)
+    assert np.allclose(eight[0], eight[1], atol=1e-5) and np.allclose(eight[0], eight[2], atol=1e-5)
+    mirrored = encoder.encode_images([scene, np.ascontiguousarray(np.fliplr(scene))])
+    two = encoder.encode_images([scene], views=2)[0]
+    expected = mirrored.mean(0) / np.linalg.norm(mirrored.mean(0))
+    assert np.allclose(two, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="views must be one of"):
+        encoder.encode_images([scene], views=3)

@@ -207,19 +207,23 @@ def _read_captions(path: Path) -> list[str]:
 @click.option("--labels", help='Comma-separated class names, e.g. "forest,river,airport".')
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Top-k classes to report.")
+@click.option("--views", default="1", show_default=True, type=click.Choice(["1", "2", "4", "8"]),
+              help="Test-time augmentation: average each image over 2 (mirror), 4 (90° rotations) or 8 (all flips "
+                   "and rotations) views; N× slower.")
 @_model_option
 @format_option()
-def classify(images, labels, classes, k, model, fmt) -> int:
+def classify(images, labels, classes, k, views, model, fmt) -> int:
     """Zero-shot scene classification of IMAGES (files or folders) with remote-sensing prompt ensembles.
 
     \b
     Examples:
       terravl classify scene.jpg --labels "forest,river,airport,harbor"
       terravl classify ../shared/data/aid_150px/images/Port --classes aid --format json
+      terravl classify scenes/ --classes aid --views 8      # average over all flips and rotations
     """
     from terravl.tasks import classify as classify_task
 
-    results = classify_task(list(images), _load_model(model), labels, classes, k)
+    results = classify_task(list(images), _load_model(model), labels, classes, k, views=int(views))
     failed = [r for r in results if "error" in r]
     if fmt == "json":
         emit_json(results)

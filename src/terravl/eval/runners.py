@@ -131,8 +131,9 @@ def _split_records(dataset: str | Path, split: str | None) -> list:
     return records
 
 
-def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64) -> dict:
-    """Image↔text retrieval on a Karpathy caption split with the RS protocol (every caption of an image counts)."""
+def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64, views: int = 1) -> dict:
+    """Image↔text retrieval on a Karpathy caption split with the RS protocol (every caption of an image counts);
+    ``views`` > 1 averages each image over flips/rotations (see ``Encoder.encode_images``)."""
     records = _split_records(dataset, split)
     records = [r for r in records if isinstance(r, CaptionRecord)]
     if not records:
@@ -141,17 +142,17 @@ def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size
     if missing:
         raise InputError(dataset, f"{len(missing)} images of split {split!r} not found on disk (e.g. {missing[0]}); "
                                   f"retrieval needs the images")
-    image_emb = encoder.encode_images([r.path for r in records], batch_size=batch_size)
+    image_emb = encoder.encode_images([r.path for r in records], batch_size=batch_size, views=views)
     captions = [c for r in records for c in r.captions]
     caption_image = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
     text_emb = encoder.encode_texts(captions)
     metrics = retrieval_metrics(image_emb @ text_emb.T, caption_image)
     return {"task": "retrieval", "model": encoder.name, "dataset": str(dataset), "split": split,
-            "images": len(records), "captions": len(captions), "scores": metrics}
+            "images": len(records), "captions": len(captions), "views": views, "scores": metrics}
 
 
 def eval_zeroshot(encoder, dataset: str | Path, split: str | None = "test", templates=RS_TEMPLATES,
-                  batch_size: int = 64) -> dict:
+                  batch_size: int = 64, views: int = 1) -> dict:
     """Zero-shot top-1 with a prompt ensemble on class folders or on a caption JSON with a ``class`` field.
 
     For class folders without split lists every image is used (``split=None``)."""
@@ -159,12 +160,12 @@ def eval_zeroshot(encoder, dataset: str | Path, split: str | None = "test", temp
     classes = sorted({label for _, label in records})
     index = {c: i for i, c in enumerate(classes)}
     weights = class_embeddings(encoder, classes, templates)
-    image_emb = encoder.encode_images([p for p, _ in records], batch_size=batch_size)
+    image_emb = encoder.encode_images([p for p, _ in records], batch_size=batch_size, views=views)
     pred = np.argmax(image_emb @ weights.T, axis=1)
     true = np.array([index[label] for _, label in records])
     metrics = classification_metrics(true, pred, classes)
     return {"task": "zeroshot", "model": encoder.name, "dataset": str(dataset), "split": split,
-            "templates": list(templates), **metrics}
+            "templates": list(templates), "views": views, **metrics}
 
 
 def _zeroshot_records(dataset, split):

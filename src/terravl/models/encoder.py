@@ -79,14 +79,18 @@ class Encoder:
         return torch.cat(out).numpy()
 
     def encode_images(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32,
-                      workers: int | None = None, progress: bool | None = None, skip_errors: bool = False
-                      ) -> np.ndarray:
+                      workers: int | None = None, progress: bool | None = None, skip_errors: bool = False,
+                      views: int = 1) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of ``images`` (paths, PIL images, arrays, tiles).
 
         With ``skip_errors`` an unreadable input is recorded in ``self.report.failed`` and left out (rows follow
         ``self.report.kept``); otherwise its typed error is raised. ``progress`` shows a bar on stderr (default:
-        for more than 256 images on a terminal).
+        for more than 256 images on a terminal). ``views`` > 1 averages the embeddings of that many flips and 90°
+        rotations of each image (test-time augmentation, see :data:`VIEWS`): overhead imagery has no "up", so the
+        average is steadier than any single view, at ``views`` times the cost.
         """
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views!r}")
         items = [images] if not isinstance(images, (list, tuple)) and not _is_iterable(images) else list(images)
         self.report = EncodeReport()
         self._skip_errors = skip_errors
@@ -100,7 +104,7 @@ class Encoder:
                     self._autocast():
                 for pixels in self._batches(items, batch_size, pool):
                     if pixels is not None:
-                        out.append(_normalise(self._forward_images(pixels.to(self.device))))
+                        out.append(self._embed(pixels.to(self.device), views))
                         if bar is not None:
                             bar.update(pixels.shape[0])
         finally:
@@ -109,6 +113,12 @@ class Encoder:
         if not out:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         return torch.cat(out).numpy()
+
+    def _embed(self, pixels: torch.Tensor, views: int) -> torch.Tensor:
+        if views == 1:
+            return _normalise(self._forward_images(pixels))
+        mean = sum(_normalise(self._forward_images(view(pixels))) for view in VIEWS[views]) / views
+        return _normalise(mean)
 
     # -- pipeline -------------------------------------------------------------------------------------
     def _load_one(self, item: ImageInput):
@@ -160,6 +170,23 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.embed_dim}, device={self.device})"
+
+
+def _rot(k: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def view(pixels: torch.Tensor) -> torch.Tensor:
+        out = torch.rot90(pixels, k, dims=(-2, -1)) if k else pixels
+        return out.flip(-1) if flip else out
+    return view
+
+
+VIEWS: dict[int, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    1: (_rot(0, False),),
+    2: (_rot(0, False), _rot(0, True)),
+    4: tuple(_rot(k, False) for k in range(4)),
+    8: tuple(_rot(k, f) for k in range(4) for f in (False, True)),
+}
+"""Test-time views of a (…, H, W) pixel batch: 2 = identity and mirror, 4 = the four 90° rotations, 8 = all
+eight flips and rotations (the dihedral group the training augmentations draw from)."""
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:

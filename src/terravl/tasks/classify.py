@@ -59,18 +59,20 @@ def resolve_labels(labels: list[str] | str | None = None, classes: str | None = 
 
 def classify(images: list, encoder, labels: list[str] | str | None = None, classes: str | None = None, k: int = 5,
              templates=RS_TEMPLATES, batch_size: int = 32, tile_size: int = 256,
-             whole_below: int | None = None) -> list[dict]:
+             whole_below: int | None = None, views: int = 1) -> list[dict]:
     """Per image: ``{path, label, score, top: [{label, probability}]}``; unreadable images get ``error``.
 
     Directories in ``images`` are walked recursively; rasters larger than ``whole_below`` pixels (default twice
     the tile size) are classified tile by tile, each result with its window and footprint. Probabilities are a softmax over the cosine similarities
-    scaled by the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100)."""
+    scaled by the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100).
+    ``views`` > 1 averages each image's embedding over that many flips/rotations (8: all of them), N× the cost."""
     names = resolve_labels(labels, classes)
     items, extra, failed = expand_images(images, tile_size, whole_below or 2 * tile_size)
     if not items and not failed:
         raise InputError("images", "no image files found")
     weights = class_embeddings(encoder, names, templates)
-    emb = encoder.encode_images(items, batch_size=batch_size, skip_errors=True) if items else np.zeros((0, 1))
+    emb = encoder.encode_images(items, batch_size=batch_size, skip_errors=True, views=views) if items \
+        else np.zeros((0, 1))
     probs = softmax(encoder.logit_scale * emb @ weights.T) if len(emb) else np.zeros((0, len(names)))
     results: list[dict] = [{} for _ in items]
     for row, index in enumerate(encoder.report.kept if items else []):

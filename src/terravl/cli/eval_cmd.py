@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import emit_json, format_option, stderr, table
+from terravl.cli.output import emit_json, format_option, stderr, table, views_option
 
 
 def _model_option(f):
@@ -26,9 +26,6 @@ def _finish(result: dict, fmt: str, out: Path | None, render) -> None:
         render(result)
 
 
-_views_option = click.option("--views", default="1", show_default=True, type=click.Choice(["1", "2", "4", "8"]),
-              help="Test-time augmentation: average each image over 2 (mirror), 4 (90° rotations) or 8 (all flips "
-                   "and rotations) views; N× slower.")
 _out_option = click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
                            help="Also write the result as JSON here (for --compare).")
 
@@ -148,15 +145,15 @@ def caption(dataset: Path, predictions: Path | None, model: str | None, method: 
 @click.option("--split", default="test", show_default=True)
 @_model_option
 @click.option("--batch-size", default=64, show_default=True)
-@_views_option
+@views_option()
 @_out_option
 @format_option()
-def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: str, out: Path | None, fmt: str) -> None:
+def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: int, out: Path | None, fmt: str) -> None:
     """Image→text and text→image R@1/5/10 and mR (percent) with the RS protocol."""
     import terravl.models as m
     from terravl.eval.runners import eval_retrieval
 
-    result = eval_retrieval(m.load(model), dataset, split, batch_size, int(views))
+    result = eval_retrieval(m.load(model), dataset, split, batch_size, views)
     s = result["scores"]
     _finish(result, fmt, out, lambda r: table(
         f"retrieval: {r['model']} on {r['split']} ({r['images']} images, {r['captions']} captions)",
@@ -171,15 +168,15 @@ def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: str
               help="Split to score (class folders without split lists use every image).")
 @_model_option
 @click.option("--batch-size", default=64, show_default=True)
-@_views_option
+@views_option()
 @_out_option
 @format_option()
-def zeroshot(dataset: Path, split: str, model: str, batch_size: int, views: str, out: Path | None, fmt: str) -> None:
+def zeroshot(dataset: Path, split: str, model: str, batch_size: int, views: int, out: Path | None, fmt: str) -> None:
     """Zero-shot scene classification: top-1, per-class accuracy and confusion matrix."""
     import terravl.models as m
     from terravl.eval.runners import eval_zeroshot
 
-    result = eval_zeroshot(m.load(model), dataset, split, batch_size=batch_size, views=int(views))
+    result = eval_zeroshot(m.load(model), dataset, split, batch_size=batch_size, views=views)
 
     def render(r):
         table(f"zero-shot: {r['model']}, {r['n']} images, top-1 {r['top1']:.2f} %", ["class", "accuracy %"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from terravl.cli.output import emit_json, format_option, report_problems, stderr, table
+from terravl.cli.output import emit_json, format_option, report_problems, stderr, table, views_option
 
 _model_option = click.option("--model", default=None,
                              help="Registry name, checkpoint file or model folder. Default: terravl-default.")
@@ -207,9 +207,7 @@ def _read_captions(path: Path) -> list[str]:
 @click.option("--labels", help='Comma-separated class names, e.g. "forest,river,airport".')
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Top-k classes to report.")
-@click.option("--views", default="1", show_default=True, type=click.Choice(["1", "2", "4", "8"]),
-              help="Test-time augmentation: average each image over 2 (mirror), 4 (90° rotations) or 8 (all flips "
-                   "and rotations) views; N× slower.")
+@views_option()
 @_model_option
 @format_option()
 def classify(images, labels, classes, k, views, model, fmt) -> int:
@@ -223,7 +221,7 @@ def classify(images, labels, classes, k, views, model, fmt) -> int:
     """
     from terravl.tasks import classify as classify_task
 
-    results = classify_task(list(images), _load_model(model), labels, classes, k, views=int(views))
+    results = classify_task(list(images), _load_model(model), labels, classes, k, views=views)
     failed = [r for r in results if "error" in r]
     if fmt == "json":
         emit_json(results)

@@ -21,6 +21,14 @@ def format_option(*choices: str) -> Callable:
                         help="Output: a human-readable table, or JSON on stdout (logs go to stderr).")
 
 
+def views_option() -> Callable:
+    """``--views N`` (1, 2, 4 or 8), passed to the command as an int: test-time averaging over flips/rotations."""
+    return click.option("--views", default="1", show_default=True, type=click.Choice(["1", "2", "4", "8"]),
+                        callback=lambda ctx, param, value: int(value),
+                        help="Test-time augmentation: average each image over 2 (mirror), 4 (90° rotations) or 8 "
+                             "(all flips and rotations) views; N× slower.")
+
+
 def emit_json(result: Any) -> None:
     sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     sys.stdout.flush()

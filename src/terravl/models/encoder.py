@@ -86,11 +86,11 @@ class Encoder:
         With ``skip_errors`` an unreadable input is recorded in ``self.report.failed`` and left out (rows follow
         ``self.report.kept``); otherwise its typed error is raised. ``progress`` shows a bar on stderr (default:
         for more than 256 images on a terminal). ``views`` > 1 averages the embeddings of that many flips and 90°
-        rotations of each image (test-time augmentation, see :data:`VIEWS`): overhead imagery has no "up", so the
-        average is steadier than any single view, at ``views`` times the cost.
+        rotations of each image (test-time augmentation, see :data:`DIHEDRAL_VIEWS`): overhead imagery has no
+        "up", so the average is steadier than any single view, at ``views`` times the cost.
         """
-        if views not in VIEWS:
-            raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views!r}")
+        if views not in DIHEDRAL_VIEWS:
+            raise ValueError(f"views must be one of {sorted(DIHEDRAL_VIEWS)}, got {views!r}")
         items = [images] if not isinstance(images, (list, tuple)) and not _is_iterable(images) else list(images)
         self.report = EncodeReport()
         self._skip_errors = skip_errors
@@ -117,7 +117,7 @@ class Encoder:
     def _embed(self, pixels: torch.Tensor, views: int) -> torch.Tensor:
         if views == 1:
             return _normalise(self._forward_images(pixels))
-        mean = sum(_normalise(self._forward_images(view(pixels))) for view in VIEWS[views]) / views
+        mean = sum(_normalise(self._forward_images(view(pixels))) for view in DIHEDRAL_VIEWS[views]) / views
         return _normalise(mean)
 
     # -- pipeline -------------------------------------------------------------------------------------
@@ -179,14 +179,15 @@ def _rot(k: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     return view
 
 
-VIEWS: dict[int, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+DIHEDRAL_VIEWS: dict[int, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
     1: (_rot(0, False),),
     2: (_rot(0, False), _rot(0, True)),
     4: tuple(_rot(k, False) for k in range(4)),
     8: tuple(_rot(k, f) for k in range(4) for f in (False, True)),
 }
 """Test-time views of a (…, H, W) pixel batch: 2 = identity and mirror, 4 = the four 90° rotations, 8 = all
-eight flips and rotations (the dihedral group the training augmentations draw from)."""
+eight flips and rotations (the dihedral group the training augmentations draw from). Not to be confused with
+``feature_cache.VIEWS``: named PIL transforms of a training image, whose features a captioner is trained on."""
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:

@@ -199,3 +199,22 @@ def test_views_average_flips_and_rotations_and_make_embeddings_invariant_to_them
     assert np.allclose(two, expected, atol=1e-5)
     with pytest.raises(ValueError, match="views must be one of"):
         encoder.encode_images([scene], views=3)
+
+
+def test_pull_without_network_fails_with_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`models pull` is the one command that downloads; offline it must say what to do instead, not trace back."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from terravl.cli.main import main
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setenv("TERRAVL_HOME", str(tmp_path / "home"))
+    assert main(["models", "pull", "remoteclip-vit-b-32"]) == 1
+    err = capsys.readouterr().err
+    assert "could not download" in err and "Traceback" not in err
+    assert str(tmp_path / "home" / "models" / "RemoteCLIP-ViT-B-32.pt") in err
+    assert not (tmp_path / "home" / "models" / "RemoteCLIP-ViT-B-32.pt").exists()

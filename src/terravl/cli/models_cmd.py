@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from terravl import config
+from terravl.errors import TerraVLError
 from terravl.cli.output import emit_json, format_option, stderr, table
 
 
@@ -60,9 +61,14 @@ def pull(name: str, fmt: str) -> None:
                                          f"{cfg.source} and put it at {config.models_dir() / cfg.file}")
     from huggingface_hub import hf_hub_download
 
-    stderr.print(f"downloading {cfg.hf_repo}/{cfg.hf_filename} …")
-    cached = Path(hf_hub_download(cfg.hf_repo, cfg.hf_filename))  # explicit, user-requested download
     target = config.models_dir() / cfg.file
+    stderr.print(f"downloading {cfg.hf_repo}/{cfg.hf_filename} …")
+    try:
+        cached = Path(hf_hub_download(cfg.hf_repo, cfg.hf_filename))  # explicit, user-requested download
+    except OSError as exc:  # offline, unreachable or refused: huggingface_hub's errors are all OSErrors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TerraVLError(f"could not download {cfg.hf_repo}/{cfg.hf_filename} ({reason}); without internet, fetch "
+                           f"{cfg.file!r} elsewhere (from {cfg.source}) and put it at {target}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cached, target)
     result = {"name": name, "path": str(target), "bytes": target.stat().st_size}

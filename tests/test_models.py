@@ -174,9 +174,15 @@ def test_encode_images_accepts_paths_arrays_tiles_and_reports_bad_files(tmp_path
 
 
 @pytest.mark.parametrize("name", ["terravl-default", "terravl-captioner"])
-def test_pull_refuses_shipped_models_without_touching_the_network(name, capsys):
+def test_pull_refuses_shipped_models_without_touching_the_network(name, capsys, monkeypatch):
+    import huggingface_hub
+
     from terravl.cli.main import main
 
+    def no_download(*args, **kwargs):
+        raise AssertionError("models pull tried to download a model that ships inside the package")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     assert main(["models", "pull", name]) == 2
     assert "ships inside the terravl package" in capsys.readouterr().err
 

@@ -13,17 +13,16 @@ user LM is referenced by its absolute path, never copied.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from terravl.errors import InputError
 from terravl.models.checkpoints import CheckpointError, load_into, read_state_dict
+from terravl.models.progress import progress_bar
 from terravl.models.word_tokenizer import tidy
 
 SETTINGS_FILE = "captioner.json"
@@ -206,11 +205,7 @@ class Captioner(nn.Module):
         was_training = self.training
         self.eval()
         out: list[str] = []
-        if progress is False or (progress is None and n <= 256):
-            disable: bool | None = True
-        else:
-            disable = None if progress is None else False  # None: only on a terminal
-        bar = tqdm(total=n, desc="generating", unit="img", file=sys.stderr, disable=disable)
+        bar = progress_bar(n, progress, "generating")
         try:
             for start in range(0, n, batch_size):
                 out.extend(self._generate_batch(features[start:start + batch_size], ids[start:start + batch_size],

@@ -19,6 +19,7 @@ import torch
 
 from terravl.errors import InputError
 from terravl.models.images import ImageInput, describe, to_pil
+from terravl.models.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Encoder:
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         workers = workers or max(1, min(4, (os.cpu_count() or 2) - 1))
-        bar = _progress(len(items), progress)
+        bar = progress_bar(len(items), progress, "encoding")
         out: list[torch.Tensor] = []
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="terravl-decode") as pool, torch.inference_mode(), \
@@ -105,11 +106,9 @@ class Encoder:
                 for pixels in self._batches(items, batch_size, pool):
                     if pixels is not None:
                         out.append(self._embed(pixels.to(self.device), views))
-                        if bar is not None:
-                            bar.update(pixels.shape[0])
+                        bar.update(pixels.shape[0])
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if not out:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         return torch.cat(out).numpy()
@@ -207,13 +206,3 @@ def _is_iterable(obj) -> bool:
         return True
     except TypeError:
         return False
-
-
-def _progress(total: int, show: bool | None):
-    import sys
-
-    from tqdm import tqdm
-
-    if show is False or (show is None and total <= 256):
-        return None
-    return tqdm(total=total, desc="encoding", unit="img", file=sys.stderr, disable=None if show is None else False)

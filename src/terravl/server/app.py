@@ -370,12 +370,12 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
             with service.model_lock:
                 return _hits(search(store, image=picture, k=k, bbox=box, date_from=date_from, date_to=date_to,
                                     encoder=service.encoder(store.model)), index or next(iter(service.paths)))
-        return await _on_input(image, None, work, required="image")
+        return await _on_input(image, None, work)
 
-    async def _on_input(image: UploadFile | None, tile_id: int | None, work, required: str = "image/id"):
+    async def _on_input(image: UploadFile | None, tile_id: int | None, work):
         """Save the upload (if any), run ``work(upload path | None, tile id | None)`` in the work pool, and
-        delete the upload afterwards, whatever happened."""
-        if required == "image/id" and (image is None) == (tile_id is None):
+        delete the upload afterwards, whatever happened. Exactly one of the two inputs must be given."""
+        if (image is None) == (tile_id is None):
             raise InputError("image/id", "give exactly one of an uploaded image or the id of an indexed tile")
         path = await service.save_upload(image) if image is not None else None
 

@@ -9,6 +9,12 @@ the server's resident memory.
 One client uses the stdlib's http.client on a keep-alive connection; 8 and 64 clients use httpx's async client.
 Every loop is bounded in requests and seconds and stops by itself; traffic goes to 127.0.0.1 only.
 Targets (issue 9): p50 overhead of the HTTP layer ≤ 2 ms at 1 client; peak RSS flat (±10 %) across the soak.
+
+    python benchmarks/bench_server.py --classify 300          # issue 14.1: POST /api/v1/classify throughput
+
+``--classify N`` instead uploads a small real JPEG (../shared/data/aid_150px) N times at concurrency 4 to a server
+started with ``--workers 1`` and then ``--workers 2`` (``--threads`` fixed, so only the parallelism differs), and
+prints requests/s of each and their ratio: with stateless encoding, 2 workers should approach 2× on ≥ 2 free cores.
 """
 
 from __future__ import annotations
@@ -145,6 +151,90 @@ def http_layer_only(index: Path, n: int = 300) -> list[float]:
         tasks.search = real
 
 
+def start_server(index: Path, log_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``terravl serve`` on a free loopback port, once /readyz answers 200."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(log_path, "w")
+    server = subprocess.Popen([sys.executable, "-m", "terravl.cli.main", "serve", str(index), "--port", str(port),
+                               "--log-level", "warning", *args], stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        if server.poll() is not None:
+            raise SystemExit("server exited; see " + log.name)
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.terminate()
+    raise SystemExit("server did not start; see " + log.name)
+
+
+async def classify_load(url: str, image: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+    """``requests`` uploads of ``image`` to /api/v1/classify (built-in AID classes) from ``concurrency`` clients."""
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    todo = iter(range(requests))
+
+    async def client_loop(client):
+        nonlocal failures
+        for _ in todo:
+            start = time.perf_counter()
+            response = await client.post("/api/v1/classify", files={"image": ("scene.jpg", image, "image/jpeg")},
+                                         data={"classes": "aid"})
+            if response.status_code == 200:
+                latencies.append(1000 * (time.perf_counter() - start))
+            else:
+                failures += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+        await client.post("/api/v1/classify", files={"image": ("w.jpg", image, "image/jpeg")},
+                          data={"classes": "aid"})  # warm-up: caches the label embeddings
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, failures, elapsed
+
+
+def classify_throughput(index: Path, tmp: Path, requests: int, concurrency: int = 4,
+                        worker_counts: tuple[int, ...] = (1, 2)) -> None:
+    """Issue 14.1's measure: classify requests/s with ``--workers 2`` against ``--workers 1``."""
+    from terravl import config
+
+    shared = config.shared_dir()
+    images = sorted((shared / "data" / "aid_150px" / "images").rglob("*.jpg")) if shared else []
+    if not images:
+        raise SystemExit("needs ../shared/data/aid_150px (set TERRAVL_SHARED)")
+    image = images[0].read_bytes()
+    threads = max(1, (os.cpu_count() or 2) // max(worker_counts))  # the same torch threads per worker in every run
+    rows = []
+    for workers in worker_counts:
+        server, url = start_server(index, tmp / f"serve-classify-{workers}.log", "--workers", str(workers),
+                                   "--threads", str(threads), "--queue", str(4 * concurrency))
+        try:
+            latencies, failures, elapsed = asyncio.run(classify_load(url, image, requests, concurrency))
+        finally:
+            server.terminate()
+            server.wait(60)
+        rows.append((workers, len(latencies) / elapsed, percentile(latencies, 50) if latencies else float("nan"),
+                     percentile(latencies, 99) if latencies else float("nan"), failures))
+    base = rows[0][1]
+    print(f"\nPOST /api/v1/classify · {requests} uploads of {images[0].name} ({len(image):,} bytes) at concurrency "
+          f"{concurrency} · {threads} torch thread(s) per worker · {os.cpu_count()} cores")
+    print("| --workers | requests/s | p50 ms | p99 ms | non-200 | × workers=1 |")
+    print("|----------:|-----------:|-------:|-------:|--------:|------------:|")
+    for workers, rps, p50, p99, failures in rows:
+        print(f"| {workers:9d} | {rps:10.2f} | {p50:6.0f} | {p99:6.0f} | {failures:7d} | {rps / base:11.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="Index to serve (default: built from the shipped samples).")
@@ -153,6 +243,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=300.0, help="Soak seconds at 8 clients (0 to skip).")
     parser.add_argument("--in-process", type=int, default=300, help="In-process search calls for the baseline.")
     parser.add_argument("--workers", type=int, default=2, help="Server worker threads (terravl serve --workers).")
+    parser.add_argument("--classify", type=int, default=0, metavar="N",
+                        help="Only measure POST /api/v1/classify: N uploads at concurrency 4, --workers 1 vs 2.")
+    parser.add_argument("--concurrency", type=int, default=4, help="Clients for --classify.")
     args = parser.parse_args()
 
     from terravl import config
@@ -166,6 +259,9 @@ def main() -> None:
         index = tmp / "samples.idx"
         build_index([config.samples_dir()], m.load("terravl-default"), index)
 
+    if args.classify:
+        classify_throughput(index, tmp, args.classify, args.concurrency)
+        return
     base = in_process(index, args.in_process)
     layer = http_layer_only(index)
     with socket.socket() as s:

@@ -227,9 +227,10 @@ def test_large_rasters_are_captioned_per_tile_with_footprints(tmp_path):
     method = RetrievalCaptioner(encoder, bank, [["green trees around a pond ."]])
     raster = write_geotiff(tmp_path / "big.tif", width=600, height=300)
     rows = caption([raster, tmp_path / "nope.tif"], method, tile_size=128)
-    tiles = [r for r in rows if "caption" in r]
-    assert len(tiles) == 5 * 3 and all(r["footprint"]["type"] == "Polygon" for r in tiles)
-    assert rows[-1]["path"].endswith("nope.tif") and "error" in rows[-1]
+    tiles = rows.results
+    assert len(tiles) == 5 * 3 and all(r.footprint["type"] == "Polygon" for r in tiles)
+    assert rows[-1].path.endswith("nope.tif") and rows[-1] in rows.problems
+    assert rows.summary() == {"inputs": 16, "answered": 15, "problems": 1}
 
 
 SHIPPED_CASES = {  # test-split images: (class folder, file, words of which a caption should name one)

@@ -46,15 +46,15 @@ def test_build_search_filters_and_incremental(tmp_path, archive, tiny_model):
     assert info["count"] == 12 and info["model"] == str(tiny_model.resolve()) and info["dim"] == 32
     assert info["acquired"] == ["2020-06-11", "2020-06-11"]
     hits = search(out, text="a river", k=5, encoder=encoder)
-    assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
     # the example image itself is its own best match
     hits = search(out, image=archive / "scene_3.png", k=1, encoder=encoder)
-    assert hits[0]["path"].endswith("scene_3.png") and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    tiles = [h for h in search(out, text="x", k=12, encoder=encoder) if h["footprint"]]
-    assert len(tiles) == 6 and all(h["window"] for h in tiles)
-    lon = tiles[0]["footprint"]["coordinates"][0][0][0]
+    assert hits[0].path.endswith("scene_3.png") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    tiles = [h for h in search(out, text="x", k=12, encoder=encoder) if h.footprint]
+    assert len(tiles) == 6 and all(h.window for h in tiles)
+    lon = tiles[0].footprint["coordinates"][0][0][0]
     bbox_hits = search(out, text="x", k=50, encoder=encoder, bbox=(lon - 1, -90, lon + 1, 90))
-    assert {h["path"] for h in bbox_hits} == {str((archive / "big_20200611.tif").resolve())}
+    assert {h.path for h in bbox_hits} == {str((archive / "big_20200611.tif").resolve())}
     assert search(out, text="x", k=50, encoder=encoder, bbox=(0, 0, 1, 1)) == []
     assert len(search(out, text="x", k=50, encoder=encoder, date_from="2020-06-01", date_to="2020-06-30")) == 6
     assert search(out, text="x", k=50, encoder=encoder, date_from="2021-01-01") == []
@@ -66,7 +66,7 @@ def test_bad_files_are_reported_and_the_build_goes_on(tmp_path, archive, tiny_mo
     (archive / "notes.tif").write_bytes(b"not a tiff")
     report = build_index([archive], m.load(tiny_model), tmp_path / "idx", tile_size=128)
     assert report.added == 12
-    assert {Path(p["path"]).name for p in report.problems} == {"broken.png", "notes.tif"}
+    assert {Path(p.path).name for p in report.problems} == {"broken.png", "notes.tif"}
     assert len(IndexStore(tmp_path / "idx").problems()) == 2
 
 
@@ -102,17 +102,17 @@ def test_exact_and_ivf_search_agree_on_clustered_vectors(tmp_path):
 def test_classify_and_caption_search(tmp_path, archive, tiny_model):
     encoder = m.load(tiny_model)
     results = classify([archive], encoder, labels="forest,river,harbor", k=2, tile_size=128)
-    assert len(results) == 6 + 6 and all(r["label"] in {"forest", "river", "harbor"} for r in results)
-    assert all(0 < sum(t["probability"] for t in r["top"]) <= 1 + 1e-6 for r in results)
-    tiles = [r for r in results if r.get("footprint")]
+    assert len(results) == 6 + 6 and all(r.label in {"forest", "river", "harbor"} for r in results)
+    assert all(0 < sum(t.probability for t in r.top) <= 1 + 1e-6 for r in results)
+    tiles = [r for r in results if r.footprint]
     assert len(tiles) == 6
     with pytest.raises(Exception, match="at least two labels"):
         classify([archive], encoder, labels="forest")
     truncate(write_image(tmp_path / "bad.png", 60, 60), 0.3)
     out = classify([tmp_path / "bad.png", archive / "scene_1.png"], encoder, classes="aid")
-    assert "error" in out[0] and out[1]["label"] in BUILTIN_CLASSES["aid"]
+    assert out.problems == [out[0]] and out[1].label in BUILTIN_CLASSES["aid"]
     hits = search_captions(archive / "scene_1.png", ["a forest", "a harbor", "a road"], encoder, k=2)
-    assert [h["rank"] for h in hits] == [1, 2]
+    assert [h.rank for h in hits] == [1, 2]
 
 
 def test_localize_writes_a_georeferenced_heat_map(tmp_path, tiny_model):

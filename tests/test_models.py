@@ -168,9 +168,10 @@ def test_encode_images_accepts_paths_arrays_tiles_and_reports_bad_files(tmp_path
     np.testing.assert_allclose(out[0], out[2], atol=1e-6)  # a path and its pixels embed the same
     with pytest.raises(RasterReadError, match="c.png"):
         encoder.encode_images([jpg, broken])
-    kept = encoder.encode_images([jpg, broken, tif], skip_errors=True)
-    assert kept.shape == (2, 32) and encoder.report.kept == [0, 2]
-    assert encoder.report.failed[0]["path"].endswith("c.png")
+    batch = encoder.encode_batch([jpg, broken, tif])
+    assert batch.vectors.shape == (2, 32) and batch.kept == [0, 2]
+    assert batch.problems[0].path.endswith("c.png") and batch.problems[0].index == 1
+    assert not hasattr(encoder, "report")  # nothing about a call is left on the shared encoder
 
 
 @pytest.mark.parametrize("name", ["terravl-default", "terravl-captioner"])

@@ -128,7 +128,7 @@ def test_hostile_uploads(server, tmp_path):
     with open(text, "rb") as fh:
         response = server.client.post("/api/v1/classify", files={"image": ("notes.txt", fh, "text/plain")},
                                       data={"classes": "aid"})
-    assert response.status_code == 400
+    assert response.status_code == 415 and _error(response)["field"] == "image"  # refused by content (issue 22)
     assert server.client.get("/readyz").status_code == 200  # still serving
 
 

@@ -9,6 +9,7 @@ from shapely.ops import unary_union
 
 from fakedata import truncate, write_geotiff, write_image
 from terravl.io import PixelWindow, iter_tiles, raster_info, tile_windows, write_tiles
+from terravl.results import Problem
 
 
 @pytest.mark.parametrize("width,height,size,overlap", [(300, 200, 64, 0), (300, 200, 64, 16), (64, 64, 64, 0),
@@ -84,7 +85,9 @@ def test_batch_reports_bad_files_and_goes_on(tmp_path):
     png = write_image(tmp_path / "plain.png", 50, 40)
     result = write_tiles([good, bad, tmp_path / "missing.tif", png], tmp_path / "out", size=32)
     assert [s["path"] for s in result.sources] == [str(good), str(png)]
-    assert {p["path"] for p in result.problems} == {str(bad), str(tmp_path / "missing.tif")}
+    assert all(isinstance(p, Problem) for p in result.problems)
+    assert {p.path for p in result.problems} == {str(bad), str(tmp_path / "missing.tif")}
+    assert {p["path"] for p in result.to_dict()["problems"]} == {str(bad), str(tmp_path / "missing.tif")}
     features = json.loads((tmp_path / "out" / "tiles.geojson").read_text())["features"]
     plain = [f for f in features if f["properties"]["source"] == str(png)]
     assert len(plain) == 4 and plain[0]["geometry"] is None  # no CRS, no footprint, still tiled
@@ -97,3 +100,37 @@ def test_sixteen_bit_tiles_share_one_stretch(tmp_path):
     path = write_geotiff(tmp_path / "u16.tif", 128, 128, count=4, dtype="uint16", data=data)
     left, right = [t for t in iter_tiles(path, size=64) if t.row == 0]
     assert left.array.max() < right.array.min()  # a per-tile stretch would map both to the same value
+
+
+def test_tile_size_is_bounded_before_any_allocation(tmp_path, samples, capsys):
+    from terravl.cli.main import main
+    from terravl.errors import InputError
+    from terravl.io import MAX_TILE_SIZE
+
+    raster = samples / "landsat7_rgb.tif"
+    with pytest.raises(InputError, match="^size: .*100000.*8192"):
+        next(iter_tiles(raster, size=100_000))
+    with pytest.raises(InputError, match="^size: "):
+        write_tiles(raster, tmp_path / "out", size=MAX_TILE_SIZE + 1)
+    assert not (tmp_path / "out").exists()  # refused before touching the disk
+    code = main(["tiles", str(raster), "--size", "100000", "--out", str(tmp_path / "cli")])
+    assert code == 2 and "--size" in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_clear_error_and_claims_nothing(tmp_path, capsys):
+    from terravl.cli.main import main
+    from terravl.errors import OutputError
+
+    raster = write_geotiff(tmp_path / "r.tif", 70, 70)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(OutputError, match="file.txt"):
+        write_tiles(raster, blocker / "out", size=32)
+    out = tmp_path / "out"
+    (out / "r_r0001_c0001.png").mkdir(parents=True)  # a chip that cannot be written, midway through the run
+    with pytest.raises(OutputError, match="r_r0001_c0001.png.*no tiles.geojson was written"):
+        write_tiles(raster, out, size=32)
+    assert not (out / "tiles.geojson").exists() and not (out / "tiles.geojson.part").exists()
+    code = main(["tiles", str(raster), "--size", "32", "--out", str(blocker / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "file.txt" in err and "Traceback" not in err

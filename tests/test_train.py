@@ -6,6 +6,7 @@ import torch
 import terravl.models as m
 from fakedata import write_karpathy
 from terravl.train.clip import TrainConfig, train
+from terravl.train.loop import warmup_cosine
 
 TINY = dict(widths=(8, 16), depths=(1, 1), embed_dim=32, resolution=32, cache_resolution=40, batch_size=8,
             lr=5e-3, warmup_epochs=0.0, class_prompt_prob=0.0, threads=1, progress=False)
@@ -36,14 +37,65 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path, fake_ca
     train(straight, log=lambda _: None)
     first = TrainConfig(data=str(fake_captions), out=str(tmp_path / "b"), epochs=2, stop_after_epochs=1, **TINY)
     train(first, log=lambda _: None)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 1
+    halfway = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert halfway["state"]["epoch"] == 1 and halfway["state"]["step"] == 2  # 16 images, batches of 8
+    assert halfway["schedule"]["_last_lr"][0] == TINY["lr"] * warmup_cosine(2, 0, 4)
     second = TrainConfig(data=str(fake_captions), out=str(tmp_path / "b"), epochs=2, **TINY)
     train(second, resume=True, log=lambda _: None)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["state"]["step"] == b["state"]["step"]
+    assert [h["loss"] for h in a["state"]["history"]] == [h["loss"] for h in b["state"]["history"]]
     for key, value in a["model"].items():
-        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
+        assert torch.equal(value, b["model"][key]), key  # bit for bit, not merely close
+
+
+def test_a_cpu_run_is_repeatable_bit_for_bit_and_the_seed_matters(tmp_path, fake_captions):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        info = train(TrainConfig(data=str(fake_captions), out=str(tmp_path / name), epochs=2, seed=seed,
+                                 device="cpu", **TINY), log=lambda _: None)
+        assert info["device"] == "cpu" and info["precision"] == "fp32"
+        runs[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(v, runs["b"][k]) for k, v in runs["a"].items())
+    assert not all(torch.equal(v, runs["c"][k]) for k, v in runs["a"].items())
+
+
+def _run(capsys, *args):
+    from terravl.cli.main import main
+
+    code = main(list(map(str, args)))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_clip_cli_trains_on_the_device_asked_for(tmp_path, fake_captions, capsys):
+    tiny = ["--set", "widths=[8, 16]", "--set", "depths=[1, 1]", "--set", "embed_dim=32", "--set",
+            "cache_resolution=40", "--set", "warmup_epochs=0", "--set", "progress=false", "--set", "memory=false"]
+    code, out, err = _run(capsys, "train", "clip", "--data", fake_captions, "--out", tmp_path / "run",
+                          "--device", "cpu", "--epochs", 1, "--batch-size", 8, "--resolution", 32, "--threads", 1,
+                          *tiny, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["out"] == str(tmp_path / "run")
+    training = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert training["device"] == "cpu" and training["config"]["device"] == "cpu"
+    code, out, err = _run(capsys, "train", "clip", "--out", tmp_path / "nodata", "--device", "cpu", *tiny)
+    assert code == 2 and "data" in err and "no training data" in err
+    code, out, err = _run(capsys, "train", "clip", "--data", fake_captions, "--device", "tpu")
+    assert code == 2 and "--device" in err
+    if not torch.cuda.is_available():
+        code, out, err = _run(capsys, "train", "clip", "--data", fake_captions, "--out", tmp_path / "gpu",
+                              "--device", "cuda", *tiny)
+        assert code == 2 and "device" in err and "no CUDA GPU" in err
+        assert not (tmp_path / "gpu" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["clip", "caption"])
+def test_train_help_tells_where_training_runs(capsys, command):
+    code, out, _ = _run(capsys, "train", command, "--help")
+    assert code == 0 and "--device [auto|cpu|cuda]" in out and "CUDA GPU" in out
+    code, out, _ = _run(capsys, "train", "--help")
+    assert "CUDA GPU" in out and "laptop" not in out
 
 
 def test_the_test_split_is_never_trained_on(tmp_path, fake_captions):

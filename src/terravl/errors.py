@@ -33,3 +33,23 @@ class BandError(InputError):
 
 class DatasetFormatError(InputError):
     """A dataset folder or file whose layout TerraVL does not recognise or cannot parse at all."""
+
+
+class UnsupportedFormatError(InputError):
+    """Bytes that are not one of the image formats TerraVL decodes from untrusted sources (uploads): the HTTP
+    service answers 415. Formats that can reference other files (GDAL VRT, …) are never decoded from them."""
+
+
+class WorkBudgetError(ImageTooLargeError):
+    """A request for more work (windows, tiles) than the caller's budget allows, refused before any pixel is read.
+    The HTTP service answers 413, as for any input too large for it."""
+
+
+class OutputError(TerraVLError):
+    """An output that cannot be written (a read-only or full folder): not the input's fault, so front ends exit 1.
+    Names the file or folder; nothing half-written is reported as done."""
+
+    def __init__(self, target: str | Path, message: str):
+        self.source = str(target)
+        self.message = message
+        super().__init__(f"{self.source}: {message}")

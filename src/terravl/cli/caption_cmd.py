@@ -6,18 +6,13 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import emit_json, format_option, report_problems, table
+from terravl.cli.output import emit_answers, format_option, located
 
 _captioner_option = click.option("--model", default=None,
                                  help="Captioner name or folder written by `terravl train caption`. "
                                       "Default: terravl-captioner (shipped).")
 _tile_option = click.option("--tile-size", default=256, show_default=True, type=click.IntRange(min=16),
                             help="Rasters larger than twice this are described tile by tile.")
-
-
-def _window(row: dict) -> str:
-    w = row.get("window")
-    return "" if not w else f" @{w['col_off']},{w['row_off']} {w['width']}×{w['height']}"
 
 
 def _load(model: str | None, method: str = "generate", bank: Path | None = None, encoder: str | None = None,
@@ -30,6 +25,9 @@ def _load(model: str | None, method: str = "generate", bank: Path | None = None,
                                    "caption bank")
         from terravl import config
         from terravl.models.retrieval_captioner import RetrievalCaptioner
+        from terravl.validation import MAX_CONSENSUS_K, check_int
+
+        k = check_int(k, "k", 1, MAX_CONSENSUS_K)
 
         return RetrievalCaptioner.from_dataset(m.load(encoder or m.DEFAULT_MODEL), bank, "train", k,
                                                config.terravl_home() / "cache")
@@ -44,10 +42,10 @@ def _load(model: str | None, method: str = "generate", bank: Path | None = None,
                    "--bank (the field's strong, cheap baseline).")
 @click.option("--bank", type=click.Path(path_type=Path, exists=True),
               help="Caption dataset (Karpathy JSON) whose train split is the retrieval bank.")
-@click.option("--k", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Retrieval: neighbours whose captions vote for the consensus caption.")
-@click.option("--beams", type=click.IntRange(min=1), help="Beam width (1 = greedy). Default: the model's (3).")
-@click.option("--max-tokens", type=click.IntRange(min=1, max=256), help="Longest caption in tokens. Default: 40.")
+@click.option("--k", default=1, show_default=True, type=int,
+              help="Retrieval: neighbours whose captions vote for the consensus caption (1 to 50).")
+@click.option("--beams", type=int, help="Beam width, 1 (greedy) to 8. Default: the model's (3).")
+@click.option("--max-tokens", type=int, help="Longest caption in tokens. Default: 40.")
 @_tile_option
 @format_option()
 def caption(images, model, method, bank, k, beams, max_tokens, tile_size, fmt) -> int:
@@ -62,23 +60,17 @@ def caption(images, model, method, bank, k, beams, max_tokens, tile_size, fmt) -
     """
     from terravl.tasks import caption as caption_task
 
-    results = caption_task(list(images), _load(model, method, bank, k=k), beams=beams, max_tokens=max_tokens,
+    answers = caption_task(list(images), _load(model, method, bank, k=k), beams=beams, max_tokens=max_tokens,
                            tile_size=tile_size)
-    failed = [r for r in results if "error" in r]
-    if fmt == "json":
-        emit_json(results)
-    else:
-        table(None, ["path", "caption"], [[r["path"] + _window(r), r["caption"]] for r in results if "error" not in r])
-    report_problems(failed)
-    return 2 if failed and len(failed) == len(results) else 0
+    return emit_answers(answers, fmt, None, ["path", "caption"], lambda r: [located(r), r.caption])
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.argument("question")
 @_captioner_option
-@click.option("--beams", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-tokens", default=12, show_default=True, type=click.IntRange(min=1, max=256))
+@click.option("--beams", default=1, show_default=True, type=int, help="Beam width, 1 (greedy) to 8.")
+@click.option("--max-tokens", default=12, show_default=True, type=int, help="Longest answer in tokens (1 to 256).")
 @_tile_option
 @format_option()
 def ask(images, question, model, beams, max_tokens, tile_size, fmt) -> int:
@@ -95,11 +87,6 @@ def ask(images, question, model, beams, max_tokens, tile_size, fmt) -> int:
     """
     from terravl.tasks import ask as ask_task
 
-    results = ask_task(list(images), question, _load(model), beams=beams, max_tokens=max_tokens, tile_size=tile_size)
-    failed = [r for r in results if "error" in r]
-    if fmt == "json":
-        emit_json(results[0] if len(results) == 1 and not failed else results)
-    else:
-        table(question, ["path", "answer"], [[r["path"] + _window(r), r["answer"]] for r in results if "error" not in r])
-    report_problems(failed)
-    return 2 if failed and len(failed) == len(results) else 0
+    answers = ask_task(list(images), question, _load(model), beams=beams, max_tokens=max_tokens, tile_size=tile_size)
+    single = answers[0].to_dict() if len(answers) == 1 and not answers.problems else None
+    return emit_answers(answers, fmt, question, ["path", "answer"], lambda r: [located(r), r.answer], single)

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from terravl.cli.output import emit_json, format_option, report_problems, stderr, table, views_option
+from terravl.cli.output import (emit_answers, emit_json, format_option, located, report_problems, stderr, table,
+                                views_option)
 
 _model_option = click.option("--model", default=None,
                              help="Registry name, checkpoint file or model folder. Default: terravl-default.")
@@ -30,9 +31,8 @@ def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist:
     from terravl.index import IndexStore, build_index
 
     if must_exist:
-        store = IndexStore(out)
-        model = model or store.model
-        store.close()
+        with IndexStore(out) as store:
+            model = model or store.model
     encoder = _load_model(model)
     with tqdm(desc="indexing", unit="tile", file=sys.stderr, disable=None) as bar:
         report = build_index(sources, encoder, out, tile_size, overlap, batch_size=batch_size, progress=bar.update)
@@ -102,9 +102,9 @@ def remove(idx, sources, fmt) -> None:
     """Remove every tile of SOURCES (files or folders, as indexed) from IDX."""
     from terravl.index import IndexStore, expand_sources
 
-    store = IndexStore(idx)
-    removed = {str(p): store.remove_source(str(Path(p).resolve())) for p in expand_sources(sources)}
-    result = {"index": str(idx), "removed": sum(removed.values()), "files": removed, "count": store.count()}
+    with IndexStore(idx) as store:
+        removed = {str(p): store.remove_source(str(Path(p).resolve())) for p in expand_sources(sources)}
+        result = {"index": str(idx), "removed": sum(removed.values()), "files": removed, "count": store.count()}
     emit_json(result) if fmt == "json" else stderr.print(f"removed {result['removed']} tiles; {result['count']} left")
 
 
@@ -115,23 +115,12 @@ def info(idx, fmt) -> None:
     """Count, model, dimensions, sources, date range and bounding box of IDX."""
     from terravl.index import IndexStore
 
-    result = IndexStore(idx).info()
+    with IndexStore(idx) as store:
+        result = store.info()
     if fmt == "json":
         emit_json(result)
     else:
         table(str(idx), ["", "value"], [[k, v] for k, v in result.items()])
-
-
-def _parse_bbox(value: str | None):
-    if value is None:
-        return None
-    try:
-        parts = [float(v) for v in value.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or parts[0] > parts[2] or parts[1] > parts[3]:
-        raise click.BadParameter("expected minlon,minlat,maxlon,maxlat", param_hint="--bbox")
-    return tuple(parts)
 
 
 def _hits_geojson(hits: list[dict]) -> dict:
@@ -146,7 +135,7 @@ def _hits_geojson(hits: list[dict]) -> dict:
 @click.option("--image", type=click.Path(path_type=Path), help="Search by this example image instead of text.")
 @click.option("--captions", type=click.Path(path_type=Path),
               help="With --image: rank these captions (Karpathy JSON or one caption per line) instead of tiles.")
-@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
+@click.option("--k", default=10, show_default=True, type=int, help="Number of hits (1 to 1000).")
 @click.option("--bbox", help="Only tiles intersecting minlon,minlat,maxlon,maxlat (WGS84).")
 @click.option("--date-from", help="Only tiles acquired on or after this date (YYYY-MM-DD).")
 @click.option("--date-to", help="Only tiles acquired on or before this date (YYYY-MM-DD).")
@@ -168,18 +157,19 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
         from terravl.index import IndexStore
         from terravl.tasks import search_captions
 
-        encoder = _load_model(IndexStore(idx).model)
-        hits = search_captions(image, _read_captions(captions), encoder, k)
+        with IndexStore(idx) as store:
+            encoder = _load_model(store.model)
+        matches = search_captions(image, _read_captions(captions), encoder, k)
         if fmt == "table":
-            table(f"captions for {image}", ["rank", "score", "caption"], [[h["rank"], f"{h['score']:.3f}",
-                                                                         h["caption"]] for h in hits])
+            table(f"captions for {image}", ["rank", "score", "caption"], [[m.rank, f"{m.score:.3f}", m.caption]
+                                                                         for m in matches])
         else:
-            emit_json(hits)
+            emit_json([m.to_dict() for m in matches])
         return
     if (text is None) == (image is None):
         raise click.UsageError("give a TEXT query or --image, not both")
-    hits = search_task(idx, text=text, image=image, k=k, bbox=_parse_bbox(bbox), date_from=date_from,
-                       date_to=date_to)
+    hits = [h.to_dict() for h in search_task(idx, text=text, image=image, k=k, bbox=bbox, date_from=date_from,
+                                             date_to=date_to)]
     if fmt == "json":
         emit_json(hits)
     elif fmt == "geojson":
@@ -206,7 +196,7 @@ def _read_captions(path: Path) -> list[str]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", help='Comma-separated class names, e.g. "forest,river,airport".')
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
-@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Top-k classes to report.")
+@click.option("--k", default=5, show_default=True, type=int, help="Top-k classes to report.")
 @views_option()
 @_model_option
 @format_option()
@@ -221,17 +211,13 @@ def classify(images, labels, classes, k, views, model, fmt) -> int:
     """
     from terravl.tasks import classify as classify_task
 
-    results = classify_task(list(images), _load_model(model), labels, classes, k, views=views)
-    failed = [r for r in results if "error" in r]
-    if fmt == "json":
-        emit_json(results)
-    else:
-        table(None, ["path", "label", "p", "next"],
-              [[r["path"] + (f" @{_window(r.get('window'))}" if r.get("window") else ""), r["label"],
-                f"{r['score']:.2f}", ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"][1:3])]
-               for r in results if "error" not in r])
-    report_problems(failed)
-    return 2 if failed and len(failed) == len(results) else 0
+    from terravl.tasks.classify import resolve_labels
+
+    resolve_labels(labels, classes)  # a clear error before the model loads
+    answers = classify_task(list(images), _load_model(model), labels, classes, k, views=views)
+    return emit_answers(answers, fmt, None, ["path", "label", "p", "next"],
+                        lambda r: [located(r), r.label, f"{r.score:.2f}",
+                                   ", ".join(f"{t.label} {t.probability:.2f}" for t in r.top[1:3])])
 
 
 @click.command()
@@ -241,10 +227,11 @@ def classify(images, labels, classes, k, views, model, fmt) -> int:
               help="Heat map GeoTIFF to write (cosine similarity per window, averaged where windows overlap).")
 @click.option("--regions", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the top regions as GeoJSON here.")
-@click.option("--scales", default="256", show_default=True, help="Window sizes in pixels, comma-separated.")
+@click.option("--scales", default="256", show_default=True,
+              help="Window sizes in pixels, comma-separated (16 to 4096, at most 4).")
 @click.option("--stride", default=0.5, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Step between windows, as a fraction of the size.")
-@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Regions to return.")
+@click.option("--top", default=5, show_default=True, type=int, help="Regions to return.")
 @_model_option
 @format_option()
 def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> None:
@@ -256,15 +243,15 @@ def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> No
     """
     from terravl.tasks import localize as localize_task
 
-    try:
-        sizes = tuple(int(s) for s in scales.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 16:
-        raise click.BadParameter("comma-separated window sizes of at least 16 pixels", param_hint="--scales")
+    from terravl.validation import check_scales, check_text
+
+    sizes = check_scales(scales)
+    check_text(query, "query")
+    for target in (out, regions):
+        _check_writable(target)
     result = localize_task(raster, query, _load_model(model), out, sizes, stride, top)
     if regions is not None:
-        regions.write_text(json.dumps(result["regions"], indent=1))
+        _write_text(regions, json.dumps(result["regions"], indent=1))
     if fmt == "json":
         emit_json(result)
     else:
@@ -273,3 +260,37 @@ def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> No
                for f in result["regions"]["features"]])
         if result["heatmap"]:
             stderr.print(f"heat map → {result['heatmap']}")
+
+
+def _check_writable(path: Path | None) -> None:
+    """Refuse an output file whose folder cannot be written before any work is done (exit 1, one line)."""
+    import os
+
+    from terravl.errors import TerraVLError
+
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:  # the nearest existing folder decides
+        folder = folder.parent
+    if not folder.is_dir():
+        raise TerraVLError(f"{path}: cannot write here ({folder} is a file, not a folder)")
+    if not os.access(folder, os.W_OK):
+        raise TerraVLError(f"{path}: cannot write here (folder {folder} is not writable)")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temporary file renamed into place; a failure is one clear line (exit 1)."""
+    import contextlib
+
+    from terravl.errors import TerraVLError
+
+    tmp = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TerraVLError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -44,10 +44,17 @@ def _models_found() -> list[dict]:
     return [m for m in list_models() if m["present"]]
 
 
+def _label(model: dict) -> str:
+    """A model's name, marked when it is not a dual encoder (captioners load with a different command)."""
+    kind = model.get("kind", "encoder")
+    return model["name"] if kind == "encoder" else f"{model['name']} ({kind})"
+
+
 @click.command()
 @format_option()
 def info(fmt: str) -> None:
-    """Show the version, compute device and threads, the models whose weights are found, and sample data.
+    """Show the version, compute device and threads, the models (encoders and captioners) whose weights are
+    found, and sample data.
 
     \b
     Examples:
@@ -59,7 +66,7 @@ def info(fmt: str) -> None:
         emit_json(result)
         return
     rows = [[k, v] for k, v in result.items() if k not in ("models", "samples")]
-    rows.append(["models found", ", ".join(m["name"] for m in result["models"]) or
+    rows.append(["models found", ", ".join(_label(m) for m in result["models"]) or
                  f"none (put checkpoints in {result['models_dir']})"])
     rows.append(["sample rasters", ", ".join(result["samples"])])
     table("TerraVL", ["", "value"], rows)

@@ -1,4 +1,5 @@
-"""``terravl models``: which dual encoders TerraVL knows, whether their weights are on disk, and fetching them."""
+"""``terravl models``: which dual encoders and captioners TerraVL knows, whether their weights are on disk, and
+fetching them."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ def models() -> None:
 @models.command("list")
 @format_option()
 def list_cmd(fmt: str) -> None:
-    """Show every registered model, its architecture, the file it needs and whether that file is present.
+    """Show every registered model (kind: encoder or captioner), its architecture, the file it needs and
+    whether that file is present.
 
     \b
-    Weights are looked up in this order: an explicit path, $TERRAVL_HOME/models/<file>
-    (default ~/.cache/terravl/models), then the Hugging Face cache (files already there only).
+    Weights are looked up in this order: an explicit path, the package (shipped models),
+    $TERRAVL_HOME/models/<file> (default ~/.cache/terravl/models), then the Hugging Face cache
+    (files already there only). Captioner folders in $TERRAVL_HOME/models are listed too.
+    Models load by name or by prefixed source: terravl:NAME, file:PATH, hf-hub:ORG/REPO[/FILE].
 
     \b
     Examples:
@@ -35,10 +39,10 @@ def list_cmd(fmt: str) -> None:
 
     rows = list_models()
     if fmt == "json":
-        emit_json([{k: r[k] for k in ("name", "arch", "file", "present", "path")} for r in rows])
+        emit_json([{k: r[k] for k in ("name", "kind", "family", "arch", "file", "present", "path")} for r in rows])
         return
-    table(f"models (looked up in {config.models_dir()})", ["name", "arch", "file", "present"],
-          [[r["name"], r["arch"], r["file"], "yes" if r["present"] else "no"] for r in rows])
+    table(f"models (looked up in {config.models_dir()})", ["name", "kind", "arch", "file", "present"],
+          [[r["name"], r["kind"], r["arch"], r["file"], "yes" if r["present"] else "no"] for r in rows])
 
 
 @models.command()
@@ -51,10 +55,10 @@ def pull(name: str, fmt: str) -> None:
     Example:
       terravl models pull remoteclip-vit-b-32
     """
-    from terravl.models.registry import WeightsNotFoundError, get_config
+    from terravl.models.registry import WeightsNotFoundError, lookup
 
-    cfg = get_config(name)
-    if cfg.family in ("terravl", "captioner"):
+    cfg = lookup(name)
+    if cfg.shipped:
         raise click.UsageError(f"{name} ships inside the terravl package; nothing to pull")
     if not cfg.hf_repo or not cfg.hf_filename:
         raise WeightsNotFoundError(name, f"no Hugging Face repository is known for it: download {cfg.file!r} from "

@@ -43,9 +43,33 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     stdout.print(t)
 
 
-def report_problems(problems: list[dict], limit: int = 50) -> None:
-    """One line per problem on stderr: ``path: error``."""
+def report_problems(problems: list, limit: int = 50) -> None:
+    """One line per problem on stderr: ``path: error`` (a :class:`~terravl.results.Problem` or its dict)."""
     for problem in problems[:limit]:
-        click.echo(f"problem: {problem['path']}: {problem['error']}", err=True)
+        path, error = (problem["path"], problem["error"]) if isinstance(problem, dict) else (problem.path,
+                                                                                              problem.error)
+        click.echo(f"problem: {path}: {error}", err=True)
     if len(problems) > limit:
         click.echo(f"… and {len(problems) - limit} more problem(s); use --format json for the full list", err=True)
+
+
+def emit_answers(answers, fmt: str, title: str | None, columns: list[str], row: Callable[[Any], list[Any]],
+                 json_value: Any = None) -> int:
+    """Print a batch task's answers: JSON (results and problems in input order) or a table of the results; one
+    ``problem:`` line per problem and a summary that adds up on stderr. Exit 2 when no input could be answered."""
+    if fmt == "json":
+        emit_json(answers.to_list() if json_value is None else json_value)
+    else:
+        table(title, columns, [row(r) for r in answers.results])
+    report_problems(answers.problems)
+    summary = answers.summary()
+    if summary["problems"] or fmt != "json":
+        click.echo(f"{summary['answered']} answered, {summary['problems']} problem(s), {summary['inputs']} in all",
+                   err=True)
+    return 2 if summary["problems"] and not summary["answered"] else 0
+
+
+def located(result) -> str:
+    """A result's path, with its pixel window when it is a tile of a larger raster."""
+    w = result.window
+    return result.path + ("" if not w else f" @{w['col_off']},{w['row_off']} {w['width']}×{w['height']}")

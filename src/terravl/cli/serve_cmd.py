@@ -18,25 +18,37 @@ from terravl.cli.output import emit_json, format_option
 @click.option("--api-key", envvar="TERRAVL_API_KEY", default=None,
               help="Require this key on every route (X-API-Key or Authorization: Bearer; the page: open "
                    "/?api_key=KEY once). Also read from $TERRAVL_API_KEY.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also accept requests addressed (Host header) to NAME (repeatable; '*' accepts any). The bound "
+                   "address, localhost, 127.0.0.1 and ::1 are always accepted; anything else is refused (400), "
+                   "which stops DNS-rebinding pages from using a local service.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Allow cross-origin requests from this origin (repeatable). Off by default.")
 @click.option("--max-upload-mb", default=32, show_default=True, type=click.IntRange(1, 2048),
               help="Largest request body.")
 @click.option("--max-upload-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
               help="Largest uploaded image (width × height), checked from the header before decoding.")
+@click.option("--max-windows", default=20_000, show_default=True, type=click.IntRange(1),
+              help="Work budget of one /localize request: windows scored (more pixels or smaller --scales mean more "
+                   "windows); beyond it the answer is 413 before any pixel is read.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Threads running model work.")
+              help="Threads running image-model work (classify, caption, ask, localize, search by image), in "
+                   "parallel.")
+@click.option("--search-workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Threads for text search, index listings and thumbnails: a pool of their own, so search stays "
+                   "answered while model work saturates --workers.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="torch CPU threads per worker. Default: cores ÷ workers (at least 1), so concurrent requests do "
                    "not fight over the cores.")
 @click.option("--queue", default=64, show_default=True, type=click.IntRange(0, 100_000),
-              help="Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.")
+              help="Requests allowed to wait for a worker (per pool); beyond that the answer is 503 with Retry-After. "
+                   "/readyz reports each pool's busy, queued and saturated state.")
 @click.option("--captioner", default=None, help="Captioner for /caption and /ask. Default: terravl-captioner.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @format_option()
-def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_pixels, workers, threads, queue,
-          captioner, log_level, fmt) -> None:
+def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_mb, max_upload_pixels, max_windows, workers,
+          search_workers, threads, queue, captioner, log_level, fmt) -> None:
     """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
 
     Every asset is served by this process (no CDN, no basemap: the imagery is the map). Routes read files only
@@ -54,6 +66,7 @@ def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_
     import uvicorn
 
     from terravl.server import create_app
+    from terravl.server.guards import allowed_hosts as host_names
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
 
@@ -65,7 +78,8 @@ def serve(indexes, host, port, api_key, cors_origins, max_upload_mb, max_upload_
     access.propagate = False
     app = create_app(list(indexes), api_key=api_key or None, cors_origins=list(cors_origins) or None,
                      max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
-                     queue=queue, captioner=captioner)
+                     queue=queue, captioner=captioner, light_workers=search_workers,
+                     allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"

@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from terravl.cli.output import emit_json, format_option, report_problems, stderr, table
-from terravl.io import BAND_PROFILES, write_tiles
+from terravl.io import BAND_PROFILES, MAX_TILE_SIZE, write_tiles
 
 
 def parse_bands(value: str | None):
@@ -27,7 +27,8 @@ def parse_bands(value: str | None):
 
 @click.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=8), help="Tile size in pixels.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=8, max=MAX_TILE_SIZE),
+              help=f"Tile size in pixels (at most {MAX_TILE_SIZE}).")
 @click.option("--overlap", default=0, show_default=True, type=click.IntRange(min=0),
               help="Pixels shared by neighbouring tiles (stride = size - overlap).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -46,7 +47,7 @@ def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chi
     Tiles are read one window at a time, so rasters of any size tile at constant memory. Edge tiles are
     zero-padded and flagged "partial"; each feature's polygon (WGS84 lon/lat) covers the tile's real pixels, so
     the footprints cover the raster exactly. A file that cannot be read is reported on one line and the others
-    go on.
+    go on. An --out folder that cannot be written ends the run with an error (exit 1), and no index is written.
 
     \b
     Examples:
@@ -63,5 +64,5 @@ def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chi
     else:
         table(None, ["source", "tiles"], [[s["path"], s["tiles"]] for s in result.sources])
         stderr.print(f"{result.tiles} tiles ({result.partial} partial) → {result.geojson}")
-    report_problems(result.problems)
+    report_problems([p.to_dict() for p in result.problems])
     return 2 if result.problems and not result.sources else 0

@@ -13,6 +13,7 @@ from terravl.datasets.retrieval_splits import RetrievalSplits
 from terravl.datasets.rsvqa import RSVQA
 from terravl.datasets.scene_folders import SceneFolderDataset
 from terravl.errors import DatasetFormatError
+from terravl.paths import missing_reason
 
 READERS: tuple[type[DatasetReader], ...] = (LevirCC, RetrievalSplits, KarpathyCaptions, RSVQA, LevirCD,
                                            SceneFolderDataset)
@@ -48,36 +49,44 @@ def inspect_dataset(path: str | Path, format: str | None = None, check_images: b
                     progress: Callable[[Iterable], Iterable] | None = None) -> dict:
     """Summary of a dataset: ``format``, ``splits``, ``classes``, ``problems`` (and per-format counts).
 
-    With ``check_images`` every image file the dataset names and has on disk is opened (header only, or fully
-    decoded with ``deep``); each one that fails is added to ``problems``.
+    With ``check_images`` every image file the dataset names is opened (header only, or fully decoded with
+    ``deep``); each one that is missing or fails is added to ``problems``, so ``images_checked`` counts every
+    image named and ``problems`` every one of them that could not be used.
     """
     dataset = open_dataset(path, format)
     summary = dataset.summary()
     if check_images:
         paths = list(_image_paths(dataset))
         problems = check_image_files(progress(paths) if progress else paths, deep=deep)
-        summary["images_checked"] = len(paths)
+        unfound = [r for r in dataset if hasattr(r, "captions") and getattr(r, "path", "") is None] if paths else []
+        # some images are here, so each one named that is not is a problem (a caption-only copy has none at all)
+        problems += [Problem(f"{dataset.path}#{r.filename}", "image file not found") for r in unfound]
+        summary["images_checked"] = len(paths) + len(unfound)
         summary["problems"] += [p.to_dict() for p in problems]
     return summary
 
 
 def _image_paths(dataset: DatasetReader) -> Iterable[Path]:
+    """Every image file the records name (missing ones too: checking reports them), each once."""
+    seen: set[Path] = set()
     for record in dataset:
         for attr in ("path", "before", "after", "mask"):
             value = getattr(record, attr, None)
-            if isinstance(value, Path) and value.is_file():
+            if isinstance(value, Path) and value not in seen:
+                seen.add(value)
                 yield value
 
 
 def check_image_files(paths: Iterable[Path], deep: bool = False) -> list[Problem]:
     """Open each image; return a :class:`Problem` for each that is unreadable (or fails to decode, if deep)."""
-    from PIL import Image
-
     from terravl.errors import InputError
-    from terravl.io.raster import PILLOW_SUFFIXES, read_image
+    from terravl.io.raster import PILLOW_SUFFIXES, open_pillow, read_image
 
     problems = []
     for path in paths:
+        if not path.is_file():
+            problems.append(Problem(str(path), missing_reason(path)))
+            continue
         try:
             if deep or path.suffix.lower() not in PILLOW_SUFFIXES:
                 if deep:
@@ -87,7 +96,7 @@ def check_image_files(paths: Iterable[Path], deep: bool = False) -> list[Problem
 
                     raster_info(path)
             else:
-                with Image.open(path) as img:
+                with open_pillow(str(path)) as img:
                     img.size  # noqa: B018 - header parse
         except InputError as exc:
             problems.append(Problem(str(path), exc.message))

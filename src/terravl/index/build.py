@@ -20,18 +20,23 @@ from terravl.datasets.records import IMAGE_SUFFIXES
 from terravl.errors import InputError
 from terravl.index.store import IndexStore, TileRow
 from terravl.io import iter_tiles, raster_info
+from terravl.results import Problem
 
 
 @dataclass
 class BuildReport:
+    """What a build did. It adds up: every file found is indexed (``files_indexed``) or a problem, and every
+    tile seen is ``added`` or ``skipped_existing`` (already indexed, or identical pixels seen earlier in the run)."""
+
     files: int = 0
     tiles_seen: int = 0
     added: int = 0
     skipped_existing: int = 0
-    problems: list[dict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"files": self.files, "tiles_seen": self.tiles_seen, "added": self.added,
+                "skipped_existing": self.skipped_existing, "problems": [p.to_dict() for p in self.problems]}
 
 
 @dataclass
@@ -41,11 +46,14 @@ class _Item:
 
 
 def expand_sources(sources: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given; folders walked recursively for image files (sorted, so runs are repeatable)."""
+    """Files as given; folders walked recursively for image files (sorted, so runs are repeatable). A name with an
+    image suffix that is not a readable file (a broken link, a link loop) is yielded too, so that reading it
+    reports the problem instead of skipping it without a word."""
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                              and (p.is_file() or p.is_symlink()))
         else:
             yield path
 
@@ -114,9 +122,9 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                             return
                         items.put(item)
                 except InputError as exc:
-                    items.put(("problem", str(path), exc.message))
+                    items.put(Problem(str(path), exc.message))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
-                    items.put(("problem", str(path), f"{exc.__class__.__name__}: {exc}"))
+                    items.put(Problem(str(path), f"{exc.__class__.__name__}: {exc}"))
         finally:
             items.put(done)
 
@@ -128,9 +136,9 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
             item = items.get()
             if item is done:
                 break
-            if isinstance(item, tuple):
-                report.problems.append({"path": item[1], "error": item[2]})
-                store.log_problem(item[1], item[2])
+            if isinstance(item, Problem):
+                report.problems.append(item)
+                store.log_problem(item.path, item.error)
                 continue
             report.tiles_seen += 1
             batch.append(item)

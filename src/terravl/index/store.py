@@ -229,6 +229,12 @@ class IndexStore:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection):

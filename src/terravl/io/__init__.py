@@ -2,9 +2,10 @@
 
 from terravl.io.bands import BAND_PROFILES, Stretch
 from terravl.io.georef import GeoReference, PixelWindow
-from terravl.io.raster import GeoImage, RasterInfo, RasterSource, open_raster, raster_info, read_image
-from terravl.io.tiling import Tile, TilingResult, iter_tiles, tile_windows, write_tiles
+from terravl.io.raster import (MIN_VALID_FRACTION, GeoImage, RasterInfo, RasterSource, open_raster, raster_info,
+                               read_image)
+from terravl.io.tiling import MAX_TILE_SIZE, Tile, TilingResult, iter_tiles, tile_windows, write_tiles
 
-__all__ = ["BAND_PROFILES", "GeoImage", "GeoReference", "PixelWindow", "RasterInfo", "RasterSource", "Stretch",
-           "Tile", "TilingResult", "iter_tiles", "open_raster", "raster_info", "read_image", "tile_windows",
-           "write_tiles"]
+__all__ = ["BAND_PROFILES", "MAX_TILE_SIZE", "MIN_VALID_FRACTION", "GeoImage", "GeoReference", "PixelWindow",
+           "RasterInfo", "RasterSource", "Stretch", "Tile", "TilingResult", "iter_tiles", "open_raster", "raster_info",
+           "read_image", "tile_windows", "write_tiles"]

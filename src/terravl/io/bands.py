@@ -8,6 +8,7 @@ stretched the same way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -29,45 +30,117 @@ BAND_PROFILES: dict[str, tuple[int, int, int] | None] = {
 }
 """Named band profiles: 1-based band indexes read as (R, G, B). ``sentinel2`` is the 13-band L1C/L2A order
 (B1…B8, B8A, B9…B12), ``landsat8`` the OLI order, ``landsat7`` the ETM+ order. ``auto`` uses the file's colour
-tags, else: 1 band → grey replicated, 3 or 4 bands → bands 1-3 (the 4th is taken as NIR or alpha)."""
+tags, else its band descriptions (``B04``/``B03``/``B02``, ``B4``…, ``red``/``green``/``blue``: Sentinel-2 and Landsat
+8/9 numbering), else: 1 or 2 bands → band 1 as grey, 3 or 4 bands → bands 1-3 (the 4th is taken as NIR or alpha);
+more bands with nothing to tell are refused."""
+
+
+@dataclass(frozen=True)
+class BandChoice:
+    """The three 1-based band indexes read as (R, G, B), and why they were chosen, in words — so a user can
+    see (in results and on stderr) which bands of a multispectral file they are looking at."""
+
+    bands: tuple[int, int, int]
+    reason: str
+
+    @property
+    def inferred(self) -> bool:
+        """True when the file's own band descriptions picked the bands (worth telling the user)."""
+        return self.reason.startswith("band descriptions")
+
+    def to_dict(self) -> dict:
+        return {"bands": list(self.bands), "reason": self.reason}
 
 
 def resolve_bands(profile: str | tuple[int, ...] | list[int], count: int, source: str,
-                  colorinterp: tuple[str, ...] = ()) -> tuple[int, int, int]:
+                  colorinterp: tuple[str, ...] = (), descriptions: tuple[str | None, ...] = ()
+                  ) -> tuple[int, int, int]:
     """Return the three 1-based band indexes to read for ``profile`` from a raster with ``count`` bands.
 
     ``profile`` is a name from :data:`BAND_PROFILES` or explicit indexes (one index is replicated to grey).
     Raises :class:`BandError` naming ``source`` when the raster has too few bands or ``auto`` cannot decide.
     """
+    return choose_bands(profile, count, source, colorinterp, descriptions).bands
+
+
+def choose_bands(profile: str | tuple[int, ...] | list[int], count: int, source: str,
+                 colorinterp: tuple[str, ...] = (), descriptions: tuple[str | None, ...] = ()) -> BandChoice:
+    """Like :func:`resolve_bands`, with the reason for the choice (``"band descriptions B04,B03,B02"``…)."""
     if isinstance(profile, str):
         if profile not in BAND_PROFILES:
             raise BandError(source, f"unknown band profile {profile!r}; choose one of {', '.join(BAND_PROFILES)}")
         chosen = BAND_PROFILES[profile]
         if chosen is None:
-            return _auto_bands(count, source, colorinterp)
+            return _auto_bands(count, source, colorinterp, descriptions)
+        reason = f"band profile {profile}"
     else:
         chosen = tuple(int(b) for b in profile)
         if len(chosen) == 1:
             chosen = chosen * 3
         if len(chosen) != 3:
             raise BandError(source, f"give 1 or 3 band indexes, got {len(chosen)}")
+        reason = "bands given"
     bad = [b for b in chosen if b < 1 or b > count]
     if bad:
         raise BandError(source, f"band profile {profile!r} needs bands {list(chosen)} but the raster has {count} "
                                 f"band(s)")
-    return chosen  # type: ignore[return-value]
+    return BandChoice(chosen, reason)  # type: ignore[arg-type]
 
 
-def _auto_bands(count: int, source: str, colorinterp: tuple[str, ...]) -> tuple[int, int, int]:
+_COLOURS = ("red", "green", "blue")
+_NUMBERED = re.compile(r"^(?:sr_|toa_)?b(?:and)?[ _]?0*(\d{1,2})(a?)(?![0-9a-z])")
+"""``B04``, ``B4``, ``b4``, ``B04_10m``, ``B4 (665 nm)``, ``SR_B4``, ``band4``: the band's number in its sensor's
+numbering; a trailing ``A`` (Sentinel-2 ``B8A``) makes it another band."""
+_NUMBER_COLOUR = {4: "red", 3: "green", 2: "blue"}
+"""Sentinel-2 MSI and Landsat 8/9 OLI share this numbering for the visible bands (B2 blue, B3 green, B4 red).
+Landsat 4-7 TM/ETM+ do not (B1-B3 are blue-red, B4 is near infrared): use ``bands="landsat7"`` for those."""
+
+
+def band_colour(description: str | None) -> str | None:
+    """``red``, ``green`` or ``blue`` when a band description names a visible band, else None (``nir``,
+    ``Red Edge 1``, ``B8A``, ``B11`` and unknown names are not RGB)."""
+    if not description:
+        return None
+    text = description.strip().lower()
+    words = re.findall(r"[a-z]+", text)
+    if words and words[0] in _COLOURS and "edge" not in words:  # "Red", "Blue (B2)"; not "Red Edge 1"
+        return words[0]
+    match = _NUMBERED.match(text)
+    if match and not match[2]:
+        return _NUMBER_COLOUR.get(int(match[1]))
+    return None
+
+
+def _auto_bands(count: int, source: str, colorinterp: tuple[str, ...],
+                descriptions: tuple[str | None, ...] = ()) -> BandChoice:
     names = [c.lower() for c in colorinterp]
-    if all(c in names for c in ("red", "green", "blue")):
-        return (names.index("red") + 1, names.index("green") + 1, names.index("blue") + 1)
+    if all(c in names for c in _COLOURS):
+        bands = tuple(names.index(c) + 1 for c in _COLOURS)
+        return BandChoice(bands, "colour interpretation red,green,blue")  # type: ignore[arg-type]
+    from_descriptions = _bands_from_descriptions(descriptions[:count])
+    if from_descriptions is not None:
+        return from_descriptions
     if count in (1, 2):
-        return (1, 1, 1)
+        return BandChoice((1, 1, 1), "band 1 as grey" if count == 2 else "single band as grey")
     if count in (3, 4):
-        return (1, 2, 3)
-    raise BandError(source, f"{count} bands and no RGB colour tags: choose a band profile "
-                            f"({', '.join(p for p in BAND_PROFILES if p != 'auto')}) or give --bands R,G,B")
+        return BandChoice((1, 2, 3), "bands 1-3" + (" (band 4 taken as near infrared or alpha)" if count == 4 else ""))
+    raise BandError(source, f"{count} bands, and neither colour tags nor band descriptions say which are red, green "
+                            f"and blue: give a band profile (bands=…: "
+                            f"{', '.join(p for p in BAND_PROFILES if p != 'auto')}) or three band indexes (R,G,B)")
+
+
+def _bands_from_descriptions(descriptions: tuple[str | None, ...]) -> BandChoice | None:
+    """R, G, B from band descriptions when each colour is named by exactly one band; else None (ambiguous)."""
+    found: dict[str, list[int]] = {c: [] for c in _COLOURS}
+    for index, description in enumerate(descriptions, start=1):
+        colour = band_colour(description)
+        if colour:
+            found[colour].append(index)
+    if any(len(found[c]) != 1 for c in _COLOURS):
+        return None
+    bands = tuple(found[c][0] for c in _COLOURS)
+    named = ",".join(str(descriptions[b - 1]).strip() for b in bands)
+    return BandChoice(bands, f"band descriptions {named}")  # type: ignore[arg-type]
 
 
 def alpha_band(colorinterp: tuple[str, ...]) -> int | None:

@@ -4,41 +4,55 @@
 never read whole unless asked). :func:`read_image` reads a whole image as 8-bit RGB with its valid-pixel mask and
 georeference, guarded by a pixel limit. Every failure is a typed :class:`~terravl.errors.InputError` naming the
 file, so batch callers can skip it, report it and go on.
+
+Files from untrusted sources (uploads) are read with ``trusted=False``: their first bytes must say JPEG, PNG,
+TIFF or WebP (:func:`~terravl.io.formats.sniff_format`), and only that format's decoder sees them — Pillow for
+JPEG/PNG/WebP whatever the file's name, GDAL's GTiff driver alone for TIFF, with no sidecar file read — so a GDAL
+VRT or other recipe that references files on the server is refused, never decoded.
+
+Importing this module changes nothing in the host process: GDAL settings are scoped to TerraVL's own opens and
+reads (:mod:`terravl.io.gdalenv`), and Pillow's ``MAX_IMAGE_PIXELS`` is neither changed nor relied on —
+TerraVL checks its own limit (:func:`terravl.config.max_pixels`) on the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import threading
 import warnings
+import weakref
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from terravl import config
-from terravl.errors import ImageTooLargeError, RasterReadError
-from terravl.io.bands import Stretch, alpha_band, percentile_stretch, resolve_bands, to_uint8
+from terravl.errors import BandError, ImageTooLargeError, RasterReadError
+from terravl.io.bands import BandChoice, Stretch, alpha_band, choose_bands, percentile_stretch, to_uint8
+from terravl.io.formats import DRIVERS, PILLOW_FORMATS, check_file, sniff_format
+from terravl.io.gdalenv import acquire_block_cache, gdal_env, release_block_cache
 from terravl.io.georef import GeoReference, PixelWindow
 from terravl.io.metadata import acquisition_date
 
+log = logging.getLogger("terravl.io")
+
 PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-"""Plain image formats decoded by Pillow (whole, fast). Everything else goes through rasterio/GDAL."""
+"""Plain image formats decoded by Pillow (whole, fast) when the file is trusted; everything else goes through
+rasterio/GDAL. Untrusted files are routed by their content instead (:data:`~terravl.io.formats.PILLOW_FORMATS`)."""
 
-GDAL_DEFAULTS = {"GDAL_CACHEMAX": "64", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-"""GDAL's block cache defaults to 5 % of RAM; capping it (unless the user set it) keeps tiling of huge rasters at
-constant memory. Set through the environment so that it holds in every thread."""
-for _key, _value in GDAL_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
-
-Image.MAX_IMAGE_PIXELS = None  # TerraVL applies its own limit (config.max_pixels) before decoding
+MIN_VALID_FRACTION = 0.01
+"""An image or tile whose share of valid pixels (not nodata, not NaN, not transparent) is below this has "no valid
+pixels": there is nothing in it to classify, caption or index, and tasks refuse it rather than answer confidently
+about a blank. See :attr:`GeoImage.valid_fraction` and :attr:`~terravl.io.tiling.Tile.valid_fraction`."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,10 @@ class RasterInfo:
     colorinterp: tuple[str, ...]
     georef: GeoReference | None
     acquired: str | None = None
+    descriptions: tuple[str | None, ...] = ()
+    bands_used: BandChoice | None = None
+    """The bands shown as RGB and why; for :func:`raster_info`, those a default (``bands="auto"``) read uses, or
+    None when the file does not say and a band profile must be given."""
 
     @property
     def pixels(self) -> int:
@@ -71,7 +89,8 @@ class RasterInfo:
                 "count": self.count, "dtype": self.dtype, "nodata": self.nodata,
                 "crs": self.georef.crs_name if self.georef else None,
                 "transform": list(self.georef.transform)[:6] if self.georef else None,
-                "footprint": self.footprint(), "acquired": self.acquired}
+                "footprint": self.footprint(), "acquired": self.acquired,
+                "bands_used": self.bands_used.to_dict() if self.bands_used else None}
 
 
 @dataclass
@@ -84,6 +103,11 @@ class GeoImage:
     georef: GeoReference | None = None
     window: PixelWindow | None = None
     meta: dict = field(default_factory=dict)
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of the image's pixels that are valid; below :data:`MIN_VALID_FRACTION` it has no valid pixels."""
+        return float(self.valid.mean()) if self.valid.size else 0.0
 
     def footprint(self) -> dict | None:
         if self.georef is None:
@@ -98,39 +122,61 @@ class GeoImage:
 
 
 class RasterSource:
-    """An open raster that reads (bands, h, w) windows plus a validity mask. Use as a context manager."""
+    """An open raster that reads (bands, h, w) windows plus a validity mask. Use as a context manager.
 
-    def __init__(self, path: str | Path, bands="auto", stretch: str | Stretch = "auto"):
+    ``trusted=False`` is for files from untrusted sources (uploads): see the module's docstring. The bands shown
+    as RGB, and why, are in ``bands_used`` (and ``info.bands_used``)."""
+
+    def __init__(self, path: str | Path, bands="auto", stretch: str | Stretch = "auto", trusted: bool = True):
         self.path = str(path)
+        self.trusted = trusted
         self._stack = ExitStack()
         self._pil_data: np.ndarray | None = None
         self._pil_valid: np.ndarray | None = None
         self._ds = None
+        self._driver: str | None = None
         self._local = threading.local()
         self._handles: list = []
         self._handles_lock = threading.Lock()
+        acquire_block_cache()
+        self._release_cache = weakref.finalize(self, release_block_cache)  # also if never closed
+        self._release_cache.atexit = False
         try:
-            if Path(self.path).suffix.lower() in PILLOW_SUFFIXES:
-                self.info = self._open_pillow()
+            if trusted:
+                fmt = None
+                pillow = Path(self.path).suffix.lower() in PILLOW_SUFFIXES
             else:
+                fmt = sniff_format(self.path)
+                pillow = fmt in PILLOW_FORMATS
+            if pillow:
+                self.info = self._open_pillow((PILLOW_FORMATS[fmt],) if fmt else None)
+            else:
+                self._driver = DRIVERS[fmt][0] if fmt else None
                 self.info = self._open_rasterio()
+            choice = choose_bands(bands, self.info.count, self.path, self.info.colorinterp, self.info.descriptions)
+            with gdal_env(not trusted):
+                flags = self._ds.mask_flag_enums[0] if self._ds is not None else ()
         except BaseException:
-            self._stack.close()
+            self.close()
             raise
-        self.bands = resolve_bands(bands, self.info.count, self.path, self.info.colorinterp)
-        flags = self._ds.mask_flag_enums[0] if self._ds is not None else ()
+        self.bands = choice.bands
+        self.bands_used = choice
+        self.info = replace(self.info, bands_used=choice)
+        if choice.inferred:
+            log.warning("%s: %d bands; showing bands %s as red, green, blue (from its %s); give a band profile "
+                        "(bands=…) to choose others", self.path, self.info.count, ",".join(map(str, choice.bands)),
+                        choice.reason)
         self._dataset_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
         self._alpha = alpha_band(self.info.colorinterp)
         self._stretch_arg = stretch
         self._stretch: Stretch | None = stretch if isinstance(stretch, Stretch) else None
 
     # -- opening ---------------------------------------------------------------------------------------
-    def _open_pillow(self) -> RasterInfo:
+    def _open_pillow(self, formats: tuple[str, ...] | None) -> RasterInfo:
         path = self.path
-        if not Path(path).is_file():
-            raise RasterReadError(path, "no such file")
+        check_file(path)
         try:
-            img = self._stack.enter_context(Image.open(path))
+            img = self._stack.enter_context(open_pillow(path, formats))
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
             raise RasterReadError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
         width, height = img.size
@@ -146,25 +192,29 @@ class RasterSource:
 
     def _open_rasterio(self) -> RasterInfo:
         path = self.path
-        if not Path(path).exists():
-            raise RasterReadError(path, "no such file")
+        check_file(path, allow_dir=True)  # some GDAL formats are folders
         ds = self._dataset()
         self._ds = ds
         georef = GeoReference.from_rasterio(ds.crs, ds.transform)
         colorinterp = tuple(ci.name for ci in ds.colorinterp)
         nodata = ds.nodata
+        with gdal_env(not self.trusted):
+            tags = ds.tags()
         return RasterInfo(path, ds.driver, ds.width, ds.height, ds.count, ds.dtypes[0],
                           float(nodata) if nodata is not None else None, colorinterp, georef,
-                          acquisition_date(path, ds.tags()))
+                          acquisition_date(path, tags), tuple(ds.descriptions))
 
     def _dataset(self):
-        """This thread's rasterio handle (GDAL handles must not be shared between threads)."""
+        """This thread's rasterio handle (GDAL handles must not be shared between threads), opened inside this
+        thread's :func:`~terravl.io.gdalenv.gdal_env` and, for an untrusted file, by the GTiff driver alone."""
         ds = getattr(self._local, "ds", None)
         if ds is None:
+            # an untrusted file is named by its absolute path, so GDAL never reads it as a /vsi… or URL recipe
+            target = self.path if self.trusted else os.path.abspath(self.path)
             try:
-                with warnings.catch_warnings():
+                with gdal_env(not self.trusted), warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    ds = rasterio.open(self.path)
+                    ds = rasterio.open(target, driver=self._driver)
             except (RasterioError, OSError, ValueError) as exc:
                 raise RasterReadError(self.path, f"not a readable raster ({_first_line(exc)})") from exc
             self._local.ds = ds
@@ -179,6 +229,8 @@ class RasterSource:
                 ds.close()
             self._handles.clear()
         self._stack.close()
+        self._pil_data = self._pil_valid = None
+        self._release_cache()  # once only, however often close() is called
 
     def __enter__(self) -> "RasterSource":
         return self
@@ -195,7 +247,9 @@ class RasterSource:
             sl = (slice(window.row_off, window.row_off + window.height),
                   slice(window.col_off, window.col_off + window.width))
             idx = [b - 1 for b in self.bands]
-            data = self._pil_data[idx][(slice(None), *sl)]
+            # window first, then bands: a copy of the window only, never of the whole image (a tile that views
+            # a whole-image copy keeps that copy alive for as long as the tile lives)
+            data = self._pil_data[(slice(None), *sl)][idx]
             valid = self._pil_valid[sl].copy() if self._pil_valid is not None else np.ones(data.shape[1:], bool)
             return data, valid & _finite(data)
         return self._read_rasterio(window)
@@ -204,6 +258,13 @@ class RasterSource:
         ds = self._dataset()
         win = Window(window.col_off, window.row_off, window.width, window.height)
         unique = sorted(set(self.bands))
+        if self.trusted:  # GDAL's settings matter when a file is opened (its sidecars are looked up then)
+            return self._read_window(ds, win, window, unique)
+        with gdal_env(untrusted=True):  # an upload: belt and braces, for any lookup a driver makes lazily
+            return self._read_window(ds, win, window, unique)
+
+    def _read_window(self, ds, win: Window, window: PixelWindow, unique: list[int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
         try:
             raw = ds.read(unique, window=win)
             if len(unique) == 3 and tuple(unique) == tuple(self.bands):
@@ -277,53 +338,103 @@ class RasterSource:
         return planar.transpose(1, 2, 0), valid
 
 
-def open_raster(path: str | Path, bands="auto", stretch: str | Stretch = "auto") -> RasterSource:
-    """Open ``path`` for windowed reading. Raises :class:`RasterReadError` / :class:`BandError` naming the file."""
-    return RasterSource(path, bands=bands, stretch=stretch)
+def open_raster(path: str | Path, bands="auto", stretch: str | Stretch = "auto", trusted: bool = True
+                ) -> RasterSource:
+    """Open ``path`` for windowed reading. Raises :class:`RasterReadError` / :class:`BandError` naming the file,
+    and, with ``trusted=False``, :class:`~terravl.errors.UnsupportedFormatError` for anything but JPEG, PNG,
+    TIFF/GeoTIFF or WebP bytes."""
+    return RasterSource(path, bands=bands, stretch=stretch, trusted=trusted)
 
 
-def raster_info(path: str | Path) -> RasterInfo:
-    """Read a raster's header only, without decoding its pixels."""
+def raster_info(path: str | Path, trusted: bool = True) -> RasterInfo:
+    """Read a raster's header only, without decoding its pixels (``trusted=False``: as :func:`open_raster`)."""
     path = str(path)
-    if Path(path).suffix.lower() in PILLOW_SUFFIXES:
-        if not Path(path).is_file():
-            raise RasterReadError(path, "no such file")
+    fmt = None if trusted else sniff_format(path)
+    if (fmt in PILLOW_FORMATS) if fmt else (trusted and Path(path).suffix.lower() in PILLOW_SUFFIXES):
+        check_file(path)
         try:
-            with Image.open(path) as img:
-                bands = len(img.getbands())
-                return RasterInfo(path, img.format or "PIL", img.width, img.height, bands,
-                                  "uint16" if img.mode.startswith("I;16") else "uint8", None,
-                                  tuple(n.lower() for n in img.getbands()), None, acquisition_date(path, {}))
+            with open_pillow(path, (PILLOW_FORMATS[fmt],) if fmt else None) as img:
+                names = tuple(_PIL_BAND_NAMES.get(n, n.lower()) for n in img.getbands())
+                grey = _pillow_is_grey(img)
+                used = BandChoice((1, 1, 1), "single band as grey") if grey else \
+                    BandChoice((1, 2, 3), "colour interpretation red,green,blue")
+                return RasterInfo(path, img.format or "PIL", img.width, img.height, len(names),
+                                  "uint16" if img.mode.startswith("I;16") else "uint8", None, names, None,
+                                  acquisition_date(path, {}), bands_used=used)
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
             raise RasterReadError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
-    with open_raster(path, bands=(1,)) as src:
-        return src.info
+    with open_raster(path, bands=(1,), trusted=trusted) as src:
+        info = src.info
+    try:
+        used = choose_bands("auto", info.count, path, info.colorinterp, info.descriptions)
+    except BandError:
+        used = None  # the file does not say which bands are RGB: a read needs a band profile
+    return replace(info, bands_used=used)
 
 
 def read_image(path: str | Path, bands="auto", stretch: str | Stretch = "auto",
-               max_pixels: int | None = None) -> GeoImage:
+               max_pixels: int | None = None, trusted: bool = True) -> GeoImage:
     """Read a whole image as 8-bit RGB with its valid mask and georeference.
 
     Refuses images over ``max_pixels`` (default :func:`terravl.config.max_pixels`) with
-    :class:`ImageTooLargeError`: tile those with :func:`terravl.io.tiling.iter_tiles` instead.
+    :class:`ImageTooLargeError`: tile those with :func:`terravl.io.tiling.iter_tiles` instead. ``trusted=False``:
+    as :func:`open_raster`. ``meta["bands_used"]`` says which bands are shown as RGB, and why.
     """
     limit = config.max_pixels() if max_pixels is None else max_pixels
     path = str(path)
-    if Path(path).suffix.lower() in PILLOW_SUFFIXES:
-        _check_pixels(path, *_pillow_size(path), limit=limit)
-    with open_raster(path, bands=bands, stretch=stretch) as src:
+    fmt = None if trusted else sniff_format(path)
+    if (fmt in PILLOW_FORMATS) if fmt else (trusted and Path(path).suffix.lower() in PILLOW_SUFFIXES):
+        _check_pixels(path, *_pillow_size(path, (PILLOW_FORMATS[fmt],) if fmt else None), limit=limit)
+    with open_raster(path, bands=bands, stretch=stretch, trusted=trusted) as src:
         _check_pixels(path, src.info.width, src.info.height, limit=limit)
         rgb, valid = src.read_rgb()
         return GeoImage(rgb, valid, path, src.info.georef, PixelWindow(0, 0, src.info.width, src.info.height),
-                        {"acquired": src.info.acquired, "crs": src.info.georef.crs_name if src.info.georef else None})
+                        {"acquired": src.info.acquired, "crs": src.info.georef.crs_name if src.info.georef else None,
+                         "bands_used": src.bands_used.to_dict()})
 
 
-def _pillow_size(path: str) -> tuple[int, int]:
+_PIL_BAND_NAMES = {"R": "red", "G": "green", "B": "blue", "A": "alpha", "L": "gray", "I": "gray", "F": "gray",
+                   "P": "palette"}
+_PIL_CONVERTED = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1")
+"""Pillow modes that :func:`_pillow_to_bands` converts to RGB(A) before reading."""
+
+
+def _pillow_is_grey(img: Image.Image) -> bool:
+    """Whether :func:`_pillow_to_bands` reads ``img`` as one grey band (replicated to RGB)."""
+    return img.mode not in _PIL_CONVERTED and img.mode != "RGBA" and len(img.getbands()) - ("A" in img.mode) == 1
+
+
+def open_pillow(path: str, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open ``path`` lazily like :func:`PIL.Image.open` (header only), limited to Pillow plugins ``formats``
+    (None: any), but without Pillow's process-wide bomb check: TerraVL checks its own limit on the header before
+    any pixel is decoded, so the host's ``Image.MAX_IMAGE_PIXELS`` is neither changed nor relied on. Other
+    TerraVL modules that open images with Pillow use this, then check :func:`terravl.config.max_pixels` on
+    ``img.size`` before ``img.load()``."""
+    with open(path, "rb") as fh:
+        prefix = fh.read(16)
+    tried: set[str] = set()
+    for loader in (Image.preinit, Image.init):  # the common plugins first, then every plugin, as Image.open does
+        loader()
+        for fmt in formats if formats is not None else tuple(Image.ID):
+            if fmt in tried or fmt not in Image.OPEN:
+                continue
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            result = accept(prefix) if accept else True
+            if isinstance(result, str) or not result:
+                continue
+            try:
+                return factory(path, path)  # a path: the image opens (and later closes) its own file
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError(f"cannot identify image file {path!r}")
+
+
+def _pillow_size(path: str, formats: tuple[str, ...] | None = None) -> tuple[int, int]:
+    check_file(path)
     try:
-        with Image.open(path) as img:
+        with open_pillow(path, formats) as img:
             return img.size
-    except FileNotFoundError as exc:
-        raise RasterReadError(path, "no such file") from exc
     except Exception as exc:  # noqa: BLE001
         raise RasterReadError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
 

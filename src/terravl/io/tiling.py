@@ -18,15 +18,24 @@ from typing import Iterator
 
 import numpy as np
 
-from terravl.errors import InputError
+from terravl.errors import InputError, OutputError
 from terravl.io.bands import Stretch
+from terravl.io.formats import describe_os_error
 from terravl.io.georef import GeoReference, PixelWindow
 from terravl.io.raster import all_valid, open_raster
+from terravl.results import Problem
+
+MAX_TILE_SIZE = 8192
+"""Largest tile side :func:`iter_tiles` and :func:`write_tiles` accept: a padded tile is allocated whole (3 bytes
+and a mask byte per pixel), so an unbounded size could ask for tens of GiB on a small raster."""
 
 
 @dataclass
 class Tile:
-    """One chip of a raster: 8-bit RGB ``array`` (size, size, 3), ``valid`` mask, and where it lies."""
+    """One chip of a raster: 8-bit RGB ``array`` (size, size, 3), ``valid`` mask, and where it lies.
+
+    ``array`` and ``valid`` own their memory (or share a read-only all-valid mask): holding N tiles costs N
+    tiles, never the image or the chunk they were read from."""
 
     source: str
     row: int
@@ -37,6 +46,13 @@ class Tile:
     partial: bool
     georef: GeoReference | None
     acquired: str | None = None
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of the tile's real pixels (its window; edge padding left out) that are valid; below
+        :data:`~terravl.io.raster.MIN_VALID_FRACTION` the tile has no valid pixels."""
+        real = self.valid[: self.window.height, : self.window.width]
+        return float(real.mean()) if real.size else 0.0
 
     @property
     def footprint(self) -> dict | None:
@@ -77,16 +93,27 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
+def check_tile_size(size: int) -> None:
+    """Refuse a tile side over :data:`MAX_TILE_SIZE` with an :class:`InputError` naming ``size``."""
+    if int(size) > MAX_TILE_SIZE:
+        raise InputError("size", f"tile size {size} is larger than the maximum of {MAX_TILE_SIZE} pixels")
+
+
 def iter_tiles(path: str | Path, size: int = 256, overlap: int = 0, bands="auto",
-               stretch: str | Stretch = "auto", workers: int | None = None, chunk: int = 4) -> Iterator[Tile]:
+               stretch: str | Stretch = "auto", workers: int | None = None, chunk: int = 4,
+               trusted: bool = True) -> Iterator[Tile]:
     """Yield the tiles of ``path`` in row-major order, reading a few windows at a time.
 
     Up to ``chunk`` neighbouring tiles of a row are read in one call (fewer, larger reads), and ``workers``
     threads (default: one per core, at most 2) read and convert chunks ahead of the consumer, each with its own
-    GDAL handle. At most ``2 × workers`` chunks are in flight, so memory stays constant whatever the raster's size.
+    GDAL handle. At most ``2 × workers`` chunks are in flight, and each tile is cut out of its chunk as its own
+    small array, so memory stays constant whatever the raster's size and however many tiles the caller keeps
+    costs only those tiles. ``size`` is at most :data:`MAX_TILE_SIZE`; ``trusted=False`` reads an untrusted file
+    (an upload) as :func:`~terravl.io.raster.open_raster` does.
     """
+    check_tile_size(size)
     workers = workers or min(2, os.cpu_count() or 1)
-    with open_raster(path, bands=bands, stretch=stretch) as src:
+    with open_raster(path, bands=bands, stretch=stretch, trusted=trusted) as src:
         info = src.info
         src.stretch  # noqa: B018 - computed once, before the workers start
         chunks = _chunks(tile_windows(info.width, info.height, size, overlap), max(1, chunk))
@@ -135,10 +162,13 @@ def _chunks(grid: list[tuple[int, int, PixelWindow]], chunk: int) -> list[list[t
 
 def _cut(planar: np.ndarray, valid: np.ndarray, x0: int, window: PixelWindow, size: int
          ) -> tuple[np.ndarray, np.ndarray]:
-    """One tile, channels-last: a view into the chunk for full tiles (no copy), a zero-padded copy at the edges."""
+    """One tile, channels-last, in memory of its own: a tile that viewed its chunk would keep the whole chunk
+    (or, before, the whole image) alive for as long as the caller holds the tile. Zero-padded at the edges."""
     full = window.width == size and window.height == size
-    if full:
-        tile = planar[:, :, x0:x0 + size]
+    if full and planar.shape[2] == size and planar.base is None:
+        tile = planar  # the chunk is this one tile and owns its memory: nothing to cut
+    elif full:
+        tile = np.ascontiguousarray(planar[:, :, x0:x0 + size])
     else:
         tile = np.zeros((3, size, size), dtype=np.uint8)
         tile[:, : window.height, : window.width] = planar[:, :, x0:x0 + window.width]
@@ -150,20 +180,32 @@ def _cut(planar: np.ndarray, valid: np.ndarray, x0: int, window: PixelWindow, si
     return tile.transpose(1, 2, 0), mask
 
 
+@dataclass(frozen=True)
+class TilingProblem(Problem):
+    """A source :func:`write_tiles` could not (fully) tile, with how many of its tiles were written before the
+    error (they stay in the index: their pixels were read and are correct)."""
+
+    tiles_written: int = 0
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "tiles_written": self.tiles_written}
+
+
 @dataclass
 class TilingResult:
-    """What :func:`write_tiles` did: tiles written per source, the GeoJSON index, and the files it skipped."""
+    """What :func:`write_tiles` did: tiles written per source, the GeoJSON index, and the files it skipped
+    (:class:`~terravl.results.Problem` objects, as every capability reports them)."""
 
     out_dir: str
     geojson: str
     tiles: int = 0
     partial: int = 0
     sources: list[dict] = field(default_factory=list)
-    problems: list[dict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"out_dir": self.out_dir, "geojson": self.geojson, "tiles": self.tiles, "partial": self.partial,
-                "sources": self.sources, "problems": self.problems}
+                "sources": self.sources, "problems": [p.to_dict() for p in self.problems]}
 
 
 def write_tiles(sources: str | Path | list[str | Path], out_dir: str | Path, size: int = 256, overlap: int = 0,
@@ -172,44 +214,63 @@ def write_tiles(sources: str | Path | list[str | Path], out_dir: str | Path, siz
 
     A source that cannot be read is recorded in ``problems`` (with the file name and reason) and the others go
     on. The GeoJSON is streamed to a temporary file and renamed when complete, so a killed run never leaves a
-    half-written index. ``progress`` is an optional callable called once per tile written.
+    half-written index. An output that cannot be written (a read-only or full folder) ends the run with
+    :class:`~terravl.errors.OutputError` naming it, and no index is claimed. ``progress`` is an optional callable
+    called once per tile written.
     """
     if fmt not in ("png", "tif"):
         raise ValueError(f"chip format must be 'png' or 'tif', got {fmt!r}")
     tile_windows(1, 1, size, overlap)  # validate size/overlap before touching the disk
+    check_tile_size(size)
     if isinstance(sources, (str, Path)):
         sources = [sources]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = TilingResult(str(out), str(out / "tiles.geojson"))
     tmp = out / "tiles.geojson.part"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [\n')
-        for source in sources:
-            stem = _unique_stem(Path(source), result.sources)
-            written = 0
-            try:
-                for tile in iter_tiles(source, size, overlap, bands, stretch):
-                    chip = out / f"{stem}_r{tile.row:04d}_c{tile.col:04d}.{fmt}"
-                    _write_chip(tile, chip, fmt)
-                    props = tile.properties()
-                    props["file"] = chip.name
-                    feature = {"type": "Feature", "geometry": tile.footprint, "properties": props}
-                    fh.write((",\n" if result.tiles else "") + json.dumps(feature))
-                    result.tiles += 1
-                    result.partial += tile.partial
-                    written += 1
-                    if progress is not None:
-                        progress(1)
-            except InputError as exc:
-                result.problems.append({"path": str(source), "error": exc.message, "tiles_written": written})
-                continue
-            result.sources.append({"path": str(source), "stem": stem, "tiles": written})
-        fh.write("\n]}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out / "tiles.geojson")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(tmp, "w", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(out, f"cannot write the tiles here ({describe_os_error(exc, out, 'write')})") from None
+    try:
+        with fh:
+            fh.write('{"type": "FeatureCollection", "features": [\n')
+            for source in sources:
+                _tile_one(source, out, fh, result, size, overlap, fmt, bands, stretch, progress)
+            fh.write("\n]}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out / "tiles.geojson")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        target = getattr(exc, "filename", None) or out
+        raise OutputError(target, f"cannot write ({describe_os_error(exc, target, 'write')}); no tiles.geojson "
+                                  f"was written") from None
     return result
+
+
+def _tile_one(source: str | Path, out: Path, fh, result: TilingResult, size: int, overlap: int, fmt: str, bands,
+              stretch, progress) -> None:
+    """Write one source's chips and features; an unreadable source becomes a problem, a write error propagates."""
+    stem = _unique_stem(Path(source), result.sources)
+    written = 0
+    try:
+        for tile in iter_tiles(source, size, overlap, bands, stretch):
+            chip = out / f"{stem}_r{tile.row:04d}_c{tile.col:04d}.{fmt}"
+            _write_chip(tile, chip, fmt)
+            props = tile.properties()
+            props["file"] = chip.name
+            feature = {"type": "Feature", "geometry": tile.footprint, "properties": props}
+            fh.write((",\n" if result.tiles else "") + json.dumps(feature))
+            result.tiles += 1
+            result.partial += tile.partial
+            written += 1
+            if progress is not None:
+                progress(1)
+    except InputError as exc:
+        result.problems.append(TilingProblem(str(source), exc.message, tiles_written=written))
+        return
+    result.sources.append({"path": str(source), "stem": stem, "tiles": written})
 
 
 def _unique_stem(path: Path, done: list[dict]) -> str:
@@ -225,7 +286,12 @@ def _write_chip(tile: Tile, chip: Path, fmt: str) -> None:
     if fmt == "png":
         from PIL import Image
 
-        Image.fromarray(tile.array, "RGB").save(chip, compress_level=1)
+        try:
+            Image.fromarray(tile.array, "RGB").save(chip, compress_level=1)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = str(chip)
+            raise
         return
     import rasterio
 

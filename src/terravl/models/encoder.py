@@ -20,16 +20,20 @@ import torch
 from terravl.errors import InputError
 from terravl.models.images import ImageInput, describe, to_pil
 from terravl.models.progress import progress_bar
+from terravl.results import Problem
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EncodeReport:
-    """Inputs that could not be encoded (index, name, reason); their rows are left out of the result."""
+@dataclass(frozen=True)
+class EncodedImages:
+    """What one lenient encoding call returns: the vectors of the inputs that could be read (row ``i`` is input
+    ``kept[i]``) and a :class:`~terravl.results.Problem` for each input that could not (with its ``index``).
+    Nothing is kept on the encoder, so one encoder serves many threads at once."""
 
-    failed: list[dict] = field(default_factory=list)
-    kept: list[int] = field(default_factory=list)
+    vectors: np.ndarray
+    kept: list[int]
+    problems: list[Problem] = field(default_factory=list)
 
 
 class Encoder:
@@ -47,7 +51,6 @@ class Encoder:
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         self.preprocess: Callable = lambda img: img
-        self.report = EncodeReport()
 
     # -- to implement --------------------------------------------------------------------------------
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -80,38 +83,45 @@ class Encoder:
         return torch.cat(out).numpy()
 
     def encode_images(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32,
-                      workers: int | None = None, progress: bool | None = None, skip_errors: bool = False,
-                      views: int = 1) -> np.ndarray:
-        """(N, D) L2-normalised float32 embeddings of ``images`` (paths, PIL images, arrays, tiles).
+                      workers: int | None = None, progress: bool | None = None, views: int = 1) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings of ``images`` (paths, PIL images, arrays, tiles); the first
+        unreadable input raises its typed error. :meth:`encode_batch` skips bad inputs instead.
 
-        With ``skip_errors`` an unreadable input is recorded in ``self.report.failed`` and left out (rows follow
-        ``self.report.kept``); otherwise its typed error is raised. ``progress`` shows a bar on stderr (default:
-        for more than 256 images on a terminal). ``views`` > 1 averages the embeddings of that many flips and 90°
-        rotations of each image (test-time augmentation, see :data:`DIHEDRAL_VIEWS`): overhead imagery has no
-        "up", so the average is steadier than any single view, at ``views`` times the cost.
+        ``progress`` shows a bar on stderr (default: for more than 256 images on a terminal). ``views`` > 1
+        averages the embeddings of that many flips and 90° rotations of each image (test-time augmentation, see
+        :data:`DIHEDRAL_VIEWS`): overhead imagery has no "up", so the average is steadier than any single view,
+        at ``views`` times the cost.
         """
+        return self._encode(images, batch_size, workers, progress, views, strict=True).vectors
+
+    def encode_batch(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32,
+                     workers: int | None = None, progress: bool | None = None, views: int = 1) -> EncodedImages:
+        """Like :meth:`encode_images`, but an unreadable input becomes a :class:`~terravl.results.Problem` and the
+        rest go on: the result says which inputs each row belongs to. A pure call (safe from many threads)."""
+        return self._encode(images, batch_size, workers, progress, views, strict=False)
+
+    def _encode(self, images, batch_size: int, workers: int | None, progress: bool | None, views: int,
+                strict: bool) -> EncodedImages:
         if views not in DIHEDRAL_VIEWS:
             raise ValueError(f"views must be one of {sorted(DIHEDRAL_VIEWS)}, got {views!r}")
         items = [images] if not isinstance(images, (list, tuple)) and not _is_iterable(images) else list(images)
-        self.report = EncodeReport()
-        self._skip_errors = skip_errors
+        done = EncodedImages(np.zeros((0, self.embed_dim), dtype=np.float32), [], [])
         if not items:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
+            return done
         workers = workers or max(1, min(4, (os.cpu_count() or 2) - 1))
         bar = progress_bar(len(items), progress, "encoding")
         out: list[torch.Tensor] = []
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="terravl-decode") as pool, torch.inference_mode(), \
                     self._autocast():
-                for pixels in self._batches(items, batch_size, pool):
+                for pixels in self._batches(items, batch_size, pool, done, strict):
                     if pixels is not None:
                         out.append(self._embed(pixels.to(self.device), views))
                         bar.update(pixels.shape[0])
         finally:
             bar.close()
-        if not out:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        return torch.cat(out).numpy()
+        vectors = torch.cat(out).numpy() if out else done.vectors
+        return EncodedImages(vectors, done.kept, done.problems)
 
     def _embed(self, pixels: torch.Tensor, views: int) -> torch.Tensor:
         if views == 1:
@@ -126,8 +136,9 @@ class Encoder:
         except (InputError, ValueError, TypeError, OSError) as exc:
             return exc
 
-    def _batches(self, items: list, batch_size: int, pool: ThreadPoolExecutor):
-        """Yield stacked pixel batches in order while the next two batches decode in the pool."""
+    def _batches(self, items: list, batch_size: int, pool: ThreadPoolExecutor, done: EncodedImages, strict: bool):
+        """Yield stacked pixel batches in order while the next two batches decode in the pool; record in ``done``
+        (this call's own record) which inputs were kept and which failed."""
         starts = range(0, len(items), batch_size)
         pending: deque = deque()
         todo = iter(starts)
@@ -149,15 +160,14 @@ class Encoder:
                 result = future.result()
                 index = start + offset
                 if isinstance(result, Exception):
-                    if not getattr(self, "_skip_errors", False):
+                    if strict:
                         for _, rest in pending:
                             for f in rest:
                                 f.cancel()
                         raise result
-                    self.report.failed.append({"index": index, "path": describe(items[index], index),
-                                               "error": getattr(result, "message", str(result))})
+                    done.problems.append(Problem.of(describe(items[index], index), result, index))
                     continue
-                self.report.kept.append(index)
+                done.kept.append(index)
                 tensors.append(result)
             yield torch.stack(tensors) if tensors else None
 

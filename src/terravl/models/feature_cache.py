@@ -34,8 +34,9 @@ def image_features(encoder, paths: list[Path], view: str, cache_dir: Path | None
     else:
         transform = {"hflip": ImageOps.mirror, "vflip": ImageOps.flip, "rot180": lambda im: im.rotate(180)}[view]
         items = [_Lazy(p, transform, to_pil) for p in paths]
-    feats = encoder.encode_images(items, batch_size=64, skip_errors=True, progress=progress)
-    kept, failed = list(encoder.report.kept), list(encoder.report.failed)
+    encoded = encoder.encode_batch(items, batch_size=64, progress=progress)
+    feats, kept = encoded.vectors, list(encoded.kept)
+    failed = [{"index": p.index, "path": p.path, "error": p.error} for p in encoded.problems]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from terravl import config
 from terravl.errors import ImageTooLargeError, RasterReadError
-from terravl.io.raster import PILLOW_SUFFIXES, read_image
+from terravl.paths import missing_reason
+from terravl.io.raster import MIN_VALID_FRACTION, PILLOW_SUFFIXES, open_pillow, read_image
 
 ImageInput = Any
 """str | Path | PIL.Image.Image | np.ndarray | GeoImage | Tile"""
@@ -39,11 +40,15 @@ def to_pil(item: ImageInput) -> Image.Image:
 
 def _open_path(path: Path) -> Image.Image:
     if path.suffix.lower() not in PILLOW_SUFFIXES:
-        return Image.fromarray(np.ascontiguousarray(read_image(path).array), "RGB")
+        image = read_image(path)
+        if image.valid_fraction < MIN_VALID_FRACTION:
+            raise RasterReadError(path, f"no valid pixels (under {MIN_VALID_FRACTION:.0%} of the image is valid "
+                                        "data; the rest is nodata)")
+        return Image.fromarray(np.ascontiguousarray(image.array), "RGB")
     if not path.is_file():
-        raise RasterReadError(path, "no such file")
+        raise RasterReadError(path, missing_reason(path))
     try:
-        img = Image.open(path)
+        img = open_pillow(str(path))
         width, height = img.size
         if width * height > config.max_pixels():
             raise ImageTooLargeError(path, f"{width} × {height} pixels exceeds the limit of {config.max_pixels():,}")
@@ -61,3 +66,4 @@ def describe(item: ImageInput, index: int) -> str:
         return str(item)
     source = getattr(item, "source", None) or getattr(item, "path", None)
     return f"{source}" if source else f"image #{index}"
+

@@ -1,18 +1,27 @@
-"""Named model configs and where their weights are found on disk.
+"""Named model configs — dual encoders and captioners in two registries — and where their weights are on disk.
 
-A config says which architecture to build and which file its authors publish; it holds no weights. Weights are
-resolved in this order, never over the network: an explicit path → ``$TERRAVL_HOME/models/<file>`` → the Hugging
-Face cache (only files already there). ``terravl models pull NAME`` is the one place that downloads, and only
-when a user runs it.
+Each shipped model is one small JSON file, ``configs/encoders/<name>.json`` or ``configs/captioners/<name>.json``
+(keyword fields of :class:`ModelConfig` / :class:`CaptionerConfig`): adding a model means adding a file. A config
+says which family builds it and which file its authors publish; it holds no weights. Weights are resolved in this
+order, never over the network: an explicit path → shipped in the package → ``$TERRAVL_HOME/models/<file>`` → the
+Hugging Face cache (only files already there). ``terravl models pull NAME`` is the one place that downloads, and
+only when a user runs it. Folders written by ``terravl train caption`` and copied into ``$TERRAVL_HOME/models``
+join the captioner registry under their folder name.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar, TypeVar, Union
 
 from terravl import config
 from terravl.errors import InputError
+from terravl.models.sources import cached_hub_file, cached_hub_folder
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+CAPTIONER_SETTINGS_FILE = "captioner.json"  # the same name as terravl.models.bridge.SETTINGS_FILE (kept import-free)
 
 
 class WeightsNotFoundError(InputError):
@@ -21,8 +30,11 @@ class WeightsNotFoundError(InputError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One named model. ``family`` picks the builder: ``open_clip`` (OpenCLIP architectures), ``hf`` (a
-    transformers CLIP/SigLIP folder) or ``terravl`` (TerraVL's own small dual encoder, shipped in the package)."""
+    """One named dual encoder. ``family`` picks the builder in :data:`terravl.models.families.BUILDERS`:
+    ``open_clip`` (OpenCLIP architectures), ``hf`` (a transformers CLIP/SigLIP folder) or ``terravl`` (TerraVL's
+    own small dual encoder). ``shipped`` models live inside the package, so there is nothing to download."""
+
+    kind: ClassVar[str] = "encoder"
 
     name: str
     family: str
@@ -33,89 +45,180 @@ class ModelConfig:
     hf_filename: str | None = None
     source: str = ""
     description: str = ""
+    shipped: bool = False
+    notes: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_REMOTECLIP = "https://huggingface.co/chendelong/RemoteCLIP"
-_GEORSCLIP = "https://huggingface.co/Zilun/GeoRSCLIP"
-_SKYCLIP = "https://github.com/wangzhecheng/SkyScript#pretrained-models"
+@dataclass(frozen=True)
+class CaptionerConfig:
+    """One named captioner: a folder (``captioner.json`` + ``bridge.safetensors`` [+ ``lm/``]) that
+    :meth:`terravl.models.bridge.Captioner.load` reads; ``encoder`` is the dual encoder whose features it uses."""
+
+    kind: ClassVar[str] = "captioner"
+    family: ClassVar[str] = "bridge"
+
+    name: str
+    arch: str
+    file: str
+    shipped: bool = False
+    encoder: str = "terravl-default"
+    hf_repo: str | None = None
+    hf_filename: str | None = None
+    source: str = ""
+    description: str = ""
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+AnyConfig = Union[ModelConfig, CaptionerConfig]
+C = TypeVar("C", ModelConfig, CaptionerConfig)
 
 REGISTRY: dict[str, ModelConfig] = {}
+"""Dual encoders by name."""
+CAPTIONERS: dict[str, CaptionerConfig] = {}
+"""Captioners by name (the shipped ones; folders in ``$TERRAVL_HOME/models`` are added by :func:`captioners`)."""
+
+
+def config_from_dict(cls: type[C], data: dict, origin: str | Path) -> C:
+    """A config from keyword fields; unknown or missing keys are an :class:`InputError` naming ``origin``."""
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InputError(origin, f"unknown config keys {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise InputError(origin, f"incomplete model config ({exc})") from None
+
+
+def read_config_file(cls: type[C], path: Path) -> C:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"unreadable model config ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a model config must be a JSON object")
+    return config_from_dict(cls, data, path)
 
 
 def register(cfg: ModelConfig) -> ModelConfig:
-    """Add (or replace) a named config; returns it."""
+    """Add (or replace) a named dual encoder; returns it."""
     REGISTRY[cfg.name] = cfg
     return cfg
 
 
-for _cfg in [
-    # RemoteCLIP (Liu et al., TGRS 2024): plain open_clip state dicts; its README builds the plain (GELU) arch.
-    ModelConfig("remoteclip-rn50", "open_clip", "RN50", "RemoteCLIP-RN50.pt", False, "chendelong/RemoteCLIP",
-                "RemoteCLIP-RN50.pt", _REMOTECLIP, "RemoteCLIP ResNet-50"),
-    ModelConfig("remoteclip-vit-b-32", "open_clip", "ViT-B-32", "RemoteCLIP-ViT-B-32.pt", False,
-                "chendelong/RemoteCLIP", "RemoteCLIP-ViT-B-32.pt", _REMOTECLIP, "RemoteCLIP ViT-B/32"),
-    ModelConfig("remoteclip-vit-l-14", "open_clip", "ViT-L-14", "RemoteCLIP-ViT-L-14.pt", False,
-                "chendelong/RemoteCLIP", "RemoteCLIP-ViT-L-14.pt", _REMOTECLIP, "RemoteCLIP ViT-L/14"),
-    # GeoRSCLIP (Zhang et al., RS5M, TGRS 2024): state dicts over OpenAI (QuickGELU) and LAION-2B (GELU) bases.
-    ModelConfig("georsclip-vit-b-32", "open_clip", "ViT-B-32", "RS5M_ViT-B-32.pt", True, "Zilun/GeoRSCLIP",
-                "ckpt/RS5M_ViT-B-32.pt", _GEORSCLIP, "GeoRSCLIP ViT-B/32 (RS5M), OpenAI base"),
-    ModelConfig("georsclip-vit-l-14", "open_clip", "ViT-L-14", "RS5M_ViT-L-14.pt", True, "Zilun/GeoRSCLIP",
-                "ckpt/RS5M_ViT-L-14.pt", _GEORSCLIP, "GeoRSCLIP ViT-L/14 (RS5M), OpenAI base"),
-    ModelConfig("georsclip-vit-h-14", "open_clip", "ViT-H-14", "RS5M_ViT-H-14.pt", False, "Zilun/GeoRSCLIP",
-                "ckpt/RS5M_ViT-H-14.pt", _GEORSCLIP, "GeoRSCLIP ViT-H/14 (RS5M), LAION-2B base"),
-    # SkyCLIP (Wang et al., SkyScript, AAAI 2024): open_clip training checkpoints ({'state_dict'}, 'module.').
-    ModelConfig("skyclip-vit-b-32", "open_clip", "ViT-B-32", "SkyCLIP_ViT_B32_top50pct/epoch_20.pt", True,
-                None, None, _SKYCLIP, "SkyCLIP ViT-B/32, top 50 % of SkyScript, OpenAI base"),
-    ModelConfig("skyclip-vit-l-14", "open_clip", "ViT-L-14", "SkyCLIP_ViT_L14_top50pct/epoch_20.pt", True,
-                None, None, _SKYCLIP, "SkyCLIP ViT-L/14, top 50 % of SkyScript, OpenAI base"),
-    # OpenAI CLIP through open_clip's packaging of the original weights.
-    ModelConfig("openai-vit-b-32", "open_clip", "ViT-B-32", "openai-ViT-B-32.bin", True,
-                "timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin",
-                "https://huggingface.co/timm/vit_base_patch32_clip_224.openai", "OpenAI CLIP ViT-B/32"),
-    # TerraVL's own small dual encoder, trained here and shipped inside the package.
-    ModelConfig("terravl-default", "terravl", "terravl-default", "terravl-default", False, None, None,
-                "shipped in the terravl package", "TerraVL's small RS dual encoder (frozen MiniLM text tower)"),
-    # TerraVL's own captioner / VQA model: a bridge from terravl-default to a small GPT-2 trained from scratch.
-    ModelConfig("terravl-captioner", "captioner", "bridge+gpt2-small", "terravl-captioner", False, None, None,
-                "shipped in the terravl package", "TerraVL's captioning and VQA model (terravl-default features "
-                                                  "→ MLP prefix → small GPT-2)"),
-]:
-    register(_cfg)
+def register_captioner(cfg: CaptionerConfig) -> CaptionerConfig:
+    """Add (or replace) a named captioner; returns it."""
+    CAPTIONERS[cfg.name] = cfg
+    return cfg
+
+
+def _load_packaged() -> None:
+    for path in sorted((CONFIGS_DIR / "encoders").glob("*.json")):
+        register(read_config_file(ModelConfig, path))
+    for path in sorted((CONFIGS_DIR / "captioners").glob("*.json")):
+        register_captioner(read_config_file(CaptionerConfig, path))
+    if not REGISTRY:
+        raise RuntimeError(f"no model configs found in {CONFIGS_DIR}: the package was installed without its data "
+                           f"files (package-data must include models/configs/*/*.json)")
+
+
+_load_packaged()
+
+
+def captioners() -> dict[str, CaptionerConfig]:
+    """Registered captioners, then captioner folders in ``$TERRAVL_HOME/models`` (e.g. the ``model/`` folder of a
+    ``terravl train caption`` run copied there), named after their folder."""
+    found = dict(CAPTIONERS)
+    folder = config.models_dir()
+    if folder.is_dir():
+        for settings in sorted(folder.glob(f"*/{CAPTIONER_SETTINGS_FILE}")):
+            name = settings.parent.name
+            found.setdefault(name, CaptionerConfig(name, "bridge", name, source=str(settings.parent),
+                                                   encoder=_settings_encoder(settings),
+                                                   description="captioner folder in $TERRAVL_HOME/models"))
+    return found
+
+
+def _settings_encoder(settings: Path) -> str:
+    try:
+        return str(json.loads(settings.read_text()).get("encoder", ""))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+
+
+def names() -> set[str]:
+    """Every name a bare reference may mean, encoders and captioners."""
+    return set(REGISTRY) | set(captioners())
 
 
 def get_config(name: str) -> ModelConfig:
-    try:
+    """The dual encoder registered as ``name``; a captioner's name or an unknown name is an :class:`InputError`."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise InputError(name, f"unknown model; registered: {', '.join(sorted(REGISTRY))} "
-                               f"(or give a checkpoint file or a Hugging Face model folder)") from None
+    if name in captioners():
+        raise InputError(name, "is a captioner, not a dual encoder: load it with terravl.models.load_captioner")
+    raise InputError(name, f"unknown model; registered: {', '.join(sorted(REGISTRY))} "
+                           f"(or give a checkpoint file or a Hugging Face model folder, or a prefixed source: "
+                           f"terravl:NAME, file:PATH, hf-hub:ORG/REPO[/FILE])")
 
 
-def find_weights(cfg: ModelConfig) -> Path | None:
-    """The checkpoint of ``cfg`` on disk, or None. Looks only at local files."""
-    if cfg.family in ("terravl", "captioner"):
+def get_captioner_config(name: str) -> CaptionerConfig:
+    """The captioner registered as ``name``; a dual encoder's name or an unknown name is an :class:`InputError`."""
+    found = captioners()
+    if name in found:
+        return found[name]
+    listed = ", ".join(sorted(found))
+    if name in REGISTRY:
+        raise InputError(name, f"is a dual encoder, not a captioner; captioners: {listed}")
+    raise InputError(name, f"unknown captioner; registered: {listed} (or give a folder written by "
+                           f"`terravl train caption`)")
+
+
+def lookup(name: str) -> AnyConfig:
+    """The config of ``name`` in either registry (encoders first)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    found = captioners()
+    if name in found:
+        return found[name]
+    return get_config(name)  # raises: unknown name
+
+
+def config_for_file(path: Path) -> ModelConfig | None:
+    """The downloadable encoder whose published file name ``path`` ends with (whole path components), or None:
+    a bare path keeps loading as it did before prefixes existed. Prefer ``load(NAME, weights=PATH)`` to say so."""
+    posix = path.as_posix()
+    return next((c for c in REGISTRY.values()
+                 if not c.shipped and (posix == c.file or posix.endswith("/" + c.file))), None)
+
+
+def config_for_hub(repo: str, filename: str | None) -> ModelConfig | None:
+    """The registered encoder published as ``repo``/``filename`` on the Hugging Face Hub, or None."""
+    return next((c for c in REGISTRY.values() if c.hf_repo == repo and c.hf_filename == filename), None)
+
+
+def find_weights(cfg: AnyConfig) -> Path | None:
+    """The checkpoint file (or model folder) of ``cfg`` on disk, or None. Looks only at local files."""
+    if cfg.shipped:
         shipped = config.packaged_models_dir() / cfg.file
         return shipped if shipped.exists() else None
     local = config.models_dir() / cfg.file
-    if local.is_file():
+    if local.exists():
         return local
-    if cfg.hf_repo and cfg.hf_filename:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        cached = try_to_load_from_cache(cfg.hf_repo, cfg.hf_filename)
-        if isinstance(cached, str) and Path(cached).is_file():
-            return Path(cached)
+    if cfg.hf_repo:
+        return cached_hub_file(cfg.hf_repo, cfg.hf_filename) if cfg.hf_filename else cached_hub_folder(cfg.hf_repo)
     return None
 
 
-def resolve_weights(cfg: ModelConfig, path: str | Path | None = None) -> Path:
-    """Explicit ``path`` → ``$TERRAVL_HOME/models`` → Hugging Face cache; else a :class:`WeightsNotFoundError`
-    that names the file and where to put it."""
+def resolve_weights(cfg: AnyConfig, path: str | Path | None = None) -> Path:
+    """Explicit ``path`` → package / ``$TERRAVL_HOME/models`` → Hugging Face cache; else a
+    :class:`WeightsNotFoundError` that names the file and where to put it."""
     if path is not None:
         if not Path(path).exists():
             raise WeightsNotFoundError(path, "no such checkpoint file")
@@ -123,6 +226,9 @@ def resolve_weights(cfg: ModelConfig, path: str | Path | None = None) -> Path:
     found = find_weights(cfg)
     if found is not None:
         return found
+    if cfg.shipped:
+        raise WeightsNotFoundError(cfg.name, f"the package is missing its shipped weights "
+                                             f"({config.packaged_models_dir() / cfg.file}); reinstall terravl")
     where = config.models_dir() / cfg.file
     hint = f"run `terravl models pull {cfg.name}` on a machine with internet, or " if cfg.hf_repo else ""
     raise WeightsNotFoundError(cfg.name, f"weights not found: put {cfg.file!r} at {where} ({hint}download it from "
@@ -130,10 +236,12 @@ def resolve_weights(cfg: ModelConfig, path: str | Path | None = None) -> Path:
 
 
 def list_models() -> list[dict]:
-    """Every registered config with ``present`` (weights found on disk) and the path found."""
+    """Every registered encoder, then every captioner, with ``kind``, ``present`` (weights found on disk) and the
+    path found."""
     out = []
-    for cfg in REGISTRY.values():
+    for cfg in [*REGISTRY.values(), *captioners().values()]:
         found = find_weights(cfg)
-        out.append({"name": cfg.name, "arch": cfg.arch, "file": cfg.file, "present": found is not None,
-                    "path": str(found) if found else None, "family": cfg.family, "description": cfg.description})
+        out.append({"name": cfg.name, "kind": cfg.kind, "arch": cfg.arch, "file": cfg.file,
+                    "present": found is not None, "path": str(found) if found else None, "family": cfg.family,
+                    "shipped": cfg.shipped, "description": cfg.description})
     return out

@@ -59,8 +59,13 @@ class Guard:
         status = {"code": 500}
         ok, set_cookie = self._authorised(scope)
 
+        over = {"limit": False, "started": False}
+
         async def send_logged(message):
+            if over["limit"]:  # the app's answer to a body it could not finish reading (often a 500) is dropped
+                return
             if message["type"] == "http.response.start":
+                over["started"] = True
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -70,6 +75,7 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
+        too_large = {"error": {"field": "body", "message": f"request body over the limit of {self.max_body:,} bytes"}}
         try:
             if not ok:
                 await _send_json(send_logged, 401, {"error": {"field": "api key", "message":
@@ -79,25 +85,31 @@ class Guard:
             headers = dict(scope.get("headers", []))
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await _send_json(send_logged, 413, {"error": {"field": "body", "message":
-                                 f"request body over the limit of {self.max_body:,} bytes"}})
+                await _send_json(send_logged, 413, too_large)
                 return
             received = 0
 
             async def limited_receive():
+                # a body without Content-Length (chunked) is counted as it streams in, with the same limit
                 nonlocal received
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body:
+                        over["limit"] = True
                         raise _TooLarge()
                 return message
 
             try:
                 await self.app(scope, limited_receive, send_logged)
             except _TooLarge:
-                await _send_json(send_logged, 413, {"error": {"field": "body", "message":
-                                 f"request body over the limit of {self.max_body:,} bytes"}})
+                pass
+            except Exception:
+                if not over["limit"]:
+                    raise
+            if over["limit"] and not over["started"]:
+                over["limit"] = False
+                await _send_json(send_logged, 413, too_large)
         finally:
             if log.isEnabledFor(logging.INFO):
                 log.info(json.dumps({"request_id": request_id, "method": scope.get("method"),
@@ -108,3 +120,38 @@ class Guard:
 
 class _TooLarge(Exception):
     pass
+
+
+class HostCheck:
+    """Starlette's :class:`TrustedHostMiddleware` (400 for a Host header not in ``allowed``: a DNS-rebinding page
+    cannot drive the API from a victim's browser), except for the probes, which an orchestrator calls by IP."""
+
+    def __init__(self, app, allowed: list[str]):
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=sorted(set(allowed)), www_redirect=False)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        return await self.checked(scope, receive, send)
+
+
+def allowed_hosts(bound: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Host names a request may address the service by: the bound address, the loopback names, and ``extra``
+    (``terravl serve --allowed-host``). For a wildcard bind (0.0.0.0, ::) the machine's own name and addresses are
+    added too, best effort; other names (a DNS name in front of it) must be given."""
+    import socket
+
+    names = {"localhost", "127.0.0.1", "[::1]", *(h.strip().lower() for h in extra if h.strip())}
+    names.add(f"[{bound}]" if ":" in bound else bound.lower())
+    if bound in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostname()
+            names |= {host.lower(), socket.getfqdn().lower()}
+            for *_, addr in socket.getaddrinfo(host, None):
+                names.add(f"[{addr[0]}]" if ":" in addr[0] else addr[0])
+        except OSError:
+            pass
+    return sorted(n for n in names if n not in ("0.0.0.0", "[::]"))

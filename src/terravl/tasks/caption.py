@@ -8,17 +8,26 @@ RetrievalCaptioner`, the caption of the nearest image of a caption bank).
 from __future__ import annotations
 
 from terravl.models.bridge import CAPTION_PROMPT
-from terravl.tasks.inputs import encode_inputs
+from terravl.results import Answers, Caption
+from terravl.tasks.inputs import answer_each, encoded
+from terravl.validation import check_beams, check_max_tokens
 
 
 def caption(images: list, captioner=None, beams: int | None = None, max_tokens: int | None = None,
-            batch_size: int = 32, tile_size: int = 256, whole_below: int | None = None) -> list[dict]:
-    """Per image (or tile): ``{path, caption}`` (+ ``window``, ``footprint`` for tiles); unreadable inputs get
-    ``error`` instead and the rest go on. Decoding is deterministic: greedy for ``beams=1``, else beam search."""
+            batch_size: int = 32, tile_size: int = 256, whole_below: int | None = None,
+            progress: bool | None = None) -> Answers[Caption]:
+    """One :class:`~terravl.results.Caption` per image (or tile, with its window and footprint), or a
+    :class:`~terravl.results.Problem`, in input order. Decoding is deterministic: greedy for ``beams=1``, else
+    beam search."""
     captioner = _default(captioner)
-    features, rows, errors = encode_inputs(captioner.encoder, images, tile_size, whole_below, batch_size)
-    texts = captioner.generate(features, CAPTION_PROMPT, beams=beams, max_tokens=max_tokens) if rows else []
-    return [{**row, "caption": text} for row, text in zip(rows, texts)] + errors
+    beams, max_tokens = check_beams(beams), check_max_tokens(max_tokens)
+
+    def answer(units, vectors):
+        texts = captioner.generate(vectors, CAPTION_PROMPT, beams=beams, max_tokens=max_tokens)
+        return [Caption(**unit.where, caption=text) for unit, text in zip(units, texts)]
+
+    chunks = encoded(captioner.encoder, images, tile_size, whole_below, batch_size)
+    return Answers(tuple(answer_each(chunks, answer, progress)))
 
 
 def _default(captioner):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from terravl.errors import InputError
 from terravl.eval.zeroshot import RS_TEMPLATES, class_embeddings, softmax
-from terravl.tasks.inputs import expand_images
+from terravl.results import Answers, Classification, LabelScore
+from terravl.tasks.inputs import answer_each, encoded
+from terravl.validation import check_k, check_labels
 
 BUILTIN_CLASSES: dict[str, list[str]] = {
     "aid": ["Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
@@ -40,45 +41,36 @@ BUILTIN_CLASSES: dict[str, list[str]] = {
 
 
 def resolve_labels(labels: list[str] | str | None = None, classes: str | None = None) -> list[str]:
-    if labels and classes:
-        raise InputError("--labels/--classes", "give labels or a class list name, not both")
-    if classes:
-        key = classes.lower()
-        if key not in BUILTIN_CLASSES:
-            raise InputError("--classes", f"unknown class list {classes!r}; choose one of {', '.join(BUILTIN_CLASSES)}")
-        return list(BUILTIN_CLASSES[key])
-    if isinstance(labels, str):
-        labels = [x.strip() for x in labels.split(",")]
-    labels = [x for x in (labels or []) if x]
-    if len(labels) < 2:
-        raise InputError("--labels", "give at least two labels (comma-separated) or --classes NAME")
-    if len(set(labels)) != len(labels):
-        raise InputError("--labels", "labels must be distinct")
-    return labels
+    """The class names to score: ``labels`` (comma-separated or a list) or a built-in list named by ``classes``."""
+    return check_labels(labels, classes, BUILTIN_CLASSES)
 
 
 def classify(images: list, encoder, labels: list[str] | str | None = None, classes: str | None = None, k: int = 5,
              templates=RS_TEMPLATES, batch_size: int = 32, tile_size: int = 256,
-             whole_below: int | None = None, views: int = 1) -> list[dict]:
-    """Per image: ``{path, label, score, top: [{label, probability}]}``; unreadable images get ``error``.
+             whole_below: int | None = None, views: int = 1, weights: np.ndarray | None = None,
+             progress: bool | None = None) -> Answers[Classification]:
+    """One :class:`~terravl.results.Classification` per image (or per tile of a large raster, with its window
+    and footprint), or a :class:`~terravl.results.Problem`, in input order.
 
     Directories in ``images`` are walked recursively; rasters larger than ``whole_below`` pixels (default twice
-    the tile size) are classified tile by tile, each result with its window and footprint. Probabilities are a softmax over the cosine similarities
-    scaled by the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100).
-    ``views`` > 1 averages each image's embedding over that many flips/rotations (8: all of them), N× the cost."""
+    the tile size) are classified tile by tile. Probabilities are a softmax over the cosine similarities scaled by
+    the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100). ``views`` > 1
+    averages each image's embedding over that many flips/rotations (8: all of them), N× the cost. ``weights``
+    are the class embeddings of ``labels`` when the caller has them already (the service caches them)."""
     names = resolve_labels(labels, classes)
-    items, extra, failed = expand_images(images, tile_size, whole_below or 2 * tile_size)
-    if not items and not failed:
-        raise InputError("images", "no image files found")
-    weights = class_embeddings(encoder, names, templates)
-    emb = encoder.encode_images(items, batch_size=batch_size, skip_errors=True, views=views) if items \
-        else np.zeros((0, 1))
-    probs = softmax(encoder.logit_scale * emb @ weights.T) if len(emb) else np.zeros((0, len(names)))
-    results: list[dict] = [{} for _ in items]
-    for row, index in enumerate(encoder.report.kept if items else []):
-        order = np.argsort(-probs[row])[: max(1, k)]
-        results[index] = {**extra[index], "label": names[order[0]], "score": float(probs[row, order[0]]),
-                          "top": [{"label": names[j], "probability": float(probs[row, j])} for j in order]}
-    for failure in (encoder.report.failed if items else []):
-        results[failure["index"]] = {**extra[failure["index"]], "error": failure["error"]}
-    return results + failed
+    k = check_k(k)
+    if weights is None:
+        weights = class_embeddings(encoder, names, templates)
+    scale = encoder.logit_scale
+
+    def answer(units, vectors):
+        probs = softmax(scale * vectors @ weights.T)
+        results = []
+        for unit, p in zip(units, probs):
+            order = np.argsort(-p)[: max(1, k)]
+            results.append(Classification(**unit.where, label=names[order[0]], score=float(p[order[0]]),
+                                          top=[LabelScore(label=names[j], probability=float(p[j])) for j in order]))
+        return results
+
+    chunks = encoded(encoder, images, tile_size, whole_below, batch_size, views)
+    return Answers(tuple(answer_each(chunks, answer, progress)))

@@ -4,12 +4,17 @@ best windows, after non-maximum suppression, become GeoJSON polygons."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 
-from terravl.io import PixelWindow, iter_tiles, raster_info
+from typing import Sequence
+
+from terravl.errors import InputError, TerraVLError, WorkBudgetError
+from terravl.io import PixelWindow, iter_tiles, raster_info, tile_windows
+from terravl.validation import MAX_K, check_int, check_scales, check_text
 
 
 def _iou(a: PixelWindow, b: PixelWindow) -> float:
@@ -21,76 +26,115 @@ def _iou(a: PixelWindow, b: PixelWindow) -> float:
     return inter / union if union else 0.0
 
 
+def count_windows(width: int, height: int, scales: Sequence[int], stride: float) -> int:
+    """How many windows :func:`localize` scores on a ``width`` × ``height`` raster: the work a request asks for."""
+    total = 0
+    for size in scales:
+        size = int(min(size, max(width, height)))
+        overlap = min(size - 1, int(round(size * (1 - stride))))
+        total += len(tile_windows(width, height, size, overlap))
+    return total
+
+
 def localize(raster: str | Path, query: str, encoder, out: str | Path | None = None, scales=(256,),
-             stride: float = 0.5, top: int = 5, batch_size: int = 32, max_heat_side: int = 1024) -> dict:
+             stride: float = 0.5, top: int = 5, batch_size: int = 32, max_heat_side: int = 1024,
+             max_windows: int | None = None, trusted: bool = True) -> dict:
     """Score windows of ``raster`` against ``query``; write the heat map to ``out`` (GeoTIFF) if given.
 
     ``stride`` is the step between windows as a fraction of the window size. Returns ``{"query", "windows",
-    "heatmap", "regions"}`` where ``regions`` is a GeoJSON FeatureCollection of the ``top`` windows."""
-    info = raster_info(raster)
+    "heatmap", "regions"}`` where ``regions`` is a GeoJSON FeatureCollection of the ``top`` windows. Memory is
+    bounded by design: tiles are scored a batch at a time and only each window's score and position are kept (a
+    few dozen bytes), never its pixels. ``max_windows`` is a work budget: a request for more windows is refused
+    (:class:`~terravl.errors.WorkBudgetError`) before any pixel is read."""
+    query = check_text(query, "query")
+    scales = check_scales(scales)
+    top = check_int(top, "top", 1, MAX_K)
+    if not 0.05 <= float(stride) <= 1.0:
+        raise InputError("stride", "must be between 0.05 and 1 (a fraction of the window size)")
+    untrusted = {} if trusted else {"trusted": False}  # uploads: only self-contained formats are decoded
+    info = raster_info(raster, **untrusted)
+    windows = count_windows(info.width, info.height, scales, stride)
+    if max_windows is not None and windows > max_windows:
+        raise WorkBudgetError("scales", f"{windows:,} windows on {info.width} × {info.height} pixels exceeds this "
+                                        f"service's budget of {max_windows:,}; use larger window sizes or a smaller "
+                                        "image")
     text = encoder.encode_texts([query])[0]
     factor = max(1, math.ceil(max(info.width, info.height) / max_heat_side))
     hh, hw = math.ceil(info.height / factor), math.ceil(info.width / factor)
     heat_sum = np.zeros((hh, hw), dtype=np.float64)
     heat_n = np.zeros((hh, hw), dtype=np.int32)
-    scored: list[tuple[float, object]] = []
+    scores: list[float] = []
+    places: list[PixelWindow] = []
     for size in scales:
         size = int(min(size, max(info.width, info.height)))
         overlap = min(size - 1, int(round(size * (1 - stride))))
         batch = []
-        for tile in iter_tiles(raster, size, overlap):
+        for tile in iter_tiles(raster, size, overlap, **untrusted):
             batch.append(tile)
             if len(batch) == batch_size:
-                scored += _score(batch, encoder, text)
+                _score(batch, encoder, text, scores, places)
                 batch = []
         if batch:
-            scored += _score(batch, encoder, text)
-    for score, tile in scored:
-        w = tile.window
+            _score(batch, encoder, text, scores, places)
+    for score, w in zip(scores, places):
         r0, c0 = w.row_off // factor, w.col_off // factor
         r1, c1 = math.ceil((w.row_off + w.height) / factor), math.ceil((w.col_off + w.width) / factor)
         heat_sum[r0:r1, c0:c1] += score
         heat_n[r0:r1, c0:c1] += 1
     heat = np.where(heat_n > 0, heat_sum / np.maximum(heat_n, 1), np.nan).astype(np.float32)
-    regions = _regions(scored, top)
-    result = {"query": query, "path": str(raster), "windows": len(scored), "heatmap": None,
+    regions = _regions(scores, places, top, info)
+    result = {"query": query, "path": str(raster), "windows": len(scores), "heatmap": None,
               "heatmap_scale": factor, "regions": regions}
     if out is not None:
         result["heatmap"] = str(_write_heat(heat, info, factor, Path(out), query))
     return result
 
 
-def _score(tiles, encoder, text) -> list[tuple[float, object]]:
+def _score(tiles, encoder, text, scores: list[float], places: list[PixelWindow]) -> None:
+    """Score a batch of tiles and keep only (score, window): the pixels are dropped with the batch."""
     emb = encoder.encode_images([t.array for t in tiles], batch_size=len(tiles), progress=False)
-    return [(float(s), t) for s, t in zip(emb @ text, tiles)]
+    scores.extend(float(s) for s in emb @ text)
+    places.extend(t.window for t in tiles)
 
 
-def _regions(scored, top: int) -> dict:
-    chosen = []
-    for score, tile in sorted(scored, key=lambda x: -x[0]):
-        if all(_iou(tile.window, other.window) < 0.3 for _, other in chosen):
-            chosen.append((score, tile))
+def _regions(scores: list[float], places: list[PixelWindow], top: int, info) -> dict:
+    chosen: list[tuple[float, PixelWindow]] = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        window = places[i]
+        if all(_iou(window, other) < 0.3 for _, other in chosen):
+            chosen.append((scores[i], window))
         if len(chosen) >= top:
             break
-    features = [{"type": "Feature", "geometry": tile.footprint,
-                 "properties": {"rank": rank + 1, "score": score, "window": tile.window.to_dict(),
-                                "source": tile.source, "crs": tile.georef.crs_name if tile.georef else None}}
-                for rank, (score, tile) in enumerate(chosen)]
+    georef = info.georef
+    features = [{"type": "Feature", "geometry": georef.footprint(window) if georef else None,
+                 "properties": {"rank": rank + 1, "score": score, "window": window.to_dict(),
+                                "source": info.path, "crs": georef.crs_name if georef else None}}
+                for rank, (score, window) in enumerate(chosen)]
     return {"type": "FeatureCollection", "features": features}
 
 
 def _write_heat(heat: np.ndarray, info, factor: int, out: Path, query: str) -> Path:
     import rasterio
+    import rasterio.errors
     from affine import Affine
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TerraVLError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
     profile = {"driver": "GTiff", "width": heat.shape[1], "height": heat.shape[0], "count": 1, "dtype": "float32",
                "nodata": float("nan"), "compress": "deflate"}
     if info.georef is not None:
         profile.update(crs=info.georef.crs_wkt, transform=info.georef.transform @ Affine.scale(factor, factor))
     tmp = out.with_suffix(out.suffix + ".part")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(heat, 1)
-        dst.update_tags(query=query, source=info.path, description="cosine similarity of windows to the query")
-    tmp.replace(out)
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(heat, 1)
+            dst.update_tags(query=query, source=info.path, description="cosine similarity of windows to the query")
+        tmp.replace(out)
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TerraVLError(f"{out}: cannot write the heat map ({str(exc).splitlines()[0] if str(exc) else exc})") \
+            from None
     return out

@@ -5,7 +5,9 @@ image and augmentation view (identity and flips) and cached; each step maps a ba
 trains next-token prediction on a caption or an answer. With TerraVL's own decoder the language model trains from
 scratch beside the mapping; with a user's language model (``lm=PATH``) only the mapping trains, or LoRA adapters
 too (``lora=R``). Each epoch scores greedy captions of a validation part of the training split (CIDEr-D) and the
-best epoch is exported; the evaluation split is scored once, at the end, for the record.
+best epoch is exported; the evaluation split is scored once, at the end, for the record. The loop itself (device,
+mixed precision on CUDA, schedule, checkpoints, resume) is :func:`terravl.train.loop.fit`, shared with ``train
+clip``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from terravl.datasets import open_dataset
 from terravl.datasets.derived_vqa import derive_questions
@@ -30,14 +29,16 @@ from terravl.errors import InputError
 from terravl.models.bridge import CAPTION_PROMPT, Captioner, question_prompt, small_decoder
 from terravl.models.feature_cache import VIEWS, image_features
 from terravl.models.word_tokenizer import train_word_tokenizer
-from terravl.train.settings import seed_everything, settings_from_dict
+from terravl.train.loop import fit, start, total_steps
+from terravl.train.settings import settings_from_dict
 
 
 @dataclass
 class CaptionTrainConfig:
-    """Flat settings; each can be set from YAML (``--config``) or ``--set KEY=VALUE``."""
+    """Flat settings; each can be set from YAML (``--config``) or ``--set KEY=VALUE``. The defaults are those of
+    configs/terravl-captioner.yaml (a test keeps them equal), except ``data``, which has none."""
 
-    data: str = "../shared/data/rsicd_aid/dataset_rsicd_aid.json"
+    data: str | None = None               # required: a caption JSON or an RSVQA folder (--data or the YAML)
     out: str = "runs/terravl-captioner"
     encoder: str = "terravl-default"
     lm: str | None = None                 # None: TerraVL's own small decoder, trained from scratch
@@ -64,6 +65,8 @@ class CaptionTrainConfig:
     beams: int = 3
     max_tokens: int = 40
     seed: int = 0
+    device: str = "auto"                  # auto (CUDA if present), cpu, cuda
+    precision: str = "auto"               # auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16
     threads: int | None = None
     max_steps: int | None = None
     stop_after_epochs: int | None = None
@@ -133,29 +136,22 @@ def build_captioner(cfg: CaptionTrainConfig, train_items: list[ImageSamples], fe
                            beams=cfg.beams, max_tokens=cfg.max_tokens, name=cfg.name)
 
 
-def _trainable_state(model: Captioner) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
-    """Train, checkpoint every epoch (``--resume`` continues), export the best epoch to ``out/model``."""
+    """Train on ``cfg.device``, checkpoint every epoch (``--resume`` continues), export the best epoch to
+    ``out/model``."""
     import terravl.models as models
     from terravl.eval.captions import score_captions
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = start(cfg)
     items = load_samples(cfg.data, cfg.train_split, cfg.vqa)[: cfg.limit_train]
     order = np.random.default_rng(cfg.seed).permutation(len(items))
     n_val = int(round(cfg.val_fraction * len(items))) if len(items) >= 20 else 0
     val_items = [items[i] for i in sorted(order[:n_val])]
     train_items = [items[i] for i in sorted(order[n_val:])]
-    encoder = models.load(cfg.encoder)
+    encoder = models.load(cfg.encoder, device=run.device)
     if hasattr(encoder, "use_memory"):
         encoder.use_memory = False
-    cache = out / "cache"
+    cache = run.out / "cache"
     views = VIEWS[: max(1, cfg.views)]
     base, kept, failed = image_features(encoder, [s.path for s in train_items], "identity", cache, cfg.progress)
     for f in failed:
@@ -168,7 +164,7 @@ def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
         if val_items else (np.zeros((0, base.shape[1]), np.float32), [], [])
     val_items = [val_items[i] for i in val_kept]
 
-    model = build_captioner(cfg, train_items, base.shape[1])
+    model = build_captioner(cfg, train_items, base.shape[1]).to(run.device)
     caption_prompt = model.prompt_ids(CAPTION_PROMPT)
     captions = [[model.target_ids(c) for c in s.captions] for s in train_items]
     questions = [[(model.prompt_ids(question_prompt(q)), model.target_ids(a)) for q, a, _ in s.questions]
@@ -177,94 +173,64 @@ def train(cfg: CaptionTrainConfig, resume: bool = False, log=print) -> dict:
     with_c = [i for i, c in enumerate(captions) if c]
     per_epoch = len(with_c) + int(round(cfg.questions_per_image * len(with_q)))
     steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total = total_steps(cfg.max_steps, cfg.epochs, steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-                                                 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
-    state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0, "best": None}
-    checkpoint, best_file = out / "checkpoint.pt", out / "best.pt"
-    if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["model"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        state = saved["state"]
-        random.setstate(saved["python_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        log(f"resumed from {checkpoint} at epoch {state['epoch']}, step {state['step']}")
     log(f"training {sum(p.numel() for p in params) / 1e6:.2f} M parameters on {len(train_items)} images "
-        f"({len(views)} views), {per_epoch} samples per epoch; validation: {len(val_items)} images")
-    model.train()
-    while state["step"] < total:
-        if cfg.stop_after_epochs is not None and state["epoch"] >= cfg.stop_after_epochs:
-            log(f"stopping after epoch {state['epoch']} as asked; continue with --resume")
-            break
-        start = time.perf_counter()
+        f"({len(views)} views), {per_epoch} samples per epoch; validation: {len(val_items)} images; "
+        f"{run.device}, {run.precision}")
+
+    def plan_epoch() -> list[tuple[int, int]]:
+        """Every caption sample once and questions drawn at random, shuffled (Python's seeded RNG)."""
         samples = [(i, -1) for i in with_c] + [(i, 1) for i in random.choices(with_q, k=per_epoch - len(with_c))]
         random.shuffle(samples)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}", unit="step", file=sys.stderr,
-                   disable=not cfg.progress or None)
-        for b in bar:
-            if state["step"] >= total:
-                break
-            batch = samples[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if not batch:
-                break
-            idx = torch.tensor([i for i, _ in batch])
-            view = torch.randint(0, len(features), (len(batch),))
-            feats = torch.stack([features[v][i] for v, i in zip(view.tolist(), idx.tolist())])
-            if cfg.feature_noise > 0:
-                feats = feats + cfg.feature_noise * torch.randn_like(feats)
-            prompts, targets = [], []
-            for i, kind in batch:
-                if kind < 0:
-                    prompts.append(caption_prompt)
-                    targets.append(random.choice(captions[i]))
-                else:
-                    p, t = random.choice(questions[i])
-                    prompts.append(p)
-                    targets.append(t)
-            loss = model.loss_from_ids(feats, prompts, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            state["step"] += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-        bar.close()
-        state["epoch"] += 1
-        state["elapsed"] += time.perf_counter() - start
-        entry = {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)) if losses else None,
-                 "elapsed_s": round(state["elapsed"], 1)}
-        if val_items:
-            preds = model.generate(val_feats, CAPTION_PROMPT, beams=1, max_tokens=cfg.max_tokens)
-            refs = {k: val_items[k].captions for k in range(len(val_items)) if val_items[k].captions}
-            if refs:
-                scores = score_captions(refs, {k: preds[k] for k in refs}, with_meteor=False)
-                entry["val_CIDEr"] = scores["CIDEr"]
-                entry["val_Bleu_4"] = scores["Bleu_4"]
-            model.train()
-        state["history"].append(entry)
-        log(f"epoch {state['epoch']}: " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                    for k, v in entry.items() if k != "epoch"))
-        if state["best"] is None or entry.get("val_CIDEr", 0.0) >= state["best"].get("val_CIDEr", 0.0):
-            state["best"] = entry
-            torch.save(_trainable_state(model), best_file)
-        torch.save({"config": asdict(cfg), "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "state": state, "python_rng": random.getstate(),
-                    "torch_rng": torch.get_rng_state()}, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        return samples
+
+    def make_batch(samples: list[tuple[int, int]], b: int):
+        """Features (a random view each, optional noise) and prompt/target token ids, drawn on the CPU."""
+        batch = samples[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        if not batch:
+            return None
+        idx = torch.tensor([i for i, _ in batch])
+        view = torch.randint(0, len(features), (len(batch),))
+        feats = torch.stack([features[v][i] for v, i in zip(view.tolist(), idx.tolist())])
+        if cfg.feature_noise > 0:
+            feats = feats + cfg.feature_noise * torch.randn_like(feats)
+        prompts, targets = [], []
+        for i, kind in batch:
+            if kind < 0:
+                prompts.append(caption_prompt)
+                targets.append(random.choice(captions[i]))
+            else:
+                p, t = random.choice(questions[i])
+                prompts.append(p)
+                targets.append(t)
+        return feats, prompts, targets
+
+    def validate() -> dict:
+        """The evaluation hook: CIDEr-D and BLEU-4 of greedy captions of the validation part."""
+        if not val_items:
+            return {}
+        preds = model.generate(val_feats, CAPTION_PROMPT, beams=1, max_tokens=cfg.max_tokens)
+        refs = {k: val_items[k].captions for k in range(len(val_items)) if val_items[k].captions}
+        if not refs:
+            return {}
+        scores = score_captions(refs, {k: preds[k] for k in refs}, with_meteor=False)
+        return {"val_CIDEr": scores["CIDEr"], "val_Bleu_4": scores["Bleu_4"]}
+
+    state = fit(run, cfg, model, optimizer, total=total, steps_per_epoch=steps_per_epoch, warmup=cfg.warmup_steps,
+                plan_epoch=plan_epoch, make_batch=make_batch,
+                compute_loss=lambda batch: model.loss_from_ids(*batch), evaluate=validate, resume=resume,
+                clip_grad=1.0, trainable_only=True, keep_best="val_CIDEr", log=log)
+    best_file = run.out / "best.pt"
     if best_file.is_file():
-        model.load_state_dict(torch.load(best_file, weights_only=True), strict=False)
+        model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True), strict=False)
     model.eval()
     info = {"config": asdict(cfg), "best_epoch": state["best"], "history": state["history"],
             "data": _describe(cfg, train_items, val_items), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "elapsed_s": round(state["elapsed"], 1)}
-    folder = model.save(out / "model", {"name": cfg.name})
+            "threads": torch.get_num_threads(), "device": str(run.device), "precision": run.precision,
+            "elapsed_s": round(state["elapsed"], 1)}
+    folder = model.save(run.out / "model", {"name": cfg.name})
     model._encoder = encoder
     if cfg.eval_split and state["step"] >= total:
         info["scores"] = evaluate_split(model, cfg, log, captions=any(s.captions for s in train_items),

@@ -3,36 +3,35 @@
 The loop is visible on purpose (nanoGPT style): decode the images once, compute the frozen text tower's features
 once, then per step augment a batch, embed it, and match images to captions. Captions that are identical across
 images, and class prompts of the same class, count as positives too (RSICD repeats captions). Checkpoints hold the
-config beside the weights; ``resume`` continues from the last one; a fixed seed makes a CPU run repeatable.
+config beside the weights; ``resume`` continues from the last one; a fixed seed makes a CPU run repeatable. The loop
+itself (device, mixed precision on CUDA, schedule, checkpoints) is :func:`terravl.train.loop.fit`, shared with
+the captioner's training; this module says what one step of contrastive training is.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from terravl.eval.retrieval import retrieval_metrics
 from terravl.eval.zeroshot import classification_metrics
 from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
 from terravl.train.augment import augment
 from terravl.train.data import TextTable, decode_split, describe_data, load_records, text_features
-from terravl.train.settings import seed_everything, settings_from_dict
+from terravl.train.loop import fit, start, total_steps
+from terravl.train.settings import settings_from_dict
 
 
 @dataclass
 class TrainConfig:
-    """Flat training settings; every field can be set from YAML (``--config``) or the command line."""
+    """Flat training settings; every field can be set from YAML (``--config``) or the command line. The defaults
+    are those of configs/terravl-default.yaml (a test keeps them equal), except ``data``, which has none."""
 
-    data: str = "../shared/data/rsicd_aid/dataset_rsicd_aid.json"
+    data: str | None = None              # required: a caption JSON or class folders (--data or the YAML)
     model: str = "terravl-cnn"
     freeze_image: bool = False
     freeze_text: bool = True
@@ -41,7 +40,7 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "test"
     out: str = "runs/terravl-default"
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -57,6 +56,8 @@ class TrainConfig:
     text_projection: str = "linear"
     dropout: float = 0.0
     seed: int = 0
+    device: str = "auto"                 # auto (CUDA if present), cpu, cuda
+    precision: str = "auto"              # auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16
     threads: int | None = None
     max_steps: int | None = None
     stop_after_epochs: int | None = None
@@ -127,12 +128,14 @@ def contrastive_loss(image_emb, text_emb, logit_scale, pos: torch.Tensor) -> tor
 @torch.inference_mode()
 def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Tensor, mean, std,
              batch_size: int = 256) -> dict:
-    """Retrieval (RS protocol) and prompt-ensemble zero-shot on the evaluation split."""
+    """Retrieval (RS protocol) and prompt-ensemble zero-shot on the evaluation split, on the model's device."""
     model.eval()
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    device = next(model.parameters()).device
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1).to(device)
+    std_t = torch.tensor(std).view(1, 3, 1, 1).to(device)
     emb = []
-    for start in range(0, len(evaluation.paths), batch_size):
-        pixels = (evaluation.images[start:start + batch_size].float() / 255 - mean_t) / std_t
+    for first in range(0, len(evaluation.paths), batch_size):
+        pixels = (evaluation.images[first:first + batch_size].to(device).float() / 255 - mean_t) / std_t
         emb.append(F.normalize(model.encode_image(pixels), dim=-1))
     image_emb = torch.cat(emb)
     out: dict = {}
@@ -140,27 +143,23 @@ def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Ten
     if caps:
         text_emb = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
         owner = np.repeat(np.arange(len(evaluation.paths)), [len(c) for c in evaluation.captions])
-        out.update(retrieval_metrics((image_emb @ text_emb.T).numpy(), owner))
+        out.update(retrieval_metrics((image_emb @ text_emb.T).cpu().numpy(), owner))
     labels = np.array(evaluation.labels)
     if table.classes and (labels >= 0).all():
         prompts = F.normalize(model.encode_text_features(feats[torch.tensor(table.prompt_ids)].reshape(
             -1, feats.shape[1])), dim=-1).reshape(len(table.classes), -1, image_emb.shape[1]).mean(1)
-        pred = (image_emb @ F.normalize(prompts, dim=-1).T).argmax(1).numpy()
+        pred = (image_emb @ F.normalize(prompts, dim=-1).T).argmax(1).cpu().numpy()
         out["zeroshot_top1"] = classification_metrics(labels, pred, table.classes)["top1"]
     model.train()
     return out
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    """Train, evaluate each epoch, checkpoint each epoch, export the final model to ``out/model``."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    generator = seed_everything(cfg.seed)
+    """Train on ``cfg.device``, evaluate and checkpoint each epoch, export the final model to ``out/model``."""
+    run = start(cfg)
     if cfg.model == "terravl-cnn":
         table, train_split, eval_split, val_split = prepare_data(cfg)
-        feats = text_features(table, out / "cache", cfg.progress)
+        feats = text_features(table, run.out / "cache", cfg.progress)
         pixels = train_split.images.float() / 255
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).tolist()
@@ -172,6 +171,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         mean, std = model.mean, model.std
         table, train_split, eval_split, val_split = prepare_data(cfg)
         feats = model.text_inputs(table.strings)
+    model.to(run.device)
+    feats = feats.to(run.device)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trainable if p.ndim >= 2]
     no_decay = [p for n, p in trainable if p.ndim < 2]
@@ -179,69 +180,35 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     n = len(train_split.paths)
     steps_per_epoch = max(1, n // cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
-    state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0}
-    checkpoint = out / "checkpoint.pt"
-    if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved["config"] != asdict(cfg):
-            log("warning: the checkpoint was written with other settings; continuing with the checkpoint's model")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        state = saved["state"]
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        log(f"resumed from {checkpoint} at epoch {state['epoch']}, step {state['step']}")
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    total = total_steps(cfg.max_steps, cfg.epochs, steps_per_epoch)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1).to(run.device)
+    std_t = torch.tensor(std).view(1, 3, 1, 1).to(run.device)
     caption_matrix = _caption_matrix(train_split.captions)
     labels = torch.tensor(train_split.labels)
     prompt_table = torch.tensor(table.prompt_ids) if table.prompt_ids else None
-    model.train()
-    while state["step"] < total:
-        if cfg.stop_after_epochs is not None and state["epoch"] >= cfg.stop_after_epochs:
-            log(f"stopping after epoch {state['epoch']} as asked; continue with --resume")
-            break
-        epoch_start = time.perf_counter()
-        losses = []
-        order = torch.randperm(n, generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}", unit="step", file=sys.stderr,
-                   disable=not cfg.progress or None)
-        for b in bar:
-            if state["step"] >= total:
-                break
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            text_ids, text_class = _sample_texts(idx, caption_matrix, labels, prompt_table, cfg.class_prompt_prob,
-                                                 generator)
-            images = augment(train_split.images[idx], cfg.resolution, cfg.crop_scale, cfg.jitter, generator)
-            images = (images / 255 - mean_t) / std_t
-            image_emb = F.normalize(_base_image(model, images), dim=-1)
-            text_emb = F.normalize(model.encode_text_features(feats[text_ids]), dim=-1)
-            pos = positives(caption_matrix[idx], labels[idx], text_ids, text_class)
-            loss = contrastive_loss(image_emb, text_emb, model.logit_scale, pos)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            state["step"] += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{1 / model.logit_scale.exp().item():.3f}",
-                            img_s=f"{(b + 1) * len(idx) / (time.perf_counter() - epoch_start):.0f}")
-        bar.close()
-        state["epoch"] += 1
-        state["elapsed"] += time.perf_counter() - epoch_start
-        scores = evaluate(model, eval_split, table, feats, mean, std)
-        state["history"].append({"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses)),
-                                 "elapsed_s": round(state["elapsed"], 1), **scores})
-        log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f} " +
-            " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-        torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "state": state, "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state()}, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)
+
+    def plan_epoch() -> torch.Tensor:
+        return torch.randperm(n, generator=run.generator)
+
+    def make_batch(order: torch.Tensor, b: int) -> dict:
+        """Texts, then augmented images, drawn on the CPU from the run's generator (device-independent)."""
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        text_ids, text_class = _sample_texts(idx, caption_matrix, labels, prompt_table, cfg.class_prompt_prob,
+                                             run.generator)
+        images = augment(train_split.images[idx], cfg.resolution, cfg.crop_scale, cfg.jitter, run.generator)
+        return {"images": images, "text_ids": text_ids,
+                "positives": positives(caption_matrix[idx], labels[idx], text_ids, text_class)}
+
+    def compute_loss(batch: dict) -> torch.Tensor:
+        images = (batch["images"] / 255 - mean_t) / std_t
+        image_emb = F.normalize(_base_image(model, images), dim=-1)
+        text_emb = F.normalize(model.encode_text_features(feats[batch["text_ids"]]), dim=-1)
+        return contrastive_loss(image_emb, text_emb, model.logit_scale, batch["positives"])
+
+    state = fit(run, cfg, model, optimizer, total=total, steps_per_epoch=steps_per_epoch,
+                warmup=int(cfg.warmup_epochs * steps_per_epoch), plan_epoch=plan_epoch, make_batch=make_batch,
+                compute_loss=compute_loss, evaluate=lambda: evaluate(model, eval_split, table, feats, mean, std),
+                resume=resume, log=log)
     final = state["history"][-1] if state["history"] else {}
     if cfg.memory and isinstance(model, TerraVLModel) and val_split is not None and state["step"] >= total:
         choice = attach_memory(model, cfg, train_split, val_split, table, feats, mean, std, log)
@@ -250,10 +217,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             log("with caption memory: " + " ".join(f"{k} {v:.2f}" for k, v in final.items()
                                                    if isinstance(v, float)))
     info = {"config": asdict(cfg), "data": describe_data(cfg.data, train_split, eval_split), "scores": final,
-            "history": state["history"], "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "history": state["history"], "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": str(run.device), "precision": run.precision}
     model.eval()
-    model.save(out / "model", {"training": {"data": cfg.data, "scores": final}})
-    (out / "model" / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    folder = model.save(run.out / "model", {"training": {"data": cfg.data, "scores": final}})
+    (folder / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
 
 
@@ -273,11 +241,13 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
 
     model.eval()
     train_eval = decode_split(train_split.rows, cfg.resolution, table, cfg.progress)
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    device = next(model.parameters()).device
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1).to(device)
+    std_t = torch.tensor(std).view(1, 3, 1, 1).to(device)
 
     def embed(split):
-        return torch.cat([F.normalize(model.encode_image_base((split.images[i:i + 256].float() / 255 - mean_t)
-                                                              / std_t), dim=-1)
+        return torch.cat([F.normalize(model.encode_image_base((split.images[i:i + 256].to(device).float() / 255
+                                                               - mean_t) / std_t), dim=-1)
                           for i in range(0, len(split.paths), 256)])
 
     keys = embed(train_eval)
@@ -285,7 +255,7 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
     for caps, label in zip(train_eval.captions, train_eval.labels):
         ids = caps or (table.prompt_ids[label] if label >= 0 else [])
         values.append(F.normalize(F.normalize(model.encode_text_features(feats[ids]), dim=-1).mean(0), dim=0)
-                      if ids else torch.zeros(keys.shape[1]))
+                      if ids else torch.zeros(keys.shape[1], device=device))
     values = torch.stack(values)
     val_images = embed(val_split)
     caps = [c for ids in val_split.captions for c in ids]
@@ -293,13 +263,13 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
         return None
     text = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
     owner = np.repeat(np.arange(len(val_split.paths)), [len(c) for c in val_split.captions])
-    best = {"alpha": 1.0, "mR": retrieval_metrics((val_images @ text.T).numpy(), owner)["mR"]}
+    best = {"alpha": 1.0, "mR": retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]}
     plain = best["mR"]
     for k in MEMORY_GRID["k"]:
         for tau in MEMORY_GRID["tau"]:
             for alpha in MEMORY_GRID["alpha"]:
                 blended = F.normalize(blend_with_memory(val_images, keys, values, k, tau, alpha), dim=-1)
-                score = retrieval_metrics((blended @ text.T).numpy(), owner)["mR"]
+                score = retrieval_metrics((blended @ text.T).cpu().numpy(), owner)["mR"]
                 if score > best["mR"]:
                     best = {"k": k, "tau": tau, "alpha": alpha, "mR": score}
     log(f"caption memory on the validation part ({len(val_split.paths)} images): plain mR {plain:.2f}, best "

@@ -1,12 +1,9 @@
-"""What every training loop shares: flat settings read from YAML or the command line, and seeding."""
+"""Flat training settings read from YAML or the command line (the loop itself, seeding included, is in
+:mod:`terravl.train.loop`)."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import fields
-
-import numpy as np
-import torch
 
 
 def settings_from_dict(cls, values: dict):
@@ -15,11 +12,3 @@ def settings_from_dict(cls, values: dict):
     if unknown:
         raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
     return cls(**values)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; returns a torch generator for the loop's own sampling."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)

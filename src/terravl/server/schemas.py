@@ -1,0 +1,62 @@
+"""Response schemas of the HTTP API, derived from the task result types of :mod:`terravl.results`, so the CLI's
+JSON and the API's cannot drift apart: a subclass only adds what the web needs (which index, a thumbnail URL)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from terravl.results import Answer, Caption, Classification, SearchHit
+
+
+class Hit(SearchHit):
+    """A search hit, with the index it came from and the URL of its thumbnail."""
+
+    index: str
+    thumbnail: str
+
+
+class IndexInfo(BaseModel):
+    name: str
+    tiles: int
+    model: str
+
+
+class ClassifyResult(Classification):
+    pass
+
+
+class CaptionResult(Caption):
+    pass
+
+
+class AskResult(Answer):
+    pass
+
+
+class LocalizeResult(BaseModel):
+    query: str
+    path: str
+    windows: int
+    regions: dict
+    heatmap: str
+
+
+class PoolState(BaseModel):
+    """One work pool: jobs running, jobs waiting, how many it admits, and whether new work will wait."""
+
+    busy: int
+    queued: int
+    capacity: int
+    saturated: bool
+
+
+class Readiness(BaseModel):
+    status: str
+    indexes: list[str]
+    queue: int
+    pools: dict[str, PoolState]
+
+
+def shaped(model: type[BaseModel], data: dict) -> BaseModel:
+    """``data`` as ``model``, keeping only the fields the schema declares (a task may return more)."""
+    return model.model_validate({k: v for k, v in data.items() if k in model.model_fields})

@@ -1,0 +1,397 @@
+"""The service layer: served indexes, shared models, uploads, thumbnails and the two work pools.
+
+It knows nothing of HTTP: failures are :mod:`terravl.errors` types or :class:`~terravl.server.errors.NotFound` /
+:class:`~terravl.server.errors.Unavailable`, mapped to statuses in :mod:`terravl.server.errors`. Every call into
+:mod:`terravl.tasks` is in the small methods under "the tasks" at the end (``search_text`` … ``localize``, with
+``_first`` and ``_hits`` reading their answers), so a change of the tasks' return types is met there only.
+
+Models load once and are shared by every request without a lock: encoding is stateless, so ``workers`` heavy
+threads give that many requests in parallel.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from terravl.errors import InputError, RasterReadError
+from terravl.server.errors import NotFound, Unavailable
+from terravl.server.textcache import CachedTextEncoder, TextCache
+from terravl.server.work import WorkPool
+
+log = logging.getLogger("terravl.server")
+HEATMAP_ID = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_FIELD = "image"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """What an image route works on: a saved upload (already sniffed) or an indexed tile."""
+
+    upload: Path | None = None
+    tile_id: int | None = None
+    index: str | None = None
+
+
+class Service:
+    """Served indexes, shared models, uploads and the work pools (``light``: search, listings, thumbnails;
+    ``heavy``: image-model work)."""
+
+    def __init__(self, indexes: list[str | Path], captioner: str | None = None, workers: int = 2,
+                 queue: int = 64, max_upload_pixels: int = 40_000_000, preload: bool = True,
+                 light_workers: int = 2, max_windows: int = 20_000):
+        from terravl.index.store import IndexStore
+
+        self.paths: dict[str, Path] = {}
+        for path in indexes:
+            path = Path(path)
+            store = IndexStore(path)  # fails early, naming the folder, if it is not an index
+            store.close()
+            name, n = path.name or "index", 2
+            while name in self.paths:
+                name, n = f"{path.name}-{n}", n + 1
+            self.paths[name] = path
+        if not self.paths:
+            raise InputError("INDEX", "serve at least one index")
+        self.captioner_name = captioner
+        self.max_upload_pixels = int(max_upload_pixels)
+        self.max_windows = int(max_windows)
+        """Work budget of one /localize request, in windows scored (pixels × scales): beyond it, 413."""
+        self.light = WorkPool(light_workers, queue, "terravl-light")
+        self.heavy = WorkPool(workers, queue, "terravl-heavy")
+        self.preload = preload
+        self.encoders: dict[str, Any] = {}
+        self.texts = TextCache()
+        self._captioner = None
+        self._local = threading.local()
+        self._load_lock = threading.Lock()
+        self._thumbs: OrderedDict = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self.tmp = Path(tempfile.mkdtemp(prefix="terravl-serve-"))
+        self.ready = False
+
+    # -- start-up -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load every index's encoder (and the captioner) once; then the service is ready."""
+        for name in self.paths:
+            self.encoder(self.store(name).model).encode_texts(["warm-up"])  # loads the text tower too
+        if self.preload:
+            try:
+                self.captioner()
+            except Unavailable as exc:  # search still works without a captioner
+                log.warning("%s", exc.message)
+        self.ready = True
+
+    def close(self) -> None:
+        self.light.shutdown()
+        self.heavy.shutdown()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def readiness(self) -> dict[str, Any]:
+        """Indexes, jobs pending, and each pool's load. Saturation is information for a load balancer's
+        weighting, not unreadiness: a saturated pool still admits work up to its queue, and search keeps its own
+        pool, so the service stays ready (200) while saturated."""
+        return {"status": "ready", "indexes": list(self.paths), "queue": self.light.pending + self.heavy.pending,
+                "pools": {"light": self.light.stats(), "heavy": self.heavy.stats()}}
+
+    # -- shared resources -----------------------------------------------------------------------------
+    def index_name(self, name: str | None) -> str:
+        name = name or next(iter(self.paths))
+        if name not in self.paths:
+            raise NotFound("index", f"no index named {name!r}; served: {', '.join(self.paths)}")
+        return name
+
+    def store(self, name: str | None):
+        """This thread's open store of index ``name`` (reopened when the index has changed on disk)."""
+        from terravl.index.store import IndexStore
+
+        name = self.index_name(name)
+        stores = getattr(self._local, "stores", None)
+        if stores is None:
+            stores = self._local.stores = {}
+        store, opened_at = stores.get(name, (None, None))
+        if store is None or store.version != opened_at:  # the store caches vectors: reopen after an index change
+            if store is not None:
+                store.close()
+            store = IndexStore(self.paths[name])
+            stores[name] = (store, store.version)
+        return store
+
+    def encoder(self, model: str):
+        with self._load_lock:
+            if model not in self.encoders:
+                import terravl.models as m
+
+                self.encoders[model] = m.load(model)
+            return self.encoders[model]
+
+    def text_cached(self, model: str) -> CachedTextEncoder:
+        """The model's encoder with its text embeddings cached (label lists come back often)."""
+        return CachedTextEncoder(self.encoder(model), self.texts, model)
+
+    def captioner(self):
+        with self._load_lock:
+            if self._captioner is None:
+                import terravl.models as m
+
+                try:
+                    self._captioner = m.load_captioner(self.captioner_name or m.DEFAULT_CAPTIONER)
+                except InputError as exc:
+                    raise Unavailable(f"captioning is unavailable: {exc}") from None
+                self._captioner.encoder  # noqa: B018 - load its image encoder now too
+            return self._captioner
+
+    def indexes(self) -> list[dict]:
+        return [{"name": n, "tiles": self.store(n).count(), "model": self.store(n).model} for n in self.paths]
+
+    # -- tiles ----------------------------------------------------------------------------------------
+    def tile_row(self, index: str | None, tile_id: int):
+        row = self.store(index).rows([tile_id]).get(tile_id)
+        if row is None:
+            raise NotFound("id", f"no tile {tile_id} in index {self.index_name(index)!r}")
+        return row
+
+    def tile_source(self, row) -> Path:
+        """The source raster of an indexed tile; its absence is the server's problem (503), and its path is
+        written to the server log only."""
+        source = Path(row.source)
+        if not source.is_file():
+            log.error("tile %s: source file unavailable: %s", row.id if hasattr(row, "id") else "?", source)
+            raise Unavailable("tile source unavailable")
+        return source
+
+    def tile_pixels(self, index: str | None, tile_id: int):
+        """(H, W, 3) uint8 pixels of an indexed tile, read from its source file by the index's own record."""
+        from terravl.io import PixelWindow, open_raster
+
+        row = self.tile_row(index, tile_id)
+        source = self.tile_source(row)
+        window = PixelWindow(**row.window) if row.window else None
+        try:
+            with open_raster(source) as src:
+                array, _ = src.read_rgb(window)
+        except RasterReadError as exc:
+            log.error("tile %s: source unreadable: %s", tile_id, exc)
+            raise Unavailable("tile source unavailable") from None
+        return array.copy(), row
+
+    def thumbnail(self, index: str | None, tile_id: int, size: int) -> bytes:
+        from PIL import Image
+
+        key = (self.index_name(index), tile_id, size, self.store(index).version)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        array, _ = self.tile_pixels(index, tile_id)
+        image = Image.fromarray(array)
+        image.thumbnail((size, size), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        data = buffer.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 512:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def heatmap_file(self, heatmap_id: str) -> Path:
+        if not HEATMAP_ID.match(heatmap_id):
+            raise NotFound("heatmap_id", "no such heat map")
+        path = self.tmp / "heatmaps" / f"{heatmap_id}.tif"
+        if not path.is_file():
+            raise NotFound("heatmap_id", "no such heat map (only the last 50 are kept)")
+        return path
+
+    def heatmap_path(self) -> Path:
+        folder = self.tmp / "heatmaps"
+        folder.mkdir(exist_ok=True)
+        existing = sorted(folder.glob("*.tif"), key=lambda p: p.stat().st_mtime)
+        for old in existing[:-49]:
+            old.unlink(missing_ok=True)
+        return folder / f"{uuid.uuid4().hex}.tif"
+
+    # -- uploads --------------------------------------------------------------------------------------
+    async def save_upload(self, upload) -> Path:
+        """Store an upload under a suffix chosen by its content (never the client's file name): only JPEG, PNG,
+        TIFF and WebP pass; everything else, notably a GDAL VRT that would read other files of this server, is an
+        :class:`UnsupportedFormatError` (415) before any decoder sees it."""
+        from terravl.io.formats import SUFFIX, sniff_format
+
+        stem = self.tmp / f"upload-{uuid.uuid4().hex}"
+        raw = stem.with_suffix(".bin")
+        with open(raw, "wb") as fh:
+            while chunk := await upload.read(1 << 20):
+                fh.write(chunk)
+        try:
+            fmt = sniff_format(raw, field=UPLOAD_FIELD)
+        except InputError:
+            raw.unlink(missing_ok=True)
+            raise
+        return raw.rename(stem.with_suffix(SUFFIX[fmt]))
+
+    def check_upload(self, path: Path) -> None:
+        """Header-only check of an uploaded image: readable, within the pixel limit (decompression bombs stop
+        here, before any pixel is decoded)."""
+        from terravl.errors import ImageTooLargeError
+        from terravl.io import raster_info
+
+        try:
+            info = raster_info(path, trusted=False)
+        except InputError as exc:
+            raise InputError(UPLOAD_FIELD, f"not a readable image ({exc.message})") from None
+        if info.width * info.height > self.max_upload_pixels:
+            raise ImageTooLargeError(UPLOAD_FIELD, f"{info.width} × {info.height} pixels exceeds the upload limit "
+                                                   f"of {self.max_upload_pixels:,} pixels")
+
+    def decode_upload(self, path: Path):
+        """The uploaded image as PIL RGB after the header check: Pillow for JPEG/PNG/WebP, terravl.io (GDAL,
+        restricted where it can be) for TIFF."""
+        from PIL import Image
+
+        from terravl.io import read_image
+        from terravl.models.images import to_pil
+
+        self.check_upload(path)
+        try:
+            if path.suffix == ".tif":
+                return Image.fromarray(read_image(path, max_pixels=self.max_upload_pixels,
+                                                  trusted=False).array, "RGB")
+            return to_pil(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(UPLOAD_FIELD, f"not a readable image ({exc})") from None
+
+    def scrubbed(self, exc: InputError, path: Path) -> InputError:
+        """The same error without the server's temporary path: an error about the upload names the field."""
+        message = exc.message.replace(str(path), UPLOAD_FIELD).replace(str(self.tmp), "…")
+        field = UPLOAD_FIELD if str(path) in exc.source or str(self.tmp) in exc.source else exc.source
+        return type(exc)(field, message)
+
+    async def on_image(self, source: ImageSource, upload, work: Callable[[ImageSource], Any], request=None):
+        """Save the upload (if any), run ``work(source)`` in the heavy pool (dropped if the client leaves while
+        it waits), and delete the upload afterwards, whatever happened. Exactly one input must be given."""
+        if (upload is None) == (source.tile_id is None):
+            raise InputError("image/id", "give exactly one of an uploaded image or the id of an indexed tile")
+        if upload is not None:
+            source = ImageSource(await self.save_upload(upload), None, source.index)
+
+        def run():
+            try:
+                return work(source)
+            except InputError as exc:
+                if source.upload is None:
+                    raise
+                raise self.scrubbed(exc, source.upload) from None
+            finally:
+                if source.upload is not None:
+                    source.upload.unlink(missing_ok=True)
+
+        try:
+            return await self.heavy.run(run, request=request)
+        except BaseException:
+            if source.upload is not None:  # refused or dropped before it ran
+                source.upload.unlink(missing_ok=True)
+            raise
+
+    def pixels(self, source: ImageSource):
+        """(model input, what it is) for an upload or an indexed tile."""
+        if source.upload is not None:
+            return self.decode_upload(source.upload), {"path": "upload"}
+        array, row = self.tile_pixels(source.index, source.tile_id)
+        return array, {"path": row.source, "window": row.window, "footprint": row.footprint}
+
+    # -- the tasks (the only calls into terravl.tasks) ------------------------------------------------------
+    def labels(self, labels: str | None, classes: str | None) -> list[str]:
+        """Validated zero-shot labels: a custom list or a built-in one, bounded in count and length."""
+        from terravl.tasks import BUILTIN_CLASSES
+        from terravl.validation import check_labels
+
+        return check_labels(labels, classes, BUILTIN_CLASSES)
+
+    def label_weights(self, model: str, names: list[str]):
+        """(n_labels, D) zero-shot class weights, their text embeddings from the cache."""
+        from terravl.eval.zeroshot import RS_TEMPLATES, class_embeddings
+
+        return class_embeddings(self.text_cached(model), names, RS_TEMPLATES)
+
+    def search_text(self, index: str | None, text: str, k: int, bbox, date_from, date_to) -> list[dict]:
+        from terravl.tasks import search
+
+        store = self.store(index)
+        return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
+                                 encoder=self.encoder(store.model)), index)
+
+    def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
+        from terravl.tasks import search
+
+        picture = self.decode_upload(source.upload)
+        store = self.store(source.index)
+        return self._hits(search(store, image=picture, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
+                                 encoder=self.encoder(store.model)), source.index)
+
+    def classify(self, source: ImageSource, names: list[str], k: int) -> dict:
+        from terravl.tasks import classify
+
+        pixels, about = self.pixels(source)
+        model = self.store(source.index).model
+        weights = self.label_weights(model, names)
+        return {**_first(classify([pixels], self.encoder(model), names, None, k, weights=weights)), **about}
+
+    def caption(self, source: ImageSource, beams: int, max_tokens: int) -> dict:
+        from terravl.tasks import caption
+
+        pixels, about = self.pixels(source)
+        return {**_first(caption([pixels], self.captioner(), beams=beams, max_tokens=max_tokens)), **about}
+
+    def ask(self, source: ImageSource, question: str) -> dict:
+        from terravl.tasks import ask
+
+        pixels, about = self.pixels(source)
+        return {**_first(ask([pixels], question, self.captioner())), **about}
+
+    def localize(self, source: ImageSource, query: str, scales: tuple[int, ...], top: int) -> dict:
+        """Heat map and top regions of ``query`` over an upload or, for a tile, the whole raster it came from."""
+        from terravl.tasks import localize
+
+        if source.upload is not None:
+            self.check_upload(source.upload)
+            raster, shown = source.upload, "upload"
+        else:
+            raster = self.tile_source(self.tile_row(source.index, source.tile_id))
+            shown = str(raster)
+        heat = self.heatmap_path()
+        encoder = self.encoder(self.store(source.index).model)
+        try:
+            result = localize(raster, query, encoder, heat, scales=scales, top=top, max_windows=self.max_windows,
+                              trusted=source.upload is None)
+        except RasterReadError as exc:
+            if source.upload is not None:
+                raise
+            log.error("localize: source unreadable: %s", exc)
+            raise Unavailable("tile source unavailable") from None
+        return {"query": query, "path": shown, "windows": result["windows"], "regions": result["regions"],
+                "heatmap": f"/api/v1/heatmaps/{heat.stem}"}
+
+    def _hits(self, results, index: str | None) -> list[dict]:
+        name = self.index_name(index)
+        return [{**{k: getattr(hit, k) for k in ("id", "path", "score", "footprint", "window", "crs", "acquired")},
+                 "index": name, "thumbnail": f"/api/v1/tiles/{hit.id}?index={name}"} for hit in results]
+
+
+def _first(answers) -> dict:
+    """The one answer of a one-image task call as a dict; a problem with the image is an error naming it."""
+    from terravl.results import Problem
+
+    item = answers[0]
+    if isinstance(item, Problem):
+        raise InputError(UPLOAD_FIELD, item.error)
+    return item.to_dict()

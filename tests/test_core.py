@@ -234,3 +234,18 @@ def test_results_json_matches_the_shapes_the_cli_prints(tmp_path, tiny_model, ca
     assert list(out[0]) == ["path", "label", "score", "top"] and list(out[0]["top"][0]) == ["label", "probability"]
     assert out[1] == {"path": str(tmp_path / "gone.png"), "error": "no such file"}
     assert "1 answered, 1 problem(s), 2 in all" in captured.err
+
+
+def test_bands_option_reads_a_multispectral_file_that_says_nothing(tmp_path, tiny_model, capsys):
+    from terravl.cli.main import main
+
+    s2 = write_geotiff(tmp_path / "s2.tif", 64, 64, count=13, dtype="uint16")
+    args = ["classify", str(s2), "--labels", "water,forest", "--model", str(tiny_model), "--format", "json"]
+    assert main(args) == 2  # nothing in the file says which bands are red, green and blue
+    assert "band profile" in capsys.readouterr().err
+    assert main(args + ["--bands", "sentinel2"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["label"] in {"water", "forest"}
+    assert result["bands"] == {"bands": [4, 3, 2], "reason": "band profile sentinel2"}
+    assert main(args + ["--bands", "4,3"]) == 2
+    assert "error: bands:" in capsys.readouterr().err

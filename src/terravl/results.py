@@ -48,11 +48,13 @@ class Result(BaseModel):
 
 class Located(Result):
     """What a result is about: the input (a path, ``image #N`` or ``upload``) and, for a tile of a larger raster,
-    its pixel window; ``footprint`` is its WGS84 GeoJSON polygon when the raster is georeferenced."""
+    its pixel window; ``footprint`` is its WGS84 GeoJSON polygon when the raster is georeferenced; ``bands`` says
+    which bands of a multispectral file were shown as RGB, and why."""
 
     path: str
     window: dict | None = None
     footprint: dict | None = None
+    bands: dict | None = None
 
 
 class LabelScore(Result):

@@ -155,3 +155,27 @@ def check_labels(labels: str | Sequence[str] | None, classes: str | None = None,
     if len(set(names)) != len(names):
         raise InputError("labels", "labels must be distinct")
     return names
+
+
+def check_bands(value: str | Sequence[int] | None, field: str = "bands") -> str | tuple[int, ...]:
+    """Which bands to show as RGB: ``auto`` (what the file says), a profile name (``sentinel2``…) or 1-based band
+    indexes (``4,3,2``; one index is grey)."""
+    from terravl.io.bands import BAND_PROFILES
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "auto"
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in BAND_PROFILES:
+            return name
+        parts = value.split(",")
+    else:
+        parts = list(value)
+    try:
+        indexes = tuple(int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise InputError(field, f"{str(value)[:40]!r} is neither a band profile ({', '.join(BAND_PROFILES)}) nor "
+                                "1-based band indexes like 4,3,2") from None
+    if len(indexes) not in (1, 3) or any(not 1 <= i <= 65535 for i in indexes):
+        raise InputError(field, "give one (grey) or three (R,G,B) 1-based band indexes, e.g. 4,3,2")
+    return indexes

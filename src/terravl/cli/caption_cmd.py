@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import emit_answers, format_option, located
+from terravl.cli.output import bands_option, emit_answers, format_option, located
 
 _captioner_option = click.option("--model", default=None,
                                  help="Captioner name or folder written by `terravl train caption`. "
@@ -47,8 +47,9 @@ def _load(model: str | None, method: str = "generate", bank: Path | None = None,
 @click.option("--beams", type=int, help="Beam width, 1 (greedy) to 8. Default: the model's (3).")
 @click.option("--max-tokens", type=int, help="Longest caption in tokens. Default: 40.")
 @_tile_option
+@bands_option()
 @format_option()
-def caption(images, model, method, bank, k, beams, max_tokens, tile_size, fmt) -> int:
+def caption(images, model, method, bank, k, beams, max_tokens, tile_size, bands, fmt) -> int:
     """Describe IMAGES (files, folders, large GeoTIFFs per tile) in one sentence each.
 
     \b
@@ -61,7 +62,7 @@ def caption(images, model, method, bank, k, beams, max_tokens, tile_size, fmt) -
     from terravl.tasks import caption as caption_task
 
     answers = caption_task(list(images), _load(model, method, bank, k=k), beams=beams, max_tokens=max_tokens,
-                           tile_size=tile_size)
+                           tile_size=tile_size, bands=bands)
     return emit_answers(answers, fmt, None, ["path", "caption"], lambda r: [located(r), r.caption])
 
 
@@ -72,8 +73,9 @@ def caption(images, model, method, bank, k, beams, max_tokens, tile_size, fmt) -
 @click.option("--beams", default=1, show_default=True, type=int, help="Beam width, 1 (greedy) to 8.")
 @click.option("--max-tokens", default=12, show_default=True, type=int, help="Longest answer in tokens (1 to 256).")
 @_tile_option
+@bands_option()
 @format_option()
-def ask(images, question, model, beams, max_tokens, tile_size, fmt) -> int:
+def ask(images, question, model, beams, max_tokens, tile_size, bands, fmt) -> int:
     """Answer QUESTION about each of IMAGES (the last argument is the question).
 
     The shipped model was trained on questions derived from scene classes and captions: the kind of area ("what
@@ -87,6 +89,7 @@ def ask(images, question, model, beams, max_tokens, tile_size, fmt) -> int:
     """
     from terravl.tasks import ask as ask_task
 
-    answers = ask_task(list(images), question, _load(model), beams=beams, max_tokens=max_tokens, tile_size=tile_size)
+    answers = ask_task(list(images), question, _load(model), beams=beams, max_tokens=max_tokens, tile_size=tile_size,
+                       bands=bands)
     single = answers[0].to_dict() if len(answers) == 1 and not answers.problems else None
     return emit_answers(answers, fmt, question, ["path", "answer"], lambda r: [located(r), r.answer], single)

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 from tqdm import tqdm
 
-from terravl.cli.output import emit_json, format_option, report_problems, stdout, table
+from terravl.cli.output import emit_json, format_option, report_problems, shown, stdout, table
 from terravl.datasets import READERS, inspect_dataset
 
 
@@ -44,7 +45,7 @@ def inspect(path: Path, dataset_format: str | None, check_images: bool, deep: bo
     if fmt == "json":
         emit_json(summary)
         return
-    stdout.print(f"[bold]{summary['path']}[/bold]: {summary['format']}")
+    stdout.print(Text.assemble((shown(summary["path"]), "bold"), f": {summary['format']}"))
     extras = {k: v for k, v in summary.items() if k not in ("format", "path", "splits", "classes", "problems")}
     table("counts", ["", "value"], [[k, v] for k, v in extras.items() if not isinstance(v, dict)] +
           [[f"split {k}", v] for k, v in summary["splits"].items()])

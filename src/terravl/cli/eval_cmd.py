@@ -17,8 +17,7 @@ def _model_option(f):
 
 def _finish(result: dict, fmt: str, out: Path | None, render) -> None:
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        _write(out, json.dumps(result, indent=2, default=str) + "\n")
         stderr.print(f"wrote {out}")
     if fmt == "json":
         emit_json(result)
@@ -57,7 +56,7 @@ def eval(ctx: click.Context, compare: tuple[Path, Path] | None, fmt: str) -> Non
     if not compare:
         click.echo(ctx.get_help())
         return
-    a, b = (json.loads(p.read_text()) for p in compare)
+    a, b = (_saved_result(p) for p in compare)
     rows = _flatten_scores(a), _flatten_scores(b)
     keys = list(dict.fromkeys([*rows[0], *rows[1]]))
     result = {"a": str(compare[0]), "b": str(compare[1]),
@@ -69,6 +68,36 @@ def eval(ctx: click.Context, compare: tuple[Path, Path] | None, fmt: str) -> Non
           [[k, _fmt(rows[0].get(k)), _fmt(rows[1].get(k)),
             _fmt(rows[1][k] - rows[0][k]) if isinstance(rows[0].get(k), (int, float)) and
             isinstance(rows[1].get(k), (int, float)) else ""] for k in keys])
+
+
+def _saved_result(path: Path) -> dict:
+    """A result written by ``--out``: a JSON object, or an :class:`InputError` naming the file."""
+    from terravl.errors import InputError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply to be a result") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a result written by `terravl eval … --out` (a JSON object)")
+    return data
+
+
+def _write(path: Path, text: str) -> None:
+    """Write an output file; a folder that cannot take it is one line naming the file (exit 1)."""
+    from terravl.errors import OutputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from None
 
 
 def _flatten_scores(result: dict, prefix: str = "") -> dict:
@@ -134,7 +163,7 @@ def caption(dataset: Path, predictions: Path | None, model: str | None, method: 
                                     implementation=implementation)
         generated = result.pop("predictions")
         if save_predictions:
-            save_predictions.write_text(json.dumps(generated, indent=1) + "\n")
+            _write(save_predictions, json.dumps(generated, indent=1) + "\n")
     _finish(result, fmt, out, lambda r: table(
         f"captioning{': ' + r['model'] if 'model' in r else ''}, {r['split']} split ({r['images']} images)",
         list(r["scores"]), [[f"{v:.4f}" for v in r["scores"].values()]]))
@@ -144,7 +173,7 @@ def caption(dataset: Path, predictions: Path | None, model: str | None, method: 
 @click.option("--dataset", required=True, type=click.Path(path_type=Path), help="Karpathy caption JSON with images.")
 @click.option("--split", default="test", show_default=True)
 @_model_option
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @views_option()
 @_out_option
 @format_option()
@@ -167,7 +196,7 @@ def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: int
 @click.option("--split", default="test", show_default=True,
               help="Split to score (class folders without split lists use every image).")
 @_model_option
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @views_option()
 @_out_option
 @format_option()

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from terravl.cli.output import (emit_answers, emit_json, format_option, located, report_problems, stderr, table,
-                                views_option)
+from terravl.cli.output import (bands_option, emit_answers, emit_json, format_option, located, report_problems,
+                                stderr, table, views_option)
 
 _model_option = click.option("--model", default=None,
                              help="Registry name, checkpoint file or model folder. Default: terravl-default.")
@@ -31,7 +31,7 @@ def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist:
     from terravl.index import IndexStore, build_index
 
     if must_exist:
-        with IndexStore(out) as store:
+        with IndexStore(out, readonly=True) as store:
             model = model or store.model
     encoder = _load_model(model)
     with tqdm(desc="indexing", unit="tile", file=sys.stderr, disable=None) as bar:
@@ -104,6 +104,7 @@ def remove(idx, sources, fmt) -> None:
 
     with IndexStore(idx) as store:
         removed = {str(p): store.remove_source(str(Path(p).resolve())) for p in expand_sources(sources)}
+        # a tile whose pixels are also in a file not removed stays, under that file's name
         result = {"index": str(idx), "removed": sum(removed.values()), "files": removed, "count": store.count()}
     emit_json(result) if fmt == "json" else stderr.print(f"removed {result['removed']} tiles; {result['count']} left")
 
@@ -115,12 +116,36 @@ def info(idx, fmt) -> None:
     """Count, model, dimensions, sources, date range and bounding box of IDX."""
     from terravl.index import IndexStore
 
-    with IndexStore(idx) as store:
+    with IndexStore(idx, readonly=True) as store:
         result = store.info()
     if fmt == "json":
         emit_json(result)
     else:
         table(str(idx), ["", "value"], [[k, v] for k, v in result.items()])
+
+
+@index.command()
+@click.argument("idx", type=click.Path(path_type=Path, file_okay=False))
+@format_option()
+def check(idx, fmt) -> int:
+    """Full check of IDX: every page of its database (SQLite integrity_check) and the consistency of its tables
+    (vectors, locations, boxes). Read-only. Exit 0 when sound, 1 when damaged.
+
+    Opening an index only checks its structure cheaply; run this after a crash, a disk error or a copy.
+    """
+    from terravl.index import check_index
+
+    result = check_index(idx)
+    if fmt == "json":
+        emit_json(result)
+    elif result["ok"]:
+        stderr.print(f"{idx}: ok ({result['tiles']} tiles)")
+    else:
+        stderr.print(f"error: {idx}: damaged, {len(result['problems'])} problem(s); restore it from a backup or "
+                     f"rebuild it with `terravl index build`")
+        for problem in result["problems"][:20]:
+            stderr.print(f"  {problem}")
+    return 0 if result["ok"] else 1
 
 
 def _hits_geojson(hits: list[dict]) -> dict:
@@ -157,7 +182,7 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
         from terravl.index import IndexStore
         from terravl.tasks import search_captions
 
-        with IndexStore(idx) as store:
+        with IndexStore(idx, readonly=True) as store:
             encoder = _load_model(store.model)
         matches = search_captions(image, _read_captions(captions), encoder, k)
         if fmt == "table":
@@ -168,8 +193,11 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
         return
     if (text is None) == (image is None):
         raise click.UsageError("give a TEXT query or --image, not both")
-    hits = [h.to_dict() for h in search_task(idx, text=text, image=image, k=k, bbox=bbox, date_from=date_from,
-                                             date_to=date_to)]
+    from terravl.index import IndexStore
+
+    with IndexStore(idx, readonly=True) as store:  # read-only: works on a read-only mount, writes nothing
+        hits = [h.to_dict() for h in search_task(store, text=text, image=image, k=k, bbox=bbox,
+                                                 date_from=date_from, date_to=date_to)]
     if fmt == "json":
         emit_json(hits)
     elif fmt == "geojson":
@@ -189,7 +217,15 @@ def _read_captions(path: Path) -> list[str]:
         from terravl.datasets import open_dataset
 
         return list(dict.fromkeys(c for r in open_dataset(path) for c in getattr(r, "captions", ())))
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from terravl.errors import InputError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @click.command()
@@ -198,9 +234,10 @@ def _read_captions(path: Path) -> list[str]:
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
 @click.option("--k", default=5, show_default=True, type=int, help="Top-k classes to report.")
 @views_option()
+@bands_option()
 @_model_option
 @format_option()
-def classify(images, labels, classes, k, views, model, fmt) -> int:
+def classify(images, labels, classes, k, views, bands, model, fmt) -> int:
     """Zero-shot scene classification of IMAGES (files or folders) with remote-sensing prompt ensembles.
 
     \b
@@ -214,7 +251,7 @@ def classify(images, labels, classes, k, views, model, fmt) -> int:
     from terravl.tasks.classify import resolve_labels
 
     resolve_labels(labels, classes)  # a clear error before the model loads
-    answers = classify_task(list(images), _load_model(model), labels, classes, k, views=views)
+    answers = classify_task(list(images), _load_model(model), labels, classes, k, views=views, bands=bands)
     return emit_answers(answers, fmt, None, ["path", "label", "p", "next"],
                         lambda r: [located(r), r.label, f"{r.score:.2f}",
                                    ", ".join(f"{t.label} {t.probability:.2f}" for t in r.top[1:3])])
@@ -232,9 +269,10 @@ def classify(images, labels, classes, k, views, model, fmt) -> int:
 @click.option("--stride", default=0.5, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Step between windows, as a fraction of the size.")
 @click.option("--top", default=5, show_default=True, type=int, help="Regions to return.")
+@bands_option()
 @_model_option
 @format_option()
-def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> None:
+def localize(raster, query, out, regions, scales, stride, top, bands, model, fmt) -> None:
     """Where in RASTER is QUERY? A georeferenced heat map and the best regions as polygons.
 
     \b
@@ -249,7 +287,7 @@ def localize(raster, query, out, regions, scales, stride, top, model, fmt) -> No
     check_text(query, "query")
     for target in (out, regions):
         _check_writable(target)
-    result = localize_task(raster, query, _load_model(model), out, sizes, stride, top)
+    result = localize_task(raster, query, _load_model(model), out, sizes, stride, top, bands=bands)
     if regions is not None:
         _write_text(regions, json.dumps(result["regions"], indent=1))
     if fmt == "json":
@@ -270,6 +308,10 @@ def _check_writable(path: Path | None) -> None:
 
     if path is None:
         return
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # GDAL takes UTF-8 names only
+        raise TerraVLError(f"{path}: cannot write here (the name is not valid UTF-8)") from None
     folder = path.parent if str(path.parent) else Path(".")
     while not folder.exists() and folder != folder.parent:  # the nearest existing folder decides
         folder = folder.parent

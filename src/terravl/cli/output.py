@@ -10,8 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
+stdout = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+"""No markup: what is printed holds file names and user text, where ``[/x]`` is a name, not a closing tag."""
 
 
 def format_option(*choices: str) -> Callable:
@@ -29,17 +30,35 @@ def views_option() -> Callable:
                              "(all flips and rotations) views; N× slower.")
 
 
+def bands_option() -> Callable:
+    """``--bands PROFILE|R,G,B`` for every command that reads images (checked by terravl.validation)."""
+    return click.option("--bands", default=None, metavar="PROFILE|R,G,B",
+                        help="Bands of multispectral files to show as RGB: a profile (sentinel2, landsat8, landsat7, "
+                             "naip-cir, …) or 1-based indexes like 4,3,2. Default: what the file says (band "
+                             "descriptions, colour tags), else its first three bands.")
+
+
 def emit_json(result: Any) -> None:
     sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
+def shown(value: Any) -> str:
+    """``value`` as text that any terminal can print: an undecodable byte of a file name or an argument (a lone
+    surrogate, as Python passes it) is written ``\\xff``, as Python's own stderr does, not a UnicodeEncodeError."""
+    text = str(value)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte stands for
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
-    t = Table(title=title, show_lines=False, title_justify="left")
+    t = Table(title=None if title is None else shown(title), show_lines=False, title_justify="left")
     for col in columns:
-        t.add_column(col, overflow="fold")
+        t.add_column(shown(col), overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(*["" if v is None else shown(v) for v in row])
     stdout.print(t)
 
 

@@ -68,18 +68,18 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
     from terravl.server import create_app
     from terravl.server.guards import allowed_hosts as host_names
 
+    _check_listen(host, port)
+    app = create_app(list(indexes), api_key=api_key or None, cors_origins=list(cors_origins) or None,
+                     max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
+                     queue=queue, captioner=captioner, light_workers=search_workers,
+                     allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
-
     logging.getLogger("terravl").setLevel(log_level.upper())
     access = logging.getLogger("terravl.server.access")  # one JSON object per line, nothing around it
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.handlers[:] = [handler]
     access.propagate = False
-    app = create_app(list(indexes), api_key=api_key or None, cors_origins=list(cors_origins) or None,
-                     max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
-                     queue=queue, captioner=captioner, light_workers=search_workers,
-                     allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -89,3 +89,20 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
     click.echo(f"TerraVL on {url}/  (API docs: {url}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
                 server_header=False)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, before any model loads: a port in use, an address that is not
+    this machine's or a name that does not resolve is one line (exit 1), not uvicorn's log and exit after loading."""
+    import socket
+
+    from terravl.errors import TerraVLError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except (OSError, UnicodeError, TypeError, ValueError) as exc:  # TypeError: a name IDNA cannot encode
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise TerraVLError(f"cannot listen on {host}:{port} ({reason})") from None

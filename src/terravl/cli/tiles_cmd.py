@@ -10,19 +10,7 @@ from tqdm import tqdm
 
 from terravl.cli.output import emit_json, format_option, report_problems, stderr, table
 from terravl.io import BAND_PROFILES, MAX_TILE_SIZE, write_tiles
-
-
-def parse_bands(value: str | None):
-    """``--bands``: a profile name, or comma-separated 1-based band indexes (``4,3,2``)."""
-    if value is None:
-        return "auto"
-    if value in BAND_PROFILES:
-        return value
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a band profile ({', '.join(BAND_PROFILES)}) nor indexes "
-                                 f"like 4,3,2", param_hint="--bands") from None
+from terravl.validation import check_bands
 
 
 @click.command()
@@ -56,7 +44,7 @@ def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chi
     """
     if overlap >= size:
         raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
-    band_sel = parse_bands(bands)
+    band_sel = check_bands(bands)
     with tqdm(desc="tiles", unit="tile", disable=None, file=sys.stderr) as bar:
         result = write_tiles(list(rasters), out_dir, size, overlap, chip_format, band_sel, stretch, bar.update)
     if fmt == "json":

@@ -49,16 +49,35 @@ def _loop_options(example: str):
 def _config(cls, config_file, overrides, given: dict):
     """The settings object of ``cls`` from the YAML file, the named options and ``--set`` (bad keys: exit 2)."""
     try:
-        return cls.from_dict(_settings(config_file, overrides, given))
+        cfg = cls.from_dict(_settings(config_file, overrides, given))
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    _check_loop(cfg)
+    return cfg
+
+
+LOOP_LIMITS = {"epochs": (1, 100_000), "batch_size": (1, 1 << 20), "threads": (1, 256), "max_steps": (1, 1 << 40)}
+"""Bounds of the loop settings, wherever they come from (option, YAML or --set): 100,000 torch threads crash the
+process, a batch of 0 never ends an epoch; ``lr`` must be a positive number as well."""
+
+
+def _check_loop(cfg) -> None:
+    from terravl.validation import check_int
+
+    for name, (low, high) in LOOP_LIMITS.items():
+        value = getattr(cfg, name, None)
+        if value is not None and (name != "threads" or value != 0):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise click.BadParameter(f"must be a whole number, got {value!r}", param_hint=name)
+            check_int(value, name, low, high)
+    lr = getattr(cfg, "lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise click.BadParameter(f"must be a positive number, got {lr!r}", param_hint="lr")
 
 
 def _settings(config_file, overrides, given: dict) -> dict:
     """YAML file, then the named options, then ``--set KEY=VALUE`` pairs (values parsed as YAML)."""
-    import yaml
-
-    values = yaml.safe_load(config_file.read_text()) if config_file else {}
+    values = _yaml(config_file.read_bytes(), str(config_file)) if config_file else {}
     if values is not None and not isinstance(values, dict):
         raise click.BadParameter("the YAML file must hold a mapping of settings", param_hint="--config")
     values = values or {}
@@ -67,8 +86,26 @@ def _settings(config_file, overrides, given: dict) -> dict:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         key, raw = item.split("=", 1)
-        values[key.replace("-", "_")] = yaml.safe_load(raw)
+        values[key.replace("-", "_")] = _yaml(raw, f"--set {key}")
     return values
+
+
+def _yaml(text: str | bytes, where: str):
+    """YAML text parsed; a syntax error or undecodable bytes are one line naming ``where`` (exit 2)."""
+    import yaml
+
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        else:
+            text.encode("utf-8")  # an undecodable command-line byte (a lone surrogate)
+        return yaml.safe_load(text)
+    except UnicodeError:
+        raise click.BadParameter(f"{where}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise click.BadParameter(f"{where}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 @train.command()

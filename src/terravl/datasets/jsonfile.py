@@ -17,6 +17,8 @@ def load_json(path: Path) -> object:
         raise DatasetFormatError(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(path, f"not UTF-8 text ({exc.reason})") from exc
+    except RecursionError:
+        raise DatasetFormatError(path, "JSON nested too deeply to be a dataset") from None
     except OSError as exc:
         raise DatasetFormatError(path, f"cannot read ({exc.strerror or exc})") from exc
 
@@ -31,7 +33,7 @@ def peek_json_images(path: Path) -> dict | None:
         if '"images"' not in head:
             return None
         data = load_json(path)
-    except (DatasetFormatError, OSError):
+    except (DatasetFormatError, OSError, UnicodeDecodeError):  # not this format: detection goes on
         return None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images or not isinstance(images[0], dict):

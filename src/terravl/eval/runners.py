@@ -63,7 +63,9 @@ def eval_caption_model(dataset: str | Path, captioner, split: str = "test", beam
     :class:`~terravl.models.bridge.Captioner` or the retrieval baseline) and score them like :func:`eval_caption`.
     The result carries the predictions in COCO results format."""
     from terravl.models.bridge import CAPTION_PROMPT
+    from terravl.validation import check_beams, check_max_tokens
 
+    beams, max_tokens = check_beams(beams), check_max_tokens(max_tokens)  # before any image is read
     records = [r for r in KarpathyCaptions(dataset, split=split).records][:limit]
     if not records:
         raise InputError(dataset, f"no images in split {split!r}")
@@ -104,7 +106,9 @@ def eval_vqa_model(dataset: str | Path, captioner, split: str = "test", beams: i
     """Answer every question of a split with ``captioner`` and report accuracy per question type (each image is
     encoded once)."""
     from terravl.models.bridge import question_prompt
+    from terravl.validation import check_beams
 
+    beams = check_beams(beams)
     questions, kind = vqa_questions(dataset, split)
     images = list(dict.fromkeys(q.image_id for q in questions))[:limit]
     keep = set(images)

@@ -2,8 +2,9 @@
 nearest-neighbour search."""
 
 from terravl.index.build import BuildReport, build_index, expand_sources
-from terravl.index.store import IndexOpenError, IndexStore, TileRow
+from terravl.index.store import (IndexCorruptError, IndexOpenError, IndexStore, IndexWriteError, TileRow,
+                                 check_index)
 from terravl.index.vectors import ANN_THRESHOLD, IVFIndex, exact_search, top_k
 
-__all__ = ["ANN_THRESHOLD", "BuildReport", "IVFIndex", "IndexOpenError", "IndexStore", "TileRow", "build_index",
-           "exact_search", "expand_sources", "top_k"]
+__all__ = ["ANN_THRESHOLD", "BuildReport", "IVFIndex", "IndexCorruptError", "IndexOpenError", "IndexStore",
+           "IndexWriteError", "TileRow", "build_index", "check_index", "exact_search", "expand_sources", "top_k"]

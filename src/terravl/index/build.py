@@ -8,6 +8,7 @@ committed batch, and a re-run skips tiles whose content hash is already indexed.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import numpy as np
 
 from terravl.datasets.records import IMAGE_SUFFIXES
 from terravl.errors import InputError
-from terravl.index.store import IndexStore, TileRow
+from terravl.index.store import IndexStore, IndexWriteError, TileRow, bbox_of
 from terravl.io import iter_tiles, raster_info
+from terravl.paths import is_utf8, shown
 from terravl.results import Problem
 
 
@@ -65,12 +67,7 @@ def content_hash(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _bbox(footprint: dict | None) -> tuple[float, float, float, float] | None:
-    if not footprint:
-        return None
-    lons = [p[0] for p in footprint["coordinates"][0]]
-    lats = [p[1] for p in footprint["coordinates"][0]]
-    return (min(lons), min(lats), max(lons), max(lats))
+_bbox = bbox_of
 
 
 def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
@@ -101,7 +98,9 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                 progress: Callable[[int], None] | None = None) -> BuildReport:
     """Index ``sources`` (files or folders) into ``out`` with ``encoder``; returns what was done.
 
-    Unreadable files are reported (in the returned report and the index's problem log) and skipped.
+    Unreadable files are reported (in the returned report and the index's problem log) and skipped. A write
+    that fails (disk full, read-only location) stops the build with :class:`IndexWriteError` saying how many tiles
+    of this run were committed (they stay readable, and a re-run resumes); its ``report`` counts only those.
     """
     whole_below = whole_below or 2 * tile_size
     store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim)
@@ -116,15 +115,20 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                 if stop.is_set():
                     return
                 report.files += 1
+                if not is_utf8(os.path.abspath(path)):  # the index stores names as text, to open them again
+                    items.put(Problem(shown(path), "file name is not valid UTF-8; rename the file to index it"))
+                    continue
                 try:
                     for item in items_of(path, tile_size, overlap, whole_below):
                         if stop.is_set():
                             return
                         items.put(item)
                 except InputError as exc:
-                    items.put(Problem(str(path), exc.message))
+                    items.put(Problem(shown(path), shown(exc.message)))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
-                    items.put(Problem(str(path), f"{exc.__class__.__name__}: {exc}"))
+                    items.put(Problem(shown(path), shown(f"{exc.__class__.__name__}: {exc}")))
+        except Exception as exc:  # noqa: BLE001 - walking the sources failed: say so rather than end quietly
+            items.put(Problem("sources", shown(f"{exc.__class__.__name__}: {exc}")))
         finally:
             items.put(done)
 
@@ -147,6 +151,11 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                 batch = []
         if batch:
             _commit(store, encoder, batch, report, progress)
+    except IndexWriteError as exc:
+        error = IndexWriteError(exc.source, f"{exc.message} ({report.added} tiles of this run were committed and "
+                                            f"kept; re-run to resume)")
+        error.report = report  # type: ignore[attr-defined]
+        raise error from None
     finally:
         stop.set()
         while producer.is_alive():
@@ -159,11 +168,13 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
 
 
 def _commit(store: IndexStore, encoder, batch: list[_Item], report: BuildReport, progress) -> None:
+    """Embed the batch's new pixels and commit them in one transaction, with the location of every tile (those
+    whose pixels are already indexed too, so removing one of two identical files keeps the other)."""
     known = store.known_hashes(i.row.content_hash for i in batch)
-    fresh, seen = [], set()
+    fresh, duplicates, seen = [], [], set()
     for item in batch:
         if item.row.content_hash in known or item.row.content_hash in seen:
-            report.skipped_existing += 1
+            duplicates.append(item.row)
             continue
         seen.add(item.row.content_hash)
         fresh.append(item)
@@ -171,6 +182,8 @@ def _commit(store: IndexStore, encoder, batch: list[_Item], report: BuildReport,
         vectors = encoder.encode_images([i.array for i in fresh], batch_size=len(fresh), progress=False)
         for item, vector in zip(fresh, vectors):
             item.row.vector = vector
-        report.added += store.add([i.row for i in fresh])
+    added = store.add([i.row for i in fresh], also_at=duplicates)
+    report.added += added
+    report.skipped_existing += len(batch) - added  # counted once committed: a failed batch claims nothing
     if progress is not None:
         progress(len(batch))

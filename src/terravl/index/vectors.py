@@ -9,11 +9,13 @@ filtered subset.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger("terravl.index")
 ANN_THRESHOLD = 100_000
 """Below this many vectors exact search answers in about 10 ms or less on 2 cores (measured: 9.9 ms for
 100,000 × 512, 20 ms for 200,000 × 512)."""
@@ -64,19 +66,32 @@ class IVFIndex:
         return pos[0][keep], scores[0][keep]
 
     def save(self, folder: Path, version: int) -> None:
+        """Save the cache next to the store. Best effort: on a read-only or full folder it is kept in memory for
+        this process instead (it is derived data; search must not fail for want of a cache)."""
         import faiss
 
         tmp = folder / "vectors.faiss.tmp"
-        faiss.write_index(self.index, str(tmp))
-        np.save(folder / "vectors.ids.npy", self.ids)
-        os.replace(tmp, folder / "vectors.faiss")
-        (folder / "vectors.json").write_text(json.dumps({"version": int(version), "nprobe": self.index.nprobe}))
+        try:
+            faiss.write_index(self.index, str(tmp))
+            np.save(folder / "vectors.ids.npy", self.ids)
+            os.replace(tmp, folder / "vectors.faiss")
+            (folder / "vectors.json").write_text(json.dumps({"version": int(version), "nprobe": self.index.nprobe}))
+        except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError for I/O errors
+            log.warning("%s: approximate-search cache not saved (%s); kept in memory", folder, exc)
+            _UNSAVED[str(Path(folder).resolve())] = (int(version), self)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     @classmethod
     def load(cls, folder: Path, version: int) -> "IVFIndex | None":
         """The cached index if it was built from this version of the store, else None."""
         import faiss
 
+        unsaved = _UNSAVED.get(str(Path(folder).resolve()))
+        if unsaved is not None and unsaved[0] == version:
+            return unsaved[1]
         meta = folder / "vectors.json"
         if not meta.is_file() or not (folder / "vectors.faiss").is_file():
             return None
@@ -85,3 +100,7 @@ class IVFIndex:
             return None
         return cls(faiss.read_index(str(folder / "vectors.faiss")), np.load(folder / "vectors.ids.npy"),
                    int(info.get("nprobe", 32)))
+
+
+_UNSAVED: dict[str, tuple[int, IVFIndex]] = {}
+"""Caches that could not be saved (read-only index folders), by folder: (store version, index); one per folder."""

@@ -199,8 +199,10 @@ class Captioner(nn.Module):
             raise InputError("prompts", f"{len(prompts)} prompts for {n} images")
         beams = int(beams or self.settings["beams"])
         max_tokens = int(max_tokens or self.settings["max_tokens"])
-        if beams < 1 or max_tokens < 1:
-            raise InputError("--beams/--max-tokens", "must be at least 1")
+        if beams < 1:
+            raise InputError("beams", "must be at least 1")
+        if max_tokens < 1:
+            raise InputError("max_tokens", "must be at least 1")
         ids = [self.prompt_ids(p) for p in prompts]
         was_training = self.training
         self.eval()

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from terravl.errors import ImageTooLargeError, InputError, TerraVLError, UnsupportedFormatError
+from terravl.index.store import IndexCorruptError, IndexOpenError
 from terravl.server.work import ClientGone, Overloaded
 
 
@@ -34,6 +35,7 @@ class Unavailable(TerraVLError):
 
 
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (IndexOpenError, 503),  # a served index found damaged mid-request: the server's problem, never the client's
     (UnsupportedFormatError, 415),
     (ImageTooLargeError, 413),
     (InputError, 400),
@@ -55,7 +57,10 @@ def error_body(field: str | None, message: str) -> dict:
 
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     headers = {}
-    if isinstance(exc, InputError):
+    if isinstance(exc, IndexOpenError):  # its message names the server's folder: the log has it, the client not
+        body = error_body("index", "index unavailable: its database is damaged; it must be restored or rebuilt"
+                          if isinstance(exc, IndexCorruptError) else "index unavailable: its database cannot be read")
+    elif isinstance(exc, InputError):
         body = error_body(exc.source, exc.message)
     elif isinstance(exc, NotFound):
         body = error_body(exc.field, exc.message)

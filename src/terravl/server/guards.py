@@ -123,19 +123,37 @@ class _TooLarge(Exception):
 
 
 class HostCheck:
-    """Starlette's :class:`TrustedHostMiddleware` (400 for a Host header not in ``allowed``: a DNS-rebinding page
-    cannot drive the API from a victim's browser), except for the probes, which an orchestrator calls by IP."""
+    """Starlette's :class:`TrustedHostMiddleware` matching (400 for a Host header not in ``allowed``: a DNS-rebinding
+    page cannot drive the API from a victim's browser), answered with the API's JSON error body; the probes are
+    exempt, as an orchestrator calls them by IP."""
+
+    _OK = "terravl.host_ok"
 
     def __init__(self, app, allowed: list[str]):
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         self.app = app
         self.checked = TrustedHostMiddleware(app, allowed_hosts=sorted(set(allowed)), www_redirect=False)
+        self.matcher = TrustedHostMiddleware(self._accept, allowed_hosts=sorted(set(allowed)), www_redirect=False)
+
+    @classmethod
+    async def _accept(cls, scope, receive, send) -> None:
+        scope[cls._OK] = True
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            return await self.checked(scope, receive, send)
+        if scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        return await self.checked(scope, receive, send)
+
+        async def discard(message) -> None:  # the matcher's plain-text refusal: replaced by the JSON one below
+            pass
+
+        await self.matcher(scope, receive, discard)
+        if scope.pop(self._OK, False):
+            return await self.app(scope, receive, send)
+        await _send_json(send, 400, {"error": {"field": "host", "message": "this service is not addressed by that "
+                                               "Host header (terravl serve --allowed-host NAME adds one)"}})
 
 
 def allowed_hosts(bound: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:

@@ -52,9 +52,13 @@ class Service:
         from terravl.index.store import IndexStore
 
         self.paths: dict[str, Path] = {}
+        self.damaged: dict[str, tuple[str, tuple]] = {}
+        """Indexes found unavailable while serving: name → (reason, the database file's identity then). Such an
+        index answers 503 until its file changes (restored or rebuilt)."""
+        self._generation: dict[str, int] = {}
         for path in indexes:
             path = Path(path)
-            store = IndexStore(path)  # fails early, naming the folder, if it is not an index
+            store = IndexStore(path, readonly=True)  # fails early, naming the folder, if it is not a sound index
             store.close()
             name, n = path.name or "index", 2
             while name in self.paths:
@@ -99,9 +103,50 @@ class Service:
     def readiness(self) -> dict[str, Any]:
         """Indexes, jobs pending, and each pool's load. Saturation is information for a load balancer's
         weighting, not unreadiness: a saturated pool still admits work up to its queue, and search keeps its own
-        pool, so the service stays ready (200) while saturated."""
-        return {"status": "ready", "indexes": list(self.paths), "queue": self.light.pending + self.heavy.pending,
+        pool, so the service stays ready (200) while saturated. An index that cannot be opened (a damaged or
+        missing database) is: ``status`` "unavailable" and ``unavailable`` {name: reason}. Each call re-checks
+        every index with a fresh read-only open (the store's cheap check, about a millisecond each)."""
+        unavailable = {name: reason for name in self.paths if (reason := self.index_problem(name)) is not None}
+        return {"status": "unavailable" if unavailable else "ready", "indexes": list(self.paths),
+                "unavailable": unavailable, "queue": self.light.pending + self.heavy.pending,
                 "pools": {"light": self.light.stats(), "heavy": self.heavy.stats()}}
+
+    def index_problem(self, name: str) -> str | None:
+        """Why index ``name`` cannot be served now, or None. A damaged index stays so until its file changes."""
+        from terravl.index.store import IndexOpenError, IndexStore
+
+        known = self.damaged.get(name)
+        if known is not None and known[1] == self._identity(name):
+            return known[0]
+        try:
+            IndexStore(self.paths[name], readonly=True).close()
+        except IndexOpenError as exc:
+            return self._mark_damaged(name, exc)
+        if known is not None:  # restored or rebuilt: serve it again, from fresh connections
+            self.damaged.pop(name, None)
+            self._generation[name] = self._generation.get(name, 0) + 1
+            log.warning("index %s is available again", name)
+        return None
+
+    def _identity(self, name: str) -> tuple:
+        from terravl.index.store import DB_FILE
+
+        try:
+            st = (self.paths[name] / DB_FILE).stat()
+        except OSError:
+            return ()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _mark_damaged(self, name: str, exc: Exception) -> str:
+        """Record index ``name`` as unavailable; the reason given to clients names no server path (the log does)."""
+        from terravl.index.store import IndexCorruptError
+
+        reason = ("its database is damaged; it must be restored or rebuilt" if isinstance(exc, IndexCorruptError)
+                  else "its database cannot be opened")
+        if self.damaged.get(name, (None,))[0] != reason:
+            log.error("index %s is unavailable: %s", name, exc)
+        self.damaged[name] = (reason, self._identity(name))
+        return reason
 
     # -- shared resources -----------------------------------------------------------------------------
     def index_name(self, name: str | None) -> str:
@@ -111,19 +156,33 @@ class Service:
         return name
 
     def store(self, name: str | None):
-        """This thread's open store of index ``name`` (reopened when the index has changed on disk)."""
-        from terravl.index.store import IndexStore
+        """This thread's open store of index ``name``, read-only (reopened when the index has changed on disk).
+        An index found damaged, now or by an earlier request or probe, is :class:`Unavailable` (503), never a 500;
+        a store that finds damage later (mid-search) marks the index through its ``on_damage``."""
+        from terravl.index.store import IndexOpenError, IndexStore
 
         name = self.index_name(name)
+        known = self.damaged.get(name)
+        if known is not None and known[1] == self._identity(name):
+            raise Unavailable(f"index {name!r} is unavailable: {known[0]}")
         stores = getattr(self._local, "stores", None)
         if stores is None:
             stores = self._local.stores = {}
-        store, opened_at = stores.get(name, (None, None))
-        if store is None or store.version != opened_at:  # the store caches vectors: reopen after an index change
+        store, opened_at, generation = stores.get(name, (None, None, None))
+        try:
+            # the store caches vectors: reopen after an index change (or a restore)
+            if store is None or generation != self._generation.get(name, 0) or store.version != opened_at:
+                if store is not None:
+                    stores.pop(name, None)
+                    store.close()
+                store = IndexStore(self.paths[name], readonly=True)
+                store.on_damage = lambda exc, name=name: self._mark_damaged(name, exc)
+                stores[name] = (store, store.version, self._generation.get(name, 0))
+        except IndexOpenError as exc:
             if store is not None:
+                stores.pop(name, None)
                 store.close()
-            store = IndexStore(self.paths[name])
-            stores[name] = (store, store.version)
+            raise Unavailable(f"index {name!r} is unavailable: {self._mark_damaged(name, exc)}") from None
         return store
 
     def encoder(self, model: str):
@@ -258,14 +317,16 @@ class Service:
         restricted where it can be) for TIFF."""
         from PIL import Image
 
-        from terravl.io import read_image
+        from terravl.io import MIN_VALID_FRACTION, read_image
         from terravl.models.images import to_pil
 
         self.check_upload(path)
         try:
             if path.suffix == ".tif":
-                return Image.fromarray(read_image(path, max_pixels=self.max_upload_pixels,
-                                                  trusted=False).array, "RGB")
+                image = read_image(path, max_pixels=self.max_upload_pixels, trusted=False)
+                if image.valid_fraction < MIN_VALID_FRACTION:  # all nodata or NaN: nothing to look at
+                    raise InputError(UPLOAD_FIELD, "no valid pixels (under 1 % of the image is valid data)")
+                return Image.fromarray(image.array, "RGB")
             return to_pil(path)
         except (OSError, ValueError) as exc:
             raise InputError(UPLOAD_FIELD, f"not a readable image ({exc})") from None
@@ -372,7 +433,7 @@ class Service:
         encoder = self.encoder(self.store(source.index).model)
         try:
             result = localize(raster, query, encoder, heat, scales=scales, top=top, max_windows=self.max_windows,
-                              trusted=source.upload is None)
+                              trusted=source.upload is None, label=shown)  # an upload is "upload", never its file
         except RasterReadError as exc:
             if source.upload is not None:
                 raise

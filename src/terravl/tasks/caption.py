@@ -15,7 +15,7 @@ from terravl.validation import check_beams, check_max_tokens
 
 def caption(images: list, captioner=None, beams: int | None = None, max_tokens: int | None = None,
             batch_size: int = 32, tile_size: int = 256, whole_below: int | None = None,
-            progress: bool | None = None) -> Answers[Caption]:
+            progress: bool | None = None, bands="auto") -> Answers[Caption]:
     """One :class:`~terravl.results.Caption` per image (or tile, with its window and footprint), or a
     :class:`~terravl.results.Problem`, in input order. Decoding is deterministic: greedy for ``beams=1``, else
     beam search."""
@@ -26,7 +26,7 @@ def caption(images: list, captioner=None, beams: int | None = None, max_tokens: 
         texts = captioner.generate(vectors, CAPTION_PROMPT, beams=beams, max_tokens=max_tokens)
         return [Caption(**unit.where, caption=text) for unit, text in zip(units, texts)]
 
-    chunks = encoded(captioner.encoder, images, tile_size, whole_below, batch_size)
+    chunks = encoded(captioner.encoder, images, tile_size, whole_below, batch_size, bands=bands)
     return Answers(tuple(answer_each(chunks, answer, progress)))
 
 

@@ -48,7 +48,7 @@ def resolve_labels(labels: list[str] | str | None = None, classes: str | None = 
 def classify(images: list, encoder, labels: list[str] | str | None = None, classes: str | None = None, k: int = 5,
              templates=RS_TEMPLATES, batch_size: int = 32, tile_size: int = 256,
              whole_below: int | None = None, views: int = 1, weights: np.ndarray | None = None,
-             progress: bool | None = None) -> Answers[Classification]:
+             progress: bool | None = None, bands="auto") -> Answers[Classification]:
     """One :class:`~terravl.results.Classification` per image (or per tile of a large raster, with its window
     and footprint), or a :class:`~terravl.results.Problem`, in input order.
 
@@ -56,7 +56,8 @@ def classify(images: list, encoder, labels: list[str] | str | None = None, class
     the tile size) are classified tile by tile. Probabilities are a softmax over the cosine similarities scaled by
     the model's own learned temperature (as CLIP's zero-shot classifier does with its scale of 100). ``views`` > 1
     averages each image's embedding over that many flips/rotations (8: all of them), N× the cost. ``weights``
-    are the class embeddings of ``labels`` when the caller has them already (the service caches them)."""
+    are the class embeddings of ``labels`` when the caller has them already (the service caches them). ``bands``
+    chooses the bands of multispectral files (default: what the file says)."""
     names = resolve_labels(labels, classes)
     k = check_k(k)
     if weights is None:
@@ -72,5 +73,5 @@ def classify(images: list, encoder, labels: list[str] | str | None = None, class
                                           top=[LabelScore(label=names[j], probability=float(p[j])) for j in order]))
         return results
 
-    chunks = encoded(encoder, images, tile_size, whole_below, batch_size, views)
+    chunks = encoded(encoder, images, tile_size, whole_below, batch_size, views, bands)
     return Answers(tuple(answer_each(chunks, answer, progress)))

@@ -17,6 +17,7 @@ import numpy as np
 
 from terravl.errors import InputError
 from terravl.results import Problem
+from terravl.validation import check_bands
 
 CHUNK_BATCHES = 16
 """Batches encoded per chunk: memory holds one chunk of tiles at a time (a multiple of the batch size, so batch
@@ -34,7 +35,7 @@ class Unit:
     index: int
 
 
-def iter_units(images: Iterable, tile_size: int, whole_below: int) -> Iterator[Unit | Problem]:
+def iter_units(images: Iterable, tile_size: int, whole_below: int, bands="auto") -> Iterator[Unit | Problem]:
     """Each input as units (one, or one per tile) or a problem, in input order; directories walked recursively
     (their unreadable files, broken links and link loops included, so they are reported rather than skipped)."""
     from terravl.index.build import expand_sources
@@ -47,40 +48,72 @@ def iter_units(images: Iterable, tile_size: int, whole_below: int) -> Iterator[U
             continue
         for path in expand_sources([image]):
             found = True
-            yield from _units_of(path, position, tile_size, whole_below)
+            yield from _units_of(path, position, tile_size, whole_below, bands)
     if not found:
         raise InputError("images", "no image files found")
 
 
-def _units_of(path: Path, position: int, tile_size: int, whole_below: int) -> Iterator[Unit | Problem]:
+def _units_of(path: Path, position: int, tile_size: int, whole_below: int, bands) -> Iterator[Unit | Problem]:
     from terravl.io import MIN_VALID_FRACTION, iter_tiles, raster_info
 
     try:
         info = raster_info(path)
+        shown = _bands_shown(info, bands)
         if info.width <= whole_below and info.height <= whole_below:
-            yield Unit(path, {"path": str(path)}, position)
+            yield Unit(path if bands == "auto" else _WithBands(path, bands), {"path": str(path), **shown}, position)
             return
         tiles = 0
-        for tile in iter_tiles(path, tile_size, 0):
+        for tile in iter_tiles(path, tile_size, 0, bands=bands):
             if tile.valid_fraction < MIN_VALID_FRACTION:  # outside the scene: nothing to describe
                 continue
             tiles += 1
-            yield Unit(np.ascontiguousarray(tile.array),
-                       {"path": str(path), "window": tile.window.to_dict(), "footprint": tile.footprint}, position)
+            yield Unit(np.ascontiguousarray(tile.array), {"path": str(path), "window": tile.window.to_dict(),
+                                                          "footprint": tile.footprint, **shown}, position)
         if not tiles:
             yield Problem(str(path), "no valid pixels (every tile is nodata)", position)
     except InputError as exc:
         yield Problem(str(path), exc.message, position)
 
 
+def _bands_shown(info, bands) -> dict:
+    """``{"bands": {bands, reason}}`` for a multispectral file or an explicit band choice (which bands a result
+    looked at, and why); nothing for a plain RGB image, whose answer needs no such note."""
+    from terravl.io.bands import choose_bands
+
+    if bands == "auto" and info.count <= 4:
+        return {}
+    choice = choose_bands(bands, info.count, info.path, info.colorinterp, info.descriptions)
+    return {"bands": choice.to_dict()}
+
+
+class _WithBands:
+    """A whole image read with chosen bands, decoded in the encoder's worker threads like a plain path."""
+
+    def __init__(self, path: Path, bands):
+        self.path, self.bands = path, bands
+
+    def __call__(self):
+        from terravl.io import MIN_VALID_FRACTION, read_image
+
+        image = read_image(self.path, bands=self.bands)
+        if image.valid_fraction < MIN_VALID_FRACTION:
+            raise InputError(self.path, "no valid pixels (under 1 % of the image is valid data)")
+        return image.array
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 def encoded(encoder, images: Iterable, tile_size: int = 256, whole_below: int | None = None, batch_size: int = 32,
-            views: int = 1) -> Iterator[list[tuple[Unit, np.ndarray] | Problem]]:
+            views: int = 1, bands="auto") -> Iterator[list[tuple[Unit, np.ndarray] | Problem]]:
     """Chunks of ``(unit, vector)`` pairs and problems, in input order, at most ``CHUNK_BATCHES × batch_size``
-    units a chunk; an input the encoder cannot read becomes a problem in its place."""
+    units a chunk; an input the encoder cannot read becomes a problem in its place. ``bands`` says which bands
+    of multispectral files to show as RGB (see :func:`terravl.validation.check_bands`)."""
     whole_below = whole_below or 2 * tile_size
+    bands = check_bands(bands)
     chunk: list[Unit | Problem] = []
     units = 0
-    for entry in iter_units(images, tile_size, whole_below):
+    for entry in iter_units(images, tile_size, whole_below, bands):
         chunk.append(entry)
         units += isinstance(entry, Unit)
         if units >= CHUNK_BATCHES * batch_size:

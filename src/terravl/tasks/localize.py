@@ -13,8 +13,8 @@ import numpy as np
 from typing import Sequence
 
 from terravl.errors import InputError, TerraVLError, WorkBudgetError
-from terravl.io import PixelWindow, iter_tiles, raster_info, tile_windows
-from terravl.validation import MAX_K, check_int, check_scales, check_text
+from terravl.io import MIN_VALID_FRACTION, PixelWindow, iter_tiles, raster_info
+from terravl.validation import MAX_K, check_bands, check_int, check_scales, check_text
 
 
 def _iou(a: PixelWindow, b: PixelWindow) -> float:
@@ -27,26 +27,31 @@ def _iou(a: PixelWindow, b: PixelWindow) -> float:
 
 
 def count_windows(width: int, height: int, scales: Sequence[int], stride: float) -> int:
-    """How many windows :func:`localize` scores on a ``width`` × ``height`` raster: the work a request asks for."""
+    """How many windows :func:`localize` scores on a ``width`` × ``height`` raster: the work a request asks for.
+    Counted, not listed (the grid of :func:`~terravl.io.tile_windows`): a header claiming 10^10 pixels costs
+    nothing to count."""
     total = 0
     for size in scales:
         size = int(min(size, max(width, height)))
-        overlap = min(size - 1, int(round(size * (1 - stride))))
-        total += len(tile_windows(width, height, size, overlap))
+        step = size - min(size - 1, int(round(size * (1 - stride))))
+        total += (1 + -(-max(0, height - size) // step)) * (1 + -(-max(0, width - size) // step))
     return total
 
 
 def localize(raster: str | Path, query: str, encoder, out: str | Path | None = None, scales=(256,),
              stride: float = 0.5, top: int = 5, batch_size: int = 32, max_heat_side: int = 1024,
-             max_windows: int | None = None, trusted: bool = True) -> dict:
+             max_windows: int | None = None, trusted: bool = True, bands="auto", label: str | None = None) -> dict:
     """Score windows of ``raster`` against ``query``; write the heat map to ``out`` (GeoTIFF) if given.
 
     ``stride`` is the step between windows as a fraction of the window size. Returns ``{"query", "windows",
     "heatmap", "regions"}`` where ``regions`` is a GeoJSON FeatureCollection of the ``top`` windows. Memory is
     bounded by design: tiles are scored a batch at a time and only each window's score and position are kept (a
     few dozen bytes), never its pixels. ``max_windows`` is a work budget: a request for more windows is refused
-    (:class:`~terravl.errors.WorkBudgetError`) before any pixel is read."""
+    (:class:`~terravl.errors.WorkBudgetError`) before any pixel is read. ``bands`` chooses the bands of a
+    multispectral raster (default: what the file says). ``label`` names the raster in the regions and the heat map's
+    tags instead of its path (a service's temporary upload file)."""
     query = check_text(query, "query")
+    bands = check_bands(bands)
     scales = check_scales(scales)
     top = check_int(top, "top", 1, MAX_K)
     if not 0.05 <= float(stride) <= 1.0:
@@ -69,24 +74,28 @@ def localize(raster: str | Path, query: str, encoder, out: str | Path | None = N
         size = int(min(size, max(info.width, info.height)))
         overlap = min(size - 1, int(round(size * (1 - stride))))
         batch = []
-        for tile in iter_tiles(raster, size, overlap, **untrusted):
+        for tile in iter_tiles(raster, size, overlap, bands=bands, **untrusted):
+            if tile.valid_fraction < MIN_VALID_FRACTION:  # nodata, NaN or outside the scene: nothing to score
+                continue
             batch.append(tile)
             if len(batch) == batch_size:
                 _score(batch, encoder, text, scores, places)
                 batch = []
         if batch:
             _score(batch, encoder, text, scores, places)
+    if not scores:
+        raise InputError(str(raster), "no valid pixels (every window is nodata)")
     for score, w in zip(scores, places):
         r0, c0 = w.row_off // factor, w.col_off // factor
         r1, c1 = math.ceil((w.row_off + w.height) / factor), math.ceil((w.col_off + w.width) / factor)
         heat_sum[r0:r1, c0:c1] += score
         heat_n[r0:r1, c0:c1] += 1
     heat = np.where(heat_n > 0, heat_sum / np.maximum(heat_n, 1), np.nan).astype(np.float32)
-    regions = _regions(scores, places, top, info)
+    regions = _regions(scores, places, top, info, label or info.path)
     result = {"query": query, "path": str(raster), "windows": len(scores), "heatmap": None,
               "heatmap_scale": factor, "regions": regions}
     if out is not None:
-        result["heatmap"] = str(_write_heat(heat, info, factor, Path(out), query))
+        result["heatmap"] = str(_write_heat(heat, info, factor, Path(out), query, label or info.path))
     return result
 
 
@@ -97,7 +106,7 @@ def _score(tiles, encoder, text, scores: list[float], places: list[PixelWindow])
     places.extend(t.window for t in tiles)
 
 
-def _regions(scores: list[float], places: list[PixelWindow], top: int, info) -> dict:
+def _regions(scores: list[float], places: list[PixelWindow], top: int, info, source: str) -> dict:
     chosen: list[tuple[float, PixelWindow]] = []
     for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
         window = places[i]
@@ -108,12 +117,12 @@ def _regions(scores: list[float], places: list[PixelWindow], top: int, info) -> 
     georef = info.georef
     features = [{"type": "Feature", "geometry": georef.footprint(window) if georef else None,
                  "properties": {"rank": rank + 1, "score": score, "window": window.to_dict(),
-                                "source": info.path, "crs": georef.crs_name if georef else None}}
+                                "source": source, "crs": georef.crs_name if georef else None}}
                 for rank, (score, window) in enumerate(chosen)]
     return {"type": "FeatureCollection", "features": features}
 
 
-def _write_heat(heat: np.ndarray, info, factor: int, out: Path, query: str) -> Path:
+def _write_heat(heat: np.ndarray, info, factor: int, out: Path, query: str, source: str) -> Path:
     import rasterio
     import rasterio.errors
     from affine import Affine
@@ -130,9 +139,9 @@ def _write_heat(heat: np.ndarray, info, factor: int, out: Path, query: str) -> P
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(heat, 1)
-            dst.update_tags(query=query, source=info.path, description="cosine similarity of windows to the query")
+            dst.update_tags(query=query, source=source, description="cosine similarity of windows to the query")
         tmp.replace(out)
-    except (OSError, rasterio.errors.RasterioError) as exc:
+    except (OSError, UnicodeError, rasterio.errors.RasterioError) as exc:  # UnicodeError: a non-UTF-8 name
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise TerraVLError(f"{out}: cannot write the heat map ({str(exc).splitlines()[0] if str(exc) else exc})") \

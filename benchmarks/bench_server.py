@@ -12,7 +12,8 @@ Targets (issue 9): p50 overhead of the HTTP layer ≤ 2 ms at 1 client; peak RSS
 
     python benchmarks/bench_server.py --classify 300          # issue 14.1: POST /api/v1/classify throughput
 
-``--classify N`` instead uploads a small real JPEG (../shared/data/aid_150px) N times at concurrency 4 to a server
+``--classify N`` instead uploads a small real JPEG (../shared/data/aid_150px) N times at concurrency 4 (threads on
+keep-alive ``http.client`` connections, the cheapest client) to a server
 started with ``--workers 1`` and then ``--workers 2`` (``--threads`` fixed, so only the parallelism differs), and
 prints requests/s of each and their ratio: with stateless encoding, 2 workers should approach 2× on ≥ 2 free cores.
 """
@@ -175,38 +176,68 @@ def start_server(index: Path, log_path: Path, *args: str) -> tuple[subprocess.Po
     raise SystemExit("server did not start; see " + log.name)
 
 
-async def classify_load(url: str, image: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
-    """``requests`` uploads of ``image`` to /api/v1/classify (built-in AID classes) from ``concurrency`` clients."""
-    import httpx
+def classify_load(url: str, image: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+    """``requests`` uploads of ``image`` to /api/v1/classify (built-in AID classes) from ``concurrency`` clients.
 
+    The clients are threads on keep-alive ``http.client`` connections sending one multipart body built once: the
+    load generator shares the 2 cores with the server, so it is kept as cheap as a client can be (an async httpx
+    client spends several ms of CPU per upload, which the server's workers would otherwise have had)."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    boundary = "terravl-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"classes\"\r\n\r\naid\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"scene.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     latencies: list[float] = []
     failures = 0
+    lock = threading.Lock()
     todo = iter(range(requests))
 
-    async def client_loop(client):
-        nonlocal failures
-        for _ in todo:
-            start = time.perf_counter()
-            response = await client.post("/api/v1/classify", files={"image": ("scene.jpg", image, "image/jpeg")},
-                                         data={"classes": "aid"})
-            if response.status_code == 200:
-                latencies.append(1000 * (time.perf_counter() - start))
-            else:
-                failures += 1
+    def post(connection: http.client.HTTPConnection) -> int:
+        connection.request("POST", "/api/v1/classify", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
-        await client.post("/api/v1/classify", files={"image": ("w.jpg", image, "image/jpeg")},
-                          data={"classes": "aid"})  # warm-up: caches the label embeddings
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, failures, elapsed
+    def client_loop() -> None:
+        nonlocal failures
+        connection = http.client.HTTPConnection(host, port, timeout=300)
+        try:
+            while True:
+                with lock:
+                    if next(todo, None) is None:
+                        return
+                start = time.perf_counter()
+                status = post(connection)
+                with lock:
+                    if status == 200:
+                        latencies.append(1000 * (time.perf_counter() - start))
+                    else:
+                        failures += 1
+        finally:
+            connection.close()
+
+    warm = http.client.HTTPConnection(host, port, timeout=300)
+    post(warm)  # warm-up: caches the label embeddings
+    warm.close()
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, failures, time.perf_counter() - start
 
 
 def classify_throughput(index: Path, tmp: Path, requests: int, concurrency: int = 4,
-                        worker_counts: tuple[int, ...] = (1, 2)) -> None:
-    """Issue 14.1's measure: classify requests/s with ``--workers 2`` against ``--workers 1``."""
+                        worker_counts: tuple[int, ...] = (1, 2), rounds: int = 3) -> None:
+    """Issue 14.1's measure: classify requests/s with ``--workers 2`` against ``--workers 1``, in ``rounds``
+    back-to-back pairs (a fresh server each run); the ratio is reported per round and as the median, because runs on
+    a 2-core machine that also hosts the client vary by tens of percent."""
     from terravl import config
 
     shared = config.shared_dir()
@@ -215,24 +246,30 @@ def classify_throughput(index: Path, tmp: Path, requests: int, concurrency: int 
         raise SystemExit("needs ../shared/data/aid_150px (set TERRAVL_SHARED)")
     image = images[0].read_bytes()
     threads = max(1, (os.cpu_count() or 2) // max(worker_counts))  # the same torch threads per worker in every run
-    rows = []
-    for workers in worker_counts:
-        server, url = start_server(index, tmp / f"serve-classify-{workers}.log", "--workers", str(workers),
-                                   "--threads", str(threads), "--queue", str(4 * concurrency))
-        try:
-            latencies, failures, elapsed = asyncio.run(classify_load(url, image, requests, concurrency))
-        finally:
-            server.terminate()
-            server.wait(60)
-        rows.append((workers, len(latencies) / elapsed, percentile(latencies, 50) if latencies else float("nan"),
-                     percentile(latencies, 99) if latencies else float("nan"), failures))
-    base = rows[0][1]
+    rows, ratios = [], []
+    for round_ in range(1, rounds + 1):
+        rates = {}
+        for workers in worker_counts:
+            server, url = start_server(index, tmp / f"serve-classify-{workers}.log", "--workers", str(workers),
+                                       "--threads", str(threads), "--queue", str(4 * concurrency))
+            try:
+                latencies, failures, elapsed = classify_load(url, image, requests, concurrency)
+            finally:
+                server.terminate()
+                server.wait(60)
+            rates[workers] = len(latencies) / elapsed
+            rows.append((round_, workers, rates[workers], percentile(latencies, 50) if latencies else float("nan"),
+                         percentile(latencies, 99) if latencies else float("nan"), failures,
+                         rates[workers] / rates[worker_counts[0]]))
+        ratios.append(rates[worker_counts[-1]] / rates[worker_counts[0]])
     print(f"\nPOST /api/v1/classify · {requests} uploads of {images[0].name} ({len(image):,} bytes) at concurrency "
-          f"{concurrency} · {threads} torch thread(s) per worker · {os.cpu_count()} cores")
-    print("| --workers | requests/s | p50 ms | p99 ms | non-200 | × workers=1 |")
-    print("|----------:|-----------:|-------:|-------:|--------:|------------:|")
-    for workers, rps, p50, p99, failures in rows:
-        print(f"| {workers:9d} | {rps:10.2f} | {p50:6.0f} | {p99:6.0f} | {failures:7d} | {rps / base:11.2f} |")
+          f"{concurrency} · {threads} torch thread(s) per worker · {os.cpu_count()} cores · {rounds} rounds")
+    print("| round | --workers | requests/s | p50 ms | p99 ms | non-200 | × workers=1 (same round) |")
+    print("|------:|----------:|-----------:|-------:|-------:|--------:|-------------------------:|")
+    for round_, workers, rps, p50, p99, failures, ratio in rows:
+        print(f"| {round_:5d} | {workers:9d} | {rps:10.2f} | {p50:6.0f} | {p99:6.0f} | {failures:7d} | {ratio:24.2f} |")
+    print(f"\nmedian ratio --workers {worker_counts[-1]} / --workers {worker_counts[0]}: "
+          f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target ≥ 1.6)")
 
 
 def main() -> None:
@@ -246,6 +283,7 @@ def main() -> None:
     parser.add_argument("--classify", type=int, default=0, metavar="N",
                         help="Only measure POST /api/v1/classify: N uploads at concurrency 4, --workers 1 vs 2.")
     parser.add_argument("--concurrency", type=int, default=4, help="Clients for --classify.")
+    parser.add_argument("--rounds", type=int, default=3, help="Back-to-back --workers 1/2 pairs for --classify.")
     args = parser.parse_args()
 
     from terravl import config
@@ -260,7 +298,7 @@ def main() -> None:
         build_index([config.samples_dir()], m.load("terravl-default"), index)
 
     if args.classify:
-        classify_throughput(index, tmp, args.classify, args.concurrency)
+        classify_throughput(index, tmp, args.classify, args.concurrency, rounds=args.rounds)
         return
     base = in_process(index, args.in_process)
     layer = http_layer_only(index)

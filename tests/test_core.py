@@ -249,3 +249,34 @@ def test_bands_option_reads_a_multispectral_file_that_says_nothing(tmp_path, tin
     assert result["bands"] == {"bands": [4, 3, 2], "reason": "band profile sentinel2"}
     assert main(args + ["--bands", "4,3"]) == 2
     assert "error: bands:" in capsys.readouterr().err
+
+
+def test_caption_memory_cache_follows_the_buffers():
+    from terravl.models.terravl_encoder import TerraVLModel
+
+    torch.manual_seed(0)
+    config = {"arch": "terravl-cnn", "embed_dim": 16,
+              "image": {"widths": [8], "depths": [1], "resolution": 32, "dropout": 0.0, "mean": [0.5] * 3,
+                        "std": [0.25] * 3},
+              "text": {"tower": "all-MiniLM-L6-v2", "features": 384, "projection": "linear"}}
+    pixels = torch.randn(2, 3, 32, 32)
+
+    def memory(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return (torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=-1),
+                torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=-1))
+
+    model, other = TerraVLModel(config).eval(), TerraVLModel(config).eval()
+    other.load_state_dict(model.state_dict(), strict=False)
+    model.set_memory(*memory(1), k=5, tau=0.05, alpha=0.5)
+    other.set_memory(*memory(2), k=5, tau=0.05, alpha=0.5)
+    model.encode_image(pixels)  # builds the fp32 copy of memory 1
+    model.set_memory(*memory(2), k=5, tau=0.05, alpha=0.5)  # replaced: the cached fp32 copy must follow
+    assert torch.allclose(model.encode_image(pixels), other.encode_image(pixels))
+    model.load_state_dict({**model.state_dict(), "memory_keys": memory(1)[0].half(),
+                           "memory_values": memory(1)[1].half()})  # loaded in place into the same buffers
+    reference = TerraVLModel(config).eval()
+    reference.load_state_dict(model.state_dict(), strict=False)
+    reference.set_memory(*memory(1), k=5, tau=0.05, alpha=0.5)
+    assert torch.allclose(model.encode_image(pixels), reference.encode_image(pixels), atol=1e-6)
+    assert not torch.allclose(model.encode_image(pixels), other.encode_image(pixels))

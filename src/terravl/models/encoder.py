@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -112,8 +112,9 @@ class Encoder:
         bar = progress_bar(len(items), progress, "encoding")
         out: list[torch.Tensor] = []
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="terravl-decode") as pool, torch.inference_mode(), \
-                    self._autocast():
+            # one input (a query, a request's image) decodes inline: a thread of its own would only add a start-up
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="terravl-decode") if len(items) > 1 else _Inline()
+            with pool, torch.inference_mode(), self._autocast():
                 for pixels in self._batches(items, batch_size, pool, done, strict):
                     if pixels is not None:
                         out.append(self._embed(pixels.to(self.device), views))
@@ -136,7 +137,7 @@ class Encoder:
         except (InputError, ValueError, TypeError, OSError) as exc:
             return exc
 
-    def _batches(self, items: list, batch_size: int, pool: ThreadPoolExecutor, done: EncodedImages, strict: bool):
+    def _batches(self, items: list, batch_size: int, pool: "ThreadPoolExecutor | _Inline", done: EncodedImages, strict: bool):
         """Yield stacked pixel batches in order while the next two batches decode in the pool; record in ``done``
         (this call's own record) which inputs were kept and which failed."""
         starts = range(0, len(items), batch_size)
@@ -179,6 +180,24 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.embed_dim}, device={self.device})"
+
+
+class _Inline:
+    """The executor interface, running each call at once in the caller's thread (for a single input)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 def _rot(k: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -63,11 +63,29 @@ class TerraVLModel(nn.Module):
         memory = self.config.get("memory")
         if not memory:
             return base
-        return blend_with_memory(F.normalize(base, dim=-1), self.memory_keys.float(), self.memory_values.float(),
-                                 int(memory["k"]), float(memory["tau"]), float(memory["alpha"]))
+        keys, values = self._memory_fp32()
+        return blend_with_memory(F.normalize(base, dim=-1), keys, values, int(memory["k"]), float(memory["tau"]),
+                                 float(memory["alpha"]))
+
+    def _memory_fp32(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caption memory in float32, converted once rather than on every call (the same values: fp16 → fp32
+        is exact). Rebuilt when the fp16 buffers are replaced (:meth:`set_memory`), loaded from a state dict, or
+        changed in place; read-only derived data, so concurrent calls may share it."""
+        key = (id(self.memory_keys), id(self.memory_values), _version(self.memory_keys),
+               _version(self.memory_values), self.memory_keys.device)
+        cached = self.__dict__.get("_memory_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.memory_keys.float(), self.memory_values.float())
+            self.__dict__["_memory_cache"] = cached
+        return cached[1], cached[2]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_memory_cache", None)  # loading copies into the same buffers
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def set_memory(self, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float, alpha: float) -> None:
         """Attach a caption memory (keys: training images' embeddings; values: their caption prototypes)."""
+        self.__dict__.pop("_memory_cache", None)
         self.config["memory"] = {"size": int(keys.shape[0]), "k": int(k), "tau": float(tau), "alpha": float(alpha)}
         self.register_buffer("memory_keys", keys.detach().to(torch.float16).contiguous())
         self.register_buffer("memory_values", values.detach().to(torch.float16).contiguous())
@@ -159,3 +177,11 @@ class TerraVLEncoder(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text_features(self.text_tower(texts))
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's in-place change counter; inference tensors keep none (and cannot change outside inference)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None

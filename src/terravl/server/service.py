@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from terravl.errors import InputError, RasterReadError
 from terravl.server.errors import NotFound, Unavailable
@@ -280,17 +280,18 @@ class Service:
         return folder / f"{uuid.uuid4().hex}.tif"
 
     # -- uploads --------------------------------------------------------------------------------------
-    async def save_upload(self, upload) -> Path:
-        """Store an upload under a suffix chosen by its content (never the client's file name): only JPEG, PNG,
-        TIFF and WebP pass; everything else, notably a GDAL VRT that would read other files of this server, is an
-        :class:`UnsupportedFormatError` (415) before any decoder sees it."""
+    def save_upload(self, stream: BinaryIO) -> Path:
+        """Store an upload (the request's already received body part) under a suffix chosen by its content (never
+        the client's file name): only JPEG, PNG, TIFF and WebP pass; everything else, notably a GDAL VRT that would
+        read other files of this server, is an :class:`UnsupportedFormatError` (415) before any decoder sees it.
+        Runs in a worker thread, not on the event loop, which only moves bytes."""
         from terravl.io.formats import SUFFIX, sniff_format
 
         stem = self.tmp / f"upload-{uuid.uuid4().hex}"
         raw = stem.with_suffix(".bin")
+        stream.seek(0)
         with open(raw, "wb") as fh:
-            while chunk := await upload.read(1 << 20):
-                fh.write(chunk)
+            shutil.copyfileobj(stream, fh, 1 << 20)
         try:
             fmt = sniff_format(raw, field=UPLOAD_FIELD)
         except InputError:
@@ -338,30 +339,24 @@ class Service:
         return type(exc)(field, message)
 
     async def on_image(self, source: ImageSource, upload, work: Callable[[ImageSource], Any], request=None):
-        """Save the upload (if any), run ``work(source)`` in the heavy pool (dropped if the client leaves while
-        it waits), and delete the upload afterwards, whatever happened. Exactly one input must be given."""
+        """Run ``work(source)`` in the heavy pool (dropped if the client leaves while it waits), saving the upload
+        (if any) first and deleting it afterwards, whatever happened. Exactly one input must be given."""
         if (upload is None) == (source.tile_id is None):
             raise InputError("image/id", "give exactly one of an uploaded image or the id of an indexed tile")
-        if upload is not None:
-            source = ImageSource(await self.save_upload(upload), None, source.index)
 
         def run():
+            here = source if upload is None else ImageSource(self.save_upload(upload.file), None, source.index)
             try:
-                return work(source)
+                return work(here)
             except InputError as exc:
-                if source.upload is None:
+                if here.upload is None:
                     raise
-                raise self.scrubbed(exc, source.upload) from None
+                raise self.scrubbed(exc, here.upload) from None
             finally:
-                if source.upload is not None:
-                    source.upload.unlink(missing_ok=True)
+                if here.upload is not None:
+                    here.upload.unlink(missing_ok=True)
 
-        try:
-            return await self.heavy.run(run, request=request)
-        except BaseException:
-            if source.upload is not None:  # refused or dropped before it ran
-                source.upload.unlink(missing_ok=True)
-            raise
+        return await self.heavy.run(run, request=request)
 
     def pixels(self, source: ImageSource):
         """(model input, what it is) for an upload or an indexed tile."""

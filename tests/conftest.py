@@ -31,3 +31,15 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own empty TERRAVL_HOME, so nothing on the developer's machine leaks in."""
     monkeypatch.setenv("TERRAVL_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("TERRAVL_MAX_PIXELS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random OpenCLIP ViT saved as a bare state dict: loads through the real checkpoint code in a second."""
+    import torch
+
+    from fakedata import tiny_open_clip
+
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(tiny_open_clip("vit", seed=1).state_dict(), path)
+    return path

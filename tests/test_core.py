@@ -13,16 +13,9 @@ import pytest
 import torch
 
 import terravl.models as m
-from fakedata import tiny_open_clip, truncate, write_geotiff, write_image, write_karpathy, write_scene_folders
+from fakedata import truncate, write_geotiff, write_image, write_karpathy, write_scene_folders
 from terravl.errors import InputError, WorkBudgetError
 from terravl.results import Answers, Classification, Problem
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(tiny_open_clip("vit", seed=1).state_dict(), path)
-    return path
 
 
 def _loop(path: Path) -> Path:

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import terravl.models as m
-from fakedata import tiny_open_clip, truncate, write_geotiff, write_image
+from fakedata import truncate, write_geotiff, write_image
 from terravl.index import IndexOpenError, IndexStore, IVFIndex, build_index, exact_search, top_k
 from terravl.tasks import BUILTIN_CLASSES, classify, localize, search, search_captions
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(tiny_open_clip("vit", seed=1).state_dict(), path)
-    return path
 
 
 @pytest.fixture()

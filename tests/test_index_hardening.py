@@ -11,22 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from affine import Affine
 
 import terravl.models as m
-from fakedata import tiny_open_clip, write_geotiff, write_image
+from fakedata import write_geotiff, write_image
 from terravl.cli.main import main
 from terravl.index import IndexCorruptError, IndexStore, IndexWriteError, TileRow, build_index, check_index
 from terravl.index.store import DB_FILE
 from terravl.tasks import search
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(tiny_open_clip("vit", seed=1).state_dict(), path)
-    return path
 
 
 @pytest.fixture()

@@ -91,6 +91,34 @@ def test_exact_and_ivf_search_agree_on_clustered_vectors(tmp_path):
     assert list(top_k(np.array([0.1, 0.9, 0.5, 0.9]), 3)) == [1, 3, 2]
 
 
+def test_ann_cache_is_built_once_and_written_whole_under_concurrent_searches(tmp_path, monkeypatch):
+    import threading
+
+    from terravl.index.vectors import CACHE_FILE
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000) + 7
+    builds = []
+    real_build = IVFIndex.build.__func__
+    monkeypatch.setattr(IVFIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k)))
+    found: list[IVFIndex] = []
+    threads = [threading.Thread(target=lambda: found.append(IVFIndex.cached(tmp_path, 5, vectors, ids)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(found) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_FILE]  # one file, no temporary left behind
+    assert np.array_equal(IVFIndex.load(tmp_path, 5).ids, ids)
+    memory_only = tmp_path / "ro"
+    memory_only.mkdir()
+    IVFIndex.cached(memory_only, 1, vectors, ids, persist=False)  # a read-only index is never written to
+    assert list(memory_only.iterdir()) == [] and IVFIndex.load(memory_only, 1) is not None
+
+
 def test_classify_and_caption_search(tmp_path, archive, tiny_model):
     encoder = m.load(tiny_model)
     results = classify([archive], encoder, labels="forest,river,harbor", k=2, tile_size=128)

@@ -90,3 +90,13 @@ def test_colour_tags_win_and_existing_defaults_keep_their_bands(tmp_path, sample
 ])
 def test_band_colour(description, colour):
     assert band_colour(description) == colour
+
+
+def test_generic_band_names_and_infrared_numbers_are_not_read_as_colours():
+    from terravl.io.bands import band_colour, choose_bands
+
+    naip_like = choose_bands("auto", 4, "x.tif", ("gray", "undefined", "undefined", "undefined"),
+                             ("Band 1", "Band 2", "Band 3", "Band 4"))
+    assert naip_like.bands == (1, 2, 3)  # as before: GDAL's generic names say nothing about colour
+    assert choose_bands("auto", 4, "x.tif", (), ("band_1", "band_2", "band_3", "band_4")).bands == (1, 2, 3)
+    assert band_colour("B4 (NIR)") is None and band_colour("B04") == "red" and band_colour("SR_B3") == "green"

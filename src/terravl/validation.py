@@ -157,16 +157,15 @@ def check_labels(labels: str | Sequence[str] | None, classes: str | None = None,
     return names
 
 
-def check_bands(value: str | Sequence[int] | None, field: str = "bands") -> str | tuple[int, ...]:
-    """Which bands to show as RGB: ``auto`` (what the file says), a profile name (``sentinel2``…) or 1-based band
-    indexes (``4,3,2``; one index is grey)."""
-    from terravl.io.bands import BAND_PROFILES
-
+def check_bands(value: str | Sequence[int] | None, profiles: Sequence[str],
+                field: str = "bands") -> str | tuple[int, ...]:
+    """Which bands to show as RGB: ``auto`` (what the file says), one of the band ``profiles``
+    (:data:`terravl.io.BAND_PROFILES`: ``sentinel2``…) or 1-based band indexes (``4,3,2``; one index is grey)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return "auto"
     if isinstance(value, str):
         name = value.strip().lower()
-        if name in BAND_PROFILES:
+        if name in profiles:
             return name
         parts = value.split(",")
     else:
@@ -174,7 +173,7 @@ def check_bands(value: str | Sequence[int] | None, field: str = "bands") -> str 
     try:
         indexes = tuple(int(v) for v in parts)
     except (TypeError, ValueError):
-        raise InputError(field, f"{str(value)[:40]!r} is neither a band profile ({', '.join(BAND_PROFILES)}) nor "
+        raise InputError(field, f"{str(value)[:40]!r} is neither a band profile ({', '.join(profiles)}) nor "
                                 "1-based band indexes like 4,3,2") from None
     if len(indexes) not in (1, 3) or any(not 1 <= i <= 65535 for i in indexes):
         raise InputError(field, "give one (grey) or three (R,G,B) 1-based band indexes, e.g. 4,3,2")

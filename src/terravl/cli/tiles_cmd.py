@@ -44,7 +44,7 @@ def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chi
     """
     if overlap >= size:
         raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
-    band_sel = check_bands(bands)
+    band_sel = check_bands(bands, BAND_PROFILES)
     with tqdm(desc="tiles", unit="tile", disable=None, file=sys.stderr) as bar:
         result = write_tiles(list(rasters), out_dir, size, overlap, chip_format, band_sel, stretch, bar.update)
     if fmt == "json":

@@ -27,7 +27,7 @@ from terravl.results import Problem
 
 @dataclass
 class BuildReport:
-    """What a build did. It adds up: every file found is indexed (``files_indexed``) or a problem, and every
+    """What a build did. It adds up: every file found is indexed or a problem, and every
     tile seen is ``added`` or ``skipped_existing`` (already indexed, or identical pixels seen earlier in the run)."""
 
     files: int = 0
@@ -67,9 +67,6 @@ def content_hash(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-_bbox = bbox_of
-
-
 def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
     """The indexable items of one file: the whole image if both sides ≤ ``whole_below``, else its tiles (tiles
     with no valid pixel — all nodata — are left out)."""
@@ -81,7 +78,7 @@ def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iter
         image = read_image(path)
         array = np.ascontiguousarray(image.array)
         footprint = image.footprint()
-        yield _Item(array, TileRow(content_hash(array), source, None, footprint, _bbox(footprint),
+        yield _Item(array, TileRow(content_hash(array), source, None, footprint, bbox_of(footprint),
                                    info.georef.crs_name if info.georef else None, info.acquired, np.zeros(0)))
         return
     for tile in iter_tiles(path, tile_size, overlap):
@@ -89,7 +86,7 @@ def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iter
             continue
         array = np.ascontiguousarray(tile.array)
         footprint = tile.footprint
-        yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, _bbox(footprint),
+        yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, bbox_of(footprint),
                                    tile.georef.crs_name if tile.georef else None, tile.acquired, np.zeros(0)))
 
 

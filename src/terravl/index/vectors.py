@@ -1,16 +1,16 @@
 """Nearest-neighbour search over an index's vectors: exact (one matrix product) for small indexes, FAISS IVF
 (inverted lists over k-means cells) above ``ANN_THRESHOLD`` vectors.
 
-The approximate index is a cache derived from the SQLite store, saved as ``vectors.faiss`` with the store version
-it was built from; when the store changes it is rebuilt. Filtered searches (bbox, dates) are exact over the
+The approximate index is a cache derived from the SQLite store, saved as one file (``vectors.ann.npz``) with the
+store version it was built from (in memory only for a read-only index); when the store changes it is rebuilt. Filtered searches (bbox, dates) are exact over the
 filtered subset.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,23 +66,29 @@ class IVFIndex:
         return pos[0][keep], scores[0][keep]
 
     def save(self, folder: Path, version: int) -> None:
-        """Save the cache next to the store. Best effort: on a read-only or full folder it is kept in memory for
-        this process instead (it is derived data; search must not fail for want of a cache)."""
+        """Save the cache next to the store as one file, written under a unique temporary name and renamed into
+        place, so concurrent writers and readers (server threads, a CLI run) never see a mix of two builds. Best
+        effort: on a read-only or full folder it is kept in memory for this process instead (it is derived data;
+        search must not fail for want of a cache)."""
         import faiss
 
-        tmp = folder / "vectors.faiss.tmp"
+        tmp = folder / f"{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            faiss.write_index(self.index, str(tmp))
-            np.save(folder / "vectors.ids.npy", self.ids)
-            os.replace(tmp, folder / "vectors.faiss")
-            (folder / "vectors.json").write_text(json.dumps({"version": int(version), "nprobe": self.index.nprobe}))
+            with open(tmp, "wb") as fh:
+                np.savez(fh, index=faiss.serialize_index(self.index), ids=self.ids,
+                         meta=np.array([int(version), int(self.index.nprobe)], dtype=np.int64))
+            os.replace(tmp, folder / CACHE_FILE)
         except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError for I/O errors
             log.warning("%s: approximate-search cache not saved (%s); kept in memory", folder, exc)
-            _UNSAVED[str(Path(folder).resolve())] = (int(version), self)
+            self.keep(folder, version)
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def keep(self, folder: Path, version: int) -> None:
+        """Keep the cache in this process's memory only (a read-only index is never written to)."""
+        _UNSAVED[str(Path(folder).resolve())] = (int(version), self)
 
     @classmethod
     def load(cls, folder: Path, version: int) -> "IVFIndex | None":
@@ -92,14 +98,40 @@ class IVFIndex:
         unsaved = _UNSAVED.get(str(Path(folder).resolve()))
         if unsaved is not None and unsaved[0] == version:
             return unsaved[1]
-        meta = folder / "vectors.json"
-        if not meta.is_file() or not (folder / "vectors.faiss").is_file():
+        path = folder / CACHE_FILE
+        if not path.is_file():
             return None
-        info = json.loads(meta.read_text())
-        if info.get("version") != version:
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                saved_version, nprobe = (int(x) for x in saved["meta"])
+                if saved_version != version:
+                    return None
+                return cls(faiss.deserialize_index(saved["index"]), saved["ids"], nprobe)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # damaged cache: rebuild it
+            log.warning("%s: approximate-search cache unreadable (%s); rebuilding", folder, exc)
             return None
-        return cls(faiss.read_index(str(folder / "vectors.faiss")), np.load(folder / "vectors.ids.npy"),
-                   int(info.get("nprobe", 32)))
+
+    @classmethod
+    def cached(cls, folder: Path, version: int, vectors: np.ndarray, ids: np.ndarray,
+               persist: bool = True) -> "IVFIndex":
+        """The cache for this version of the store: loaded, or built once (one build per folder at a time, so
+        concurrent searches wait for it rather than each building their own) and saved if ``persist``."""
+        key = str(Path(folder).resolve())
+        with _LOCKS_GUARD:
+            lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
+        with lock:
+            found = cls.load(folder, version)
+            if found is not None:
+                return found
+            built = cls.build(vectors, ids)
+            built.save(folder, version) if persist else built.keep(folder, version)
+            return built
+
+
+CACHE_FILE = "vectors.ann.npz"
+"""The approximate-search cache beside an index's database: FAISS index, ids and the store version, in one file."""
+_BUILD_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 _UNSAVED: dict[str, tuple[int, IVFIndex]] = {}

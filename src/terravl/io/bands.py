@@ -88,9 +88,10 @@ def choose_bands(profile: str | tuple[int, ...] | list[int], count: int, source:
 
 
 _COLOURS = ("red", "green", "blue")
-_NUMBERED = re.compile(r"^(?:sr_|toa_)?b(?:and)?[ _]?0*(\d{1,2})(a?)(?![0-9a-z])")
-"""``B04``, ``B4``, ``b4``, ``B04_10m``, ``B4 (665 nm)``, ``SR_B4``, ``band4``: the band's number in its sensor's
-numbering; a trailing ``A`` (Sentinel-2 ``B8A``) makes it another band."""
+_NUMBERED = re.compile(r"^(?:sr_|toa_)?b0*(\d{1,2})(a?)(?![0-9a-z])")
+"""``B04``, ``B4``, ``b4``, ``B04_10m``, ``B4 (665 nm)``, ``SR_B4``: the band's number in its sensor's numbering; a
+trailing ``A`` (Sentinel-2 ``B8A``) makes it another band. Generic names (``Band 1``, ``band_4``), which GDAL and
+many tools write for any file, say nothing about colour and are not read as such."""
 _NUMBER_COLOUR = {4: "red", 3: "green", 2: "blue"}
 """Sentinel-2 MSI and Landsat 8/9 OLI share this numbering for the visible bands (B2 blue, B3 green, B4 red).
 Landsat 4-7 TM/ETM+ do not (B1-B3 are blue-red, B4 is near infrared): use ``bands="landsat7"`` for those."""
@@ -103,6 +104,8 @@ def band_colour(description: str | None) -> str | None:
         return None
     text = description.strip().lower()
     words = re.findall(r"[a-z]+", text)
+    if "nir" in words or "infrared" in words or "swir" in words:  # "B4 (NIR)": a Landsat 4-7 number, not red
+        return None
     if words and words[0] in _COLOURS and "edge" not in words:  # "Red", "Blue (B2)"; not "Red Edge 1"
         return words[0]
     match = _NUMBERED.match(text)

@@ -8,7 +8,7 @@ and no GDAL or Pillow global. Instead:
   :class:`~terravl.io.raster.RasterSource` opens a handle in each worker thread), which sets
   ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: no directory listing, no sidecar (``.aux.xml``, ``.ovr``, ``.msk``)
   read beside a file. GDAL looks sidecars up when it opens a file, so reads of trusted files need no ``Env``;
-* GDAL's block cache, one per process, is capped at :data:`CACHE_BYTES` by :func:`block_cache_limit` while at
+* GDAL's block cache, one per process, is capped at :data:`CACHE_BYTES` by :func:`acquire_block_cache` while at
   least one TerraVL raster is open, and given back its previous size when the last one closes. rasterio's ``Env``
   cannot do this safely: two threads' ``Env`` would each restore the size the other one set.
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import rasterio
 
@@ -45,20 +43,10 @@ def gdal_env(untrusted: bool = False) -> rasterio.Env:
     return rasterio.Env(**gdal_options(untrusted))
 
 
-@contextmanager
-def block_cache_limit() -> Iterator[None]:
-    """Cap GDAL's process-wide block cache at :data:`CACHE_BYTES` while any TerraVL raster is open (reference
-    counted across threads); the previous size comes back when the last one closes. A smaller cache, or one the
-    user set with ``GDAL_CACHEMAX``, is left alone."""
-    acquire_block_cache()
-    try:
-        yield
-    finally:
-        release_block_cache()
-
-
 def acquire_block_cache() -> None:
-    """Enter :func:`block_cache_limit` (for objects whose lifetime is not one ``with`` block)."""
+    """Cap GDAL's process-wide block cache at :data:`CACHE_BYTES` while any TerraVL raster is open (reference
+    counted across threads, paired with :func:`release_block_cache`); the previous size comes back when the last
+    one closes. A smaller cache, or one the user set with ``GDAL_CACHEMAX``, is left alone."""
     global _users, _saved_cache
     from rasterio._env import get_gdal_config, set_gdal_config
 
@@ -72,7 +60,7 @@ def acquire_block_cache() -> None:
 
 
 def release_block_cache() -> None:
-    """Leave :func:`block_cache_limit`."""
+    """The end of one :func:`acquire_block_cache`."""
     global _users, _saved_cache
     from rasterio._env import set_gdal_config
 

@@ -15,7 +15,8 @@ log = logging.getLogger("terravl.server.access")
 
 KEY_COOKIE = "terravl_key"
 OPEN_PATHS = ("/healthz", "/readyz")
-"""Probes stay open so an orchestrator can check the process without the key; they reveal nothing else."""
+"""Probes stay open so an orchestrator can check the process without the key: they give status, the served
+indexes' names and the work pools' load, never a path, a file or a result."""
 
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:

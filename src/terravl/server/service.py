@@ -42,6 +42,10 @@ class ImageSource:
     index: str | None = None
 
 
+PILLOW_PLUGIN = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+"""The one Pillow plugin allowed to decode an upload stored under each content-chosen suffix."""
+
+
 class Service:
     """Served indexes, shared models, uploads and the work pools (``light``: search, listings, thumbnails;
     ``heavy``: image-model work)."""
@@ -80,6 +84,7 @@ class Service:
         self._load_lock = threading.Lock()
         self._thumbs: OrderedDict = OrderedDict()
         self._thumb_lock = threading.Lock()
+        self._heat_lock = threading.Lock()
         self.tmp = Path(tempfile.mkdtemp(prefix="terravl-serve-"))
         self.ready = False
 
@@ -272,11 +277,19 @@ class Service:
         return path
 
     def heatmap_path(self) -> Path:
+        """A new heat-map file name; the oldest maps beyond the last 50 are deleted (under a lock: localize
+        requests run in parallel, and one must not stat a file another is deleting)."""
         folder = self.tmp / "heatmaps"
-        folder.mkdir(exist_ok=True)
-        existing = sorted(folder.glob("*.tif"), key=lambda p: p.stat().st_mtime)
-        for old in existing[:-49]:
-            old.unlink(missing_ok=True)
+        with self._heat_lock:
+            folder.mkdir(exist_ok=True)
+            existing = []
+            for path in folder.glob("*.tif"):
+                try:
+                    existing.append((path.stat().st_mtime, path))
+                except OSError:  # gone meanwhile
+                    continue
+            for _, old in sorted(existing)[:-49]:
+                old.unlink(missing_ok=True)
         return folder / f"{uuid.uuid4().hex}.tif"
 
     # -- uploads --------------------------------------------------------------------------------------
@@ -290,8 +303,12 @@ class Service:
         stem = self.tmp / f"upload-{uuid.uuid4().hex}"
         raw = stem.with_suffix(".bin")
         stream.seek(0)
-        with open(raw, "wb") as fh:
-            shutil.copyfileobj(stream, fh, 1 << 20)
+        try:
+            with open(raw, "wb") as fh:
+                shutil.copyfileobj(stream, fh, 1 << 20)
+        except BaseException:
+            raw.unlink(missing_ok=True)
+            raise
         try:
             fmt = sniff_format(raw, field=UPLOAD_FIELD)
         except InputError:
@@ -314,12 +331,12 @@ class Service:
                                                    f"of {self.max_upload_pixels:,} pixels")
 
     def decode_upload(self, path: Path):
-        """The uploaded image as PIL RGB after the header check: Pillow for JPEG/PNG/WebP, terravl.io (GDAL,
-        restricted where it can be) for TIFF."""
+        """The uploaded image as PIL RGB after the header check, each format by its own decoder only: Pillow's
+        JPEG, PNG or WebP plugin (by the content-chosen suffix), terravl.io's GDAL GTiff driver for TIFF."""
         from PIL import Image
 
         from terravl.io import MIN_VALID_FRACTION, read_image
-        from terravl.models.images import to_pil
+        from terravl.io.raster import open_pillow
 
         self.check_upload(path)
         try:
@@ -328,8 +345,10 @@ class Service:
                 if image.valid_fraction < MIN_VALID_FRACTION:  # all nodata or NaN: nothing to look at
                     raise InputError(UPLOAD_FIELD, "no valid pixels (under 1 % of the image is valid data)")
                 return Image.fromarray(image.array, "RGB")
-            return to_pil(path)
-        except (OSError, ValueError) as exc:
+            picture = open_pillow(str(path), (PILLOW_PLUGIN[path.suffix],))
+            picture.load()
+            return picture if picture.mode == "RGB" else picture.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:  # Pillow reports some broken files as SyntaxError
             raise InputError(UPLOAD_FIELD, f"not a readable image ({exc})") from None
 
     def scrubbed(self, exc: InputError, path: Path) -> InputError:

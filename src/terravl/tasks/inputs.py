@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from terravl.errors import InputError
+from terravl.io import BAND_PROFILES
 from terravl.results import Problem
 from terravl.validation import check_bands
 
@@ -110,7 +111,7 @@ def encoded(encoder, images: Iterable, tile_size: int = 256, whole_below: int | 
     units a chunk; an input the encoder cannot read becomes a problem in its place. ``bands`` says which bands
     of multispectral files to show as RGB (see :func:`terravl.validation.check_bands`)."""
     whole_below = whole_below or 2 * tile_size
-    bands = check_bands(bands)
+    bands = check_bands(bands, BAND_PROFILES)
     chunk: list[Unit | Problem] = []
     units = 0
     for entry in iter_units(images, tile_size, whole_below, bands):

@@ -13,7 +13,7 @@ import numpy as np
 from typing import Sequence
 
 from terravl.errors import InputError, TerraVLError, WorkBudgetError
-from terravl.io import MIN_VALID_FRACTION, PixelWindow, iter_tiles, raster_info
+from terravl.io import BAND_PROFILES, MIN_VALID_FRACTION, PixelWindow, iter_tiles, raster_info
 from terravl.validation import MAX_K, check_bands, check_int, check_scales, check_text
 
 
@@ -51,7 +51,7 @@ def localize(raster: str | Path, query: str, encoder, out: str | Path | None = N
     multispectral raster (default: what the file says). ``label`` names the raster in the regions and the heat map's
     tags instead of its path (a service's temporary upload file)."""
     query = check_text(query, "query")
-    bands = check_bands(bands)
+    bands = check_bands(bands, BAND_PROFILES)
     scales = check_scales(scales)
     top = check_int(top, "top", 1, MAX_K)
     if not 0.05 <= float(stride) <= 1.0:

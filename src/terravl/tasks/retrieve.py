@@ -58,10 +58,7 @@ def _search(store: IndexStore, text, image, k, bbox, date_from, date_to, encoder
     else:
         use_ann = approximate if approximate is not None else len(ids) >= ANN_THRESHOLD
     if use_ann:
-        ann = IVFIndex.load(store.path, store.version)
-        if ann is None:
-            ann = IVFIndex.build(vectors, ids)
-            ann.save(store.path, store.version)
+        ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly)
         pos, scores = ann.search(query, k)
         hit_ids = ann.ids[pos]
     else:

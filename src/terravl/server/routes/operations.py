@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from terravl.server.deps import ServiceDep
 from terravl.server.schemas import Readiness
@@ -29,7 +30,7 @@ async def readyz(service: ServiceDep):
     restored or rebuilt; requests on that index answer 503 "index unavailable" meanwhile)."""
     if not service.ready:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
-    state = service.readiness()
+    state = await run_in_threadpool(service.readiness)  # it opens each index: not on the event loop
     if state["unavailable"]:
         return JSONResponse(state, status_code=503)
     return state

@@ -113,3 +113,16 @@ def test_queued_work_whose_client_has_gone_is_dropped_unrun():
 def test_unknown_host_is_refused_in_process_too(client):
     assert client.get("/api/v1/indexes", headers={"Host": "evil.example"}).status_code == 400
     assert client.get("/api/v1/indexes").status_code == 200
+
+
+def test_uploads_take_a_band_choice_like_the_cli(client, tmp_path):
+    from fakedata import write_geotiff
+
+    s2 = write_geotiff(tmp_path / "s2.tif", 64, 64, count=13, dtype="uint16").read_bytes()
+    refused = client.post("/api/v1/classify", files={"image": ("s2.tif", s2)}, data={"labels": "water,forest"})
+    assert refused.status_code == 400 and "band profile" in refused.json()["error"]["message"]
+    answered = client.post("/api/v1/classify", files={"image": ("s2.tif", s2)},
+                           data={"labels": "water,forest", "bands": "sentinel2"})
+    assert answered.status_code == 200 and answered.json()["label"] in {"water", "forest"}
+    bad = client.post("/api/v1/classify", files={"image": ("s2.tif", s2)}, data={"labels": "a,b", "bands": "9,x"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "bands"

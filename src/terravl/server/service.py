@@ -35,11 +35,13 @@ UPLOAD_FIELD = "image"
 
 @dataclass(frozen=True)
 class ImageSource:
-    """What an image route works on: a saved upload (already sniffed) or an indexed tile."""
+    """What an image route works on: a saved upload (already sniffed) or an indexed tile, and which bands of a
+    multispectral file to show as RGB (``auto``: what the file says)."""
 
     upload: Path | None = None
     tile_id: int | None = None
     index: str | None = None
+    bands: str | tuple[int, ...] = "auto"
 
 
 PILLOW_PLUGIN = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -233,7 +235,7 @@ class Service:
             raise Unavailable("tile source unavailable")
         return source
 
-    def tile_pixels(self, index: str | None, tile_id: int):
+    def tile_pixels(self, index: str | None, tile_id: int, bands: str | tuple[int, ...] = "auto"):
         """(H, W, 3) uint8 pixels of an indexed tile, read from its source file by the index's own record."""
         from terravl.io import PixelWindow, open_raster
 
@@ -241,7 +243,7 @@ class Service:
         source = self.tile_source(row)
         window = PixelWindow(**row.window) if row.window else None
         try:
-            with open_raster(source) as src:
+            with open_raster(source, bands=bands) as src:
                 array, _ = src.read_rgb(window)
         except RasterReadError as exc:
             log.error("tile %s: source unreadable: %s", tile_id, exc)
@@ -330,7 +332,7 @@ class Service:
             raise ImageTooLargeError(UPLOAD_FIELD, f"{info.width} × {info.height} pixels exceeds the upload limit "
                                                    f"of {self.max_upload_pixels:,} pixels")
 
-    def decode_upload(self, path: Path):
+    def decode_upload(self, path: Path, bands: str | tuple[int, ...] = "auto"):
         """The uploaded image as PIL RGB after the header check, each format by its own decoder only: Pillow's
         JPEG, PNG or WebP plugin (by the content-chosen suffix), terravl.io's GDAL GTiff driver for TIFF."""
         from PIL import Image
@@ -341,7 +343,7 @@ class Service:
         self.check_upload(path)
         try:
             if path.suffix == ".tif":
-                image = read_image(path, max_pixels=self.max_upload_pixels, trusted=False)
+                image = read_image(path, bands=bands, max_pixels=self.max_upload_pixels, trusted=False)
                 if image.valid_fraction < MIN_VALID_FRACTION:  # all nodata or NaN: nothing to look at
                     raise InputError(UPLOAD_FIELD, "no valid pixels (under 1 % of the image is valid data)")
                 return Image.fromarray(image.array, "RGB")
@@ -364,7 +366,8 @@ class Service:
             raise InputError("image/id", "give exactly one of an uploaded image or the id of an indexed tile")
 
         def run():
-            here = source if upload is None else ImageSource(self.save_upload(upload.file), None, source.index)
+            here = source if upload is None else ImageSource(self.save_upload(upload.file), None, source.index,
+                                                                          source.bands)
             try:
                 return work(here)
             except InputError as exc:
@@ -380,8 +383,8 @@ class Service:
     def pixels(self, source: ImageSource):
         """(model input, what it is) for an upload or an indexed tile."""
         if source.upload is not None:
-            return self.decode_upload(source.upload), {"path": "upload"}
-        array, row = self.tile_pixels(source.index, source.tile_id)
+            return self.decode_upload(source.upload, source.bands), {"path": "upload"}
+        array, row = self.tile_pixels(source.index, source.tile_id, source.bands)
         return array, {"path": row.source, "window": row.window, "footprint": row.footprint}
 
     # -- the tasks (the only calls into terravl.tasks) ------------------------------------------------------
@@ -408,7 +411,7 @@ class Service:
     def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search
 
-        picture = self.decode_upload(source.upload)
+        picture = self.decode_upload(source.upload, source.bands)
         store = self.store(source.index)
         return self._hits(search(store, image=picture, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
                                  encoder=self.encoder(store.model)), source.index)
@@ -447,7 +450,7 @@ class Service:
         encoder = self.encoder(self.store(source.index).model)
         try:
             result = localize(raster, query, encoder, heat, scales=scales, top=top, max_windows=self.max_windows,
-                              trusted=source.upload is None, label=shown)  # an upload is "upload", never its file
+                              trusted=source.upload is None, label=shown, bands=source.bands)  # an upload is "upload", never its file
         except RasterReadError as exc:
             if source.upload is not None:
                 raise

@@ -8,14 +8,21 @@ from fastapi.responses import FileResponse
 
 from terravl.server.deps import MAX_ID, ServiceDep
 from terravl.server.schemas import AskResult, CaptionResult, ClassifyResult, LocalizeResult, shaped
+from terravl.io import BAND_PROFILES
 from terravl.server.service import ImageSource
-from terravl.validation import (MAX_LABEL_CHARS, MAX_LABELS, MAX_QUERY_CHARS, check_beams, check_int,
-                                check_max_tokens, check_scales, check_text)
+from terravl.validation import (MAX_LABEL_CHARS, MAX_LABELS, MAX_QUERY_CHARS, check_bands, check_beams,
+                                check_int, check_max_tokens, check_scales, check_text)
 
 router = APIRouter(tags=["understand"])
 MAX_TOP = 50
 IMAGE = File(None, description="An image (JPEG, PNG, GeoTIFF or WebP, recognised by content); or give id.")
 TILE_ID = Form(None, ge=1, le=MAX_ID, description="Id of an indexed tile; or upload an image.")
+BANDS = Form(None, max_length=40, description="Bands of a multispectral image to show as RGB: a profile (sentinel2, "
+                                              "landsat8, …) or 1-based indexes like 4,3,2. Default: what the file says.")
+
+
+def _source(id: int | None, index: str | None, bands: str | None) -> ImageSource:
+    return ImageSource(tile_id=id, index=index, bands=check_bands(bands, BAND_PROFILES))
 
 
 @router.post("/api/v1/classify", response_model=ClassifyResult)
@@ -24,34 +31,36 @@ async def classify(request: Request, service: ServiceDep, image: UploadFile | No
                    labels: str | None = Form(None, max_length=MAX_LABELS * (MAX_LABEL_CHARS + 1),
                                              description=f"Comma-separated, at most {MAX_LABELS} of at most "
                                                          f"{MAX_LABEL_CHARS} characters."),
-                   classes: str | None = Form(None, max_length=40), k: int = Form(5)):
+                   classes: str | None = Form(None, max_length=40), k: int = Form(5), bands: str | None = BANDS):
     """Zero-shot scene classification of an upload or an indexed tile (``labels`` comma-separated, or a
     built-in list in ``classes``: aid, ucm, resisc45, eurosat, whu-rs19, patternnet)."""
     names, k = service.labels(labels, classes), check_int(k, "k", 1, MAX_TOP)
-    result = await service.on_image(ImageSource(tile_id=id, index=index), image,
+    result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.classify(src, names, k), request)
     return shaped(ClassifyResult, result)
 
 
 @router.post("/api/v1/caption", response_model=CaptionResult)
 async def caption(request: Request, service: ServiceDep, image: UploadFile | None = IMAGE, id: int | None = TILE_ID,
-                  index: str | None = Form(None), beams: int = Form(3), max_tokens: int = Form(40)):
+                  index: str | None = Form(None), beams: int = Form(3), max_tokens: int = Form(40),
+                  bands: str | None = BANDS):
     """A one-sentence description of an upload or an indexed tile."""
     beams, max_tokens = check_beams(beams), check_max_tokens(max_tokens)
-    result = await service.on_image(ImageSource(tile_id=id, index=index), image,
+    result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.caption(src, beams, max_tokens), request)
     return shaped(CaptionResult, result)
 
 
 @router.post("/api/v1/ask", response_model=AskResult)
 async def ask(request: Request, service: ServiceDep, question: str = Form(..., min_length=1, max_length=500),
-              image: UploadFile | None = IMAGE, id: int | None = TILE_ID, index: str | None = Form(None)):
+              image: UploadFile | None = IMAGE, id: int | None = TILE_ID, index: str | None = Form(None),
+              bands: str | None = BANDS):
     """Answer a question about an upload or an indexed tile."""
     from terravl.models.bridge import question_prompt
 
     question_prompt(question)  # a clear 400 before any work
     check_text(question, "question")
-    result = await service.on_image(ImageSource(tile_id=id, index=index), image,
+    result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.ask(src, question), request)
     return shaped(AskResult, result)
 
@@ -61,11 +70,11 @@ async def localize(request: Request, service: ServiceDep,
                    query: str = Form(..., min_length=1, max_length=MAX_QUERY_CHARS),
                    image: UploadFile | None = IMAGE, id: int | None = TILE_ID, index: str | None = Form(None),
                    scales: str = Form("256", max_length=40, description="Window sizes in pixels, e.g. 128,256."),
-                   top: int = Form(5)):
+                   top: int = Form(5), bands: str | None = BANDS):
     """Where in a scene is the text? For an indexed tile, the whole source raster it was cut from is
     searched. Returns the top regions (GeoJSON) and the URL of the heat map GeoTIFF."""
     text, sizes, top = check_text(query, "query"), check_scales(scales), check_int(top, "top", 1, MAX_TOP)
-    result = await service.on_image(ImageSource(tile_id=id, index=index), image,
+    result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.localize(src, text, sizes, top), request)
     return shaped(LocalizeResult, result)
 

@@ -273,3 +273,30 @@ def test_caption_memory_cache_follows_the_buffers():
     reference.set_memory(*memory(1), k=5, tau=0.05, alpha=0.5)
     assert torch.allclose(model.encode_image(pixels), reference.encode_image(pixels), atol=1e-6)
     assert not torch.allclose(model.encode_image(pixels), other.encode_image(pixels))
+
+
+def test_a_huge_sparse_raster_is_answered_tile_by_tile_at_constant_memory(tmp_path, tiny_model):
+    import tracemalloc
+
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from terravl.tasks import classify
+
+    path = tmp_path / "sparse.tif"
+    profile = {"driver": "GTiff", "width": 12_000, "height": 12_000, "count": 3, "dtype": "uint8", "nodata": 0,
+               "tiled": True, "blockxsize": 256, "blockysize": 256, "sparse_ok": True, "crs": "EPSG:32618",
+               "transform": Affine(1.0, 0, 300000.0, 0, -1.0, 4000000.0)}
+    with rasterio.open(path, "w", **profile) as dst:  # 432 MB of pixels if decoded whole; two blocks of data
+        block = np.random.default_rng(0).integers(1, 255, (3, 256, 256), dtype=np.uint8)
+        dst.write(block, window=Window(512, 256, 256, 256))
+        dst.write(block, window=Window(11_520, 11_520, 256, 256))
+    tracemalloc.start()
+    answers = classify([path], m.load(tiny_model), "water,forest", tile_size=256)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [a.window for a in answers] == [{"col_off": 512, "row_off": 256, "width": 256, "height": 256},
+                                           {"col_off": 11_520, "row_off": 11_520, "width": 256, "height": 256}]
+    assert all(a.footprint["type"] == "Polygon" for a in answers)
+    assert peak < 64 << 20, f"peak traced memory {peak / 2**20:.0f} MiB"

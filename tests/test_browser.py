@@ -67,7 +67,7 @@ def test_search_see_on_map_open_caption_and_ask(browser, server):
         return lambda b: [img for img in b.find_elements(By.CSS_SELECTOR, selector)
                           if b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)]
 
-    thumbs = wait.until(loaded("#results .hit img"))
+    thumbs = wait.until(lambda b: (found := loaded("#results .hit img")(b)) and len(found) == 12 and found)
     overlays = wait.until(loaded("#map img.hit-overlay"))  # thumbnails drawn at their footprints
     assert len(thumbs) == 12 and len(overlays) >= 1
     assert browser.find_elements(By.CSS_SELECTOR, "#map path.footprint")

@@ -314,6 +314,11 @@ CLI: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "classify-labels-and-classes": C("classify {png} --labels a,b --classes aid --model {model}"),
     "classify-nothing": C("classify {png} --model {model}"),
     "classify-k-huge": C("classify {png} --labels a,b --k 100000 --model {model}", (0, 2)),
+    **{f"{cmd}-bands-{n}": C([cmd, "{band13}", *args, "--bands", v])
+       for cmd, args in {"classify": ["--labels", "a,b", "--model", "{model}"], "caption": [],
+                         "ask": ["is it a road?"], "localize": ["road", "--model", "{model}"]}.items()
+       for n, v in {"word": "rgbx", "two": "4,3", "zero": "0,0,0", "beyond": "14,3,2", "nonutf8": "4,3," + BAD,
+                    "huge": "9" * 30 + ",1,1"}.items()},
     "classify-k-zero": C("classify {png} --labels a,b --k 0 --model {model}"),
     "classify-views": C("classify {png} --labels a,b --views 3 --model {model}"),
     "classify-bands": C("classify {png} --labels a,b --bands purple --model {model}"),
@@ -632,6 +637,14 @@ HTTP: dict[str, dict] = {
        for n, v in {"one": "forest", "duplicates": "a,a", "many": MANY_LABELS, "long": "a," + "x" * 101,
                     "nul": "a\x00,b", "escape": "a\x1b[2J,b", "commas": ",,,,", "path-one": PATH}.items()},
     "classify-labels-path": H("POST", "/api/v1/classify", (200,), data={"id": "1", "labels": PATH + ",b"}),
+    **{f"{r.rsplit('/', 1)[1]}-bands-{n}": H("POST", r, (400, 422), upload="band13", data={**extra, "bands": v})
+       for r, extra in IMAGE_ROUTES.items() if r != "/api/v1/search"
+       for n, v in {"word": "rgbx", "two": "4,3", "zero": "0,0,0", "huge": "99999999999999999999,1,1",
+                    "control": "4,3,\x1b", "long": "4," * 200, "path": PATH}.items()},
+    "classify-bands-beyond-the-file": H("POST", "/api/v1/classify", (400,), upload="band13",
+                                        data={"labels": "a,b", "bands": "14,3,2"}),
+    "classify-bands-profile": H("POST", "/api/v1/classify", (200,), upload="band13",
+                                data={"labels": "a,b", "bands": "sentinel2"}),
     "classify-classes-unknown": H("POST", "/api/v1/classify", (400,), data={"id": "1", "classes": "nope"}),
     "classify-classes-path": H("POST", "/api/v1/classify", (400,), data={"id": "1", "classes": PATH}),
     "classify-classes-long": H("POST", "/api/v1/classify", (400, 422), data={"id": "1", "classes": "a" * 1000}),

@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from terravl.cli.output import (bands_option, emit_answers, emit_json, format_option, located, report_problems,
-                                stderr, table, views_option)
+                                stderr, table, views_option, window_text)
 
 _model_option = click.option("--model", default=None,
                              help="Registry name, checkpoint file or model folder. Default: terravl-default.")
@@ -204,12 +204,8 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
         emit_json(_hits_geojson(hits))
     else:
         table(f"{len(hits)} hits for {text or image}", ["#", "score", "path", "window", "acquired"],
-              [[i + 1, f"{h['score']:.3f}", h["path"], _window(h.get("window")), h.get("acquired") or ""]
+              [[i + 1, f"{h['score']:.3f}", h["path"], window_text(h.get("window")), h.get("acquired") or ""]
                for i, h in enumerate(hits)])
-
-
-def _window(window: dict | None) -> str:
-    return "" if not window else f"{window['col_off']},{window['row_off']} {window['width']}×{window['height']}"
 
 
 def _read_captions(path: Path) -> list[str]:
@@ -294,7 +290,7 @@ def localize(raster, query, out, regions, scales, stride, top, bands, model, fmt
         emit_json(result)
     else:
         table(f"{query!r} in {raster} ({result['windows']} windows)", ["rank", "score", "window"],
-              [[f["properties"]["rank"], f"{f['properties']['score']:.3f}", _window(f["properties"]["window"])]
+              [[f["properties"]["rank"], f"{f['properties']['score']:.3f}", window_text(f["properties"]["window"])]
                for f in result["regions"]["features"]])
         if result["heatmap"]:
             stderr.print(f"heat map → {result['heatmap']}")

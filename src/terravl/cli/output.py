@@ -88,7 +88,11 @@ def emit_answers(answers, fmt: str, title: str | None, columns: list[str], row: 
     return 2 if summary["problems"] and not summary["answered"] else 0
 
 
+def window_text(window: dict | None) -> str:
+    """A pixel window as ``col,row width×height`` (empty for a whole image)."""
+    return "" if not window else f"{window['col_off']},{window['row_off']} {window['width']}×{window['height']}"
+
+
 def located(result) -> str:
     """A result's path, with its pixel window when it is a tile of a larger raster."""
-    w = result.window
-    return result.path + ("" if not w else f" @{w['col_off']},{w['row_off']} {w['width']}×{w['height']}")
+    return result.path + (f" @{window_text(result.window)}" if result.window else "")

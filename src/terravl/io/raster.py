@@ -109,6 +109,14 @@ class GeoImage:
         """Share of the image's pixels that are valid; below :data:`MIN_VALID_FRACTION` it has no valid pixels."""
         return float(self.valid.mean()) if self.valid.size else 0.0
 
+    def with_data(self) -> "GeoImage":
+        """This image, or :class:`RasterReadError` "no valid pixels" when under :data:`MIN_VALID_FRACTION` of it is
+        data (all nodata or NaN): the one rule every reader of whole images applies before answering about it."""
+        if self.valid_fraction < MIN_VALID_FRACTION:
+            raise RasterReadError(self.path, f"no valid pixels (under {MIN_VALID_FRACTION:.0%} of the image is "
+                                             "valid data; the rest is nodata)")
+        return self
+
     def footprint(self) -> dict | None:
         if self.georef is None:
             return None

@@ -22,7 +22,7 @@ from terravl.errors import InputError, OutputError
 from terravl.io.bands import Stretch
 from terravl.io.formats import describe_os_error
 from terravl.io.georef import GeoReference, PixelWindow
-from terravl.io.raster import all_valid, open_raster
+from terravl.io.raster import MIN_VALID_FRACTION, all_valid, open_raster
 from terravl.results import Problem
 
 MAX_TILE_SIZE = 8192
@@ -53,6 +53,11 @@ class Tile:
         :data:`~terravl.io.raster.MIN_VALID_FRACTION` the tile has no valid pixels."""
         real = self.valid[: self.window.height, : self.window.width]
         return float(real.mean()) if real.size else 0.0
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the tile has enough valid pixels to answer about (:data:`MIN_VALID_FRACTION`)."""
+        return self.valid_fraction >= MIN_VALID_FRACTION
 
     @property
     def footprint(self) -> dict | None:

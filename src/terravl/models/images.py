@@ -12,7 +12,7 @@ from PIL import Image
 from terravl import config
 from terravl.errors import ImageTooLargeError, RasterReadError
 from terravl.paths import missing_reason
-from terravl.io.raster import MIN_VALID_FRACTION, PILLOW_SUFFIXES, open_pillow, read_image
+from terravl.io.raster import PILLOW_SUFFIXES, open_pillow, read_image
 
 ImageInput = Any
 """str | Path | PIL.Image.Image | np.ndarray | GeoImage | Tile"""
@@ -40,11 +40,7 @@ def to_pil(item: ImageInput) -> Image.Image:
 
 def _open_path(path: Path) -> Image.Image:
     if path.suffix.lower() not in PILLOW_SUFFIXES:
-        image = read_image(path)
-        if image.valid_fraction < MIN_VALID_FRACTION:
-            raise RasterReadError(path, f"no valid pixels (under {MIN_VALID_FRACTION:.0%} of the image is valid "
-                                        "data; the rest is nodata)")
-        return Image.fromarray(np.ascontiguousarray(image.array), "RGB")
+        return Image.fromarray(np.ascontiguousarray(read_image(path).with_data().array), "RGB")
     if not path.is_file():
         raise RasterReadError(path, missing_reason(path))
     try:

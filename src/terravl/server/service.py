@@ -337,15 +337,13 @@ class Service:
         JPEG, PNG or WebP plugin (by the content-chosen suffix), terravl.io's GDAL GTiff driver for TIFF."""
         from PIL import Image
 
-        from terravl.io import MIN_VALID_FRACTION, read_image
+        from terravl.io import read_image
         from terravl.io.raster import open_pillow
 
         self.check_upload(path)
         try:
             if path.suffix == ".tif":
-                image = read_image(path, bands=bands, max_pixels=self.max_upload_pixels, trusted=False)
-                if image.valid_fraction < MIN_VALID_FRACTION:  # all nodata or NaN: nothing to look at
-                    raise InputError(UPLOAD_FIELD, "no valid pixels (under 1 % of the image is valid data)")
+                image = read_image(path, bands=bands, max_pixels=self.max_upload_pixels, trusted=False).with_data()
                 return Image.fromarray(image.array, "RGB")
             picture = open_pillow(str(path), (PILLOW_PLUGIN[path.suffix],))
             picture.load()
@@ -390,10 +388,9 @@ class Service:
     # -- the tasks (the only calls into terravl.tasks) ------------------------------------------------------
     def labels(self, labels: str | None, classes: str | None) -> list[str]:
         """Validated zero-shot labels: a custom list or a built-in one, bounded in count and length."""
-        from terravl.tasks import BUILTIN_CLASSES
-        from terravl.validation import check_labels
+        from terravl.tasks.classify import resolve_labels
 
-        return check_labels(labels, classes, BUILTIN_CLASSES)
+        return resolve_labels(labels, classes)
 
     def label_weights(self, model: str, names: list[str]):
         """(n_labels, D) zero-shot class weights, their text embeddings from the cache."""

@@ -55,7 +55,7 @@ def iter_units(images: Iterable, tile_size: int, whole_below: int, bands="auto")
 
 
 def _units_of(path: Path, position: int, tile_size: int, whole_below: int, bands) -> Iterator[Unit | Problem]:
-    from terravl.io import MIN_VALID_FRACTION, iter_tiles, raster_info
+    from terravl.io import iter_tiles, raster_info
 
     try:
         info = raster_info(path)
@@ -65,7 +65,7 @@ def _units_of(path: Path, position: int, tile_size: int, whole_below: int, bands
             return
         tiles = 0
         for tile in iter_tiles(path, tile_size, 0, bands=bands):
-            if tile.valid_fraction < MIN_VALID_FRACTION:  # outside the scene: nothing to describe
+            if not tile.has_data:  # outside the scene: nothing to describe
                 continue
             tiles += 1
             yield Unit(np.ascontiguousarray(tile.array), {"path": str(path), "window": tile.window.to_dict(),
@@ -94,12 +94,9 @@ class _WithBands:
         self.path, self.bands = path, bands
 
     def __call__(self):
-        from terravl.io import MIN_VALID_FRACTION, read_image
+        from terravl.io import read_image
 
-        image = read_image(self.path, bands=self.bands)
-        if image.valid_fraction < MIN_VALID_FRACTION:
-            raise InputError(self.path, "no valid pixels (under 1 % of the image is valid data)")
-        return image.array
+        return read_image(self.path, bands=self.bands).with_data().array
 
     def __str__(self) -> str:
         return str(self.path)

@@ -13,7 +13,7 @@ import numpy as np
 from typing import Sequence
 
 from terravl.errors import InputError, TerraVLError, WorkBudgetError
-from terravl.io import BAND_PROFILES, MIN_VALID_FRACTION, PixelWindow, iter_tiles, raster_info
+from terravl.io import BAND_PROFILES, PixelWindow, iter_tiles, raster_info
 from terravl.validation import MAX_K, check_bands, check_int, check_scales, check_text
 
 
@@ -75,7 +75,7 @@ def localize(raster: str | Path, query: str, encoder, out: str | Path | None = N
         overlap = min(size - 1, int(round(size * (1 - stride))))
         batch = []
         for tile in iter_tiles(raster, size, overlap, bands=bands, **untrusted):
-            if tile.valid_fraction < MIN_VALID_FRACTION:  # nodata, NaN or outside the scene: nothing to score
+            if not tile.has_data:  # nodata, NaN or outside the scene: nothing to score
                 continue
             batch.append(tile)
             if len(batch) == batch_size:

@@ -53,3 +53,14 @@ class OutputError(TerraVLError):
         self.source = str(target)
         self.message = message
         super().__init__(f"{self.source}: {message}")
+
+
+class AlignmentError(InputError):
+    """Two rasters that cannot be compared pixel for pixel (change detection): they do not overlap, overlap too
+    little, differ in size with no georeference to place them, or one's footprint cannot be transformed into the
+    other's CRS. ``source`` names both files ("BEFORE and AFTER"), so the message is clear on one line."""
+
+    def __init__(self, before: str | Path, after: str | Path, message: str):
+        self.before = str(before)
+        self.after = str(after)
+        super().__init__(f"{self.before} and {self.after}", message)

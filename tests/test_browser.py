@@ -90,3 +90,42 @@ def test_search_see_on_map_open_caption_and_ask(browser, server):
     assert (ARTIFACTS / "browser.png").stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
     assert not errors, errors
+
+
+def test_compare_a_tile_with_its_other_date_draws_the_changed_regions(browser, server):
+    """Issue 15: select a NAIP tile, compare it with the same place's other date (the first choice offered), see
+    the changed regions on the map and the change caption in the side panel, then ask how much changed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{server.url}/?api_key={API_KEY}")
+    wait.until(lambda b: "tiles indexed" in b.find_element(By.ID, "status").text)
+    browser.find_element(By.ID, "query").send_keys("farmland")
+    browser.find_element(By.ID, "k").clear()
+    browser.find_element(By.ID, "k").send_keys("200")  # every tile: both NAIP dates of each window
+    browser.find_element(By.ID, "search-button").click()
+    naip = wait.until(lambda b: b.find_elements(By.XPATH, "//div[@id='results']/div[contains(@class, 'hit')]"
+                                                          "[div[contains(@title, '20090818')]]"))
+    naip[0].click()
+    choice = wait.until(lambda b: [o for o in b.find_elements(By.CSS_SELECTOR, "#compare-with option")
+                                   if o.get_attribute("value")])
+    assert "20200831" in choice[0].text  # the other date of the same window overlaps most
+    Select(browser.find_element(By.ID, "change-method")).select_by_value("cva")
+    browser.find_element(By.ID, "compare-button").click()
+    wait.until(lambda b: b.find_element(By.ID, "change-caption").text not in ("", "comparing…"))
+    caption = browser.find_element(By.ID, "change-caption").text
+    assert not caption.startswith("(") and "scene changed" in caption, caption
+    assert browser.find_elements(By.CSS_SELECTOR, "#map path.change-region")  # regions drawn over the map
+    assert "2009-08-18" in browser.find_element(By.ID, "change-dates").text
+    wait.until(lambda b: b.execute_script("const i = document.getElementById('change-preview');"
+                                          "return i.complete && i.naturalWidth > 0"))
+    browser.find_element(By.ID, "change-question").send_keys("how much area changed?")
+    browser.find_element(By.CSS_SELECTOR, "#ask-change-form button").click()
+    wait.until(lambda b: b.find_element(By.ID, "change-answer").text not in ("", "thinking…"))
+    assert "% of the scene changed" in browser.find_element(By.ID, "change-answer").text
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser-change.png"))
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
+    assert not errors, errors

@@ -30,8 +30,10 @@ KEY = "probe-key-0123456789"
 BAD = "\udcff"  # how Python hands an undecodable command-line byte (0xff) to main()
 LONG = "x" * 501
 MANY_LABELS = ",".join(f"label{i}" for i in range(201))
-OK503 = ("the server is busy", "tile source unavailable", "index unavailable")
-"""The documented 503s (a full queue, a tile whose source file has gone, an index that cannot be opened now)."""
+OK503 = ("the server is busy", "tile source unavailable", "index unavailable",
+         "the trained change detector is unavailable")
+"""The documented 503s (a full queue, a tile whose source file has gone, an index that cannot be opened now, a
+server without the change detector's weights)."""
 
 
 # -- fixtures: hostile files, a tiny model, an index -----------------------------------------------------------------
@@ -435,6 +437,26 @@ CLI: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "train-caption-lm-empty-folder": C("train caption --data {kp} --lm {nothing} --out {w}/run-caption"),
     "train-clip-resume-nothing": C("train clip --data {kp} --resume --out {w}/run-resume --max-steps 1 "
                                    "--set device=tpu"),
+    # change (cva, no models: what is probed is the pair's handling)
+    **{f"change-{n}": C(f"change {{{n}}} {{png}} --method cva --no-describe", (0, 2))
+       for n in ("truncated", "bomb", "nodata", "band2", "vrt", "nan")},
+    "change-missing": C("change {w}/missing.tif {png} --method cva --no-describe"),
+    "change-one-raster": C("change {png} --method cva --no-describe", (2,), "error:|Usage:"),
+    "change-surrogate": C(["change", BAD, "{png}", "--method", "cva", "--no-describe"]),
+    "change-method-unknown": C("change {png} {png} --method magic"),
+    "change-max-pixels-zero": C("change {png} {png} --method cva --max-pixels 0"),
+    "change-min-overlap-huge": C("change {png} {png} --method cva --min-overlap 2"),
+    "change-out-is-a-file": C("change {png} {png} --method cva --no-describe --out {png}"),
+    "change-series-one": C("change --series {png} --method cva --no-describe"),
+    "change-detector-missing": C("change {png} {png} --detector {w}/nothing-here"),
+    "ask-change-no-after": C("ask --before {png} how-much", (2,), "error:|Usage:"),
+    "eval-change-detection-missing": C("eval change-detection --dataset {w}/missing --methods cva"),
+    "eval-change-detection-not-levir": C("eval change-detection --dataset {kp} --methods cva"),
+    "eval-change-detection-method": C("eval change-detection --dataset {levircd} --methods magic"),
+    "train-change-caption-missing": C("train change-caption --dataset {w}/missing --out {w}/cc"),
+    "train-change-caption-not-levircc": C("train change-caption --dataset {kp} --out {w}/cc"),
+    "train-change-detector-bad-config": C("train change-detector --config {kp} --out {w}/cd"),
+    "train-change-detector-bad-set": C("train change-detector --set nonsense=1 --out {w}/cd"),
     # serve (bad arguments only: nothing may listen)
     "serve-missing-index": C("serve {w}/missing.idx"),
     "serve-not-an-index": C("serve {nothing}"),
@@ -494,7 +516,8 @@ def test_cli_probe(case, cli_env, capsys):
 def H(method: str, url: str, expect: tuple[int, ...] | None = None, **request) -> dict:
     """An HTTP case: method, URL, the statuses it may get (None: any but a 5xx outside :data:`OK503`) and what
     httpx sends (``params``, ``data``, ``headers``, ``content``; ``upload=NAME`` sends that file as ``image``,
-    ``key=False`` omits the API key)."""
+    ``pair=(NAME, NAME)`` those files as ``before`` and ``after`` (None: not sent), ``key=False`` omits the API
+    key)."""
     return {"method": method, "url": url, "expect": expect, **request}
 
 
@@ -512,6 +535,7 @@ ID_ROUTES = {k: v for k, v in IMAGE_ROUTES.items() if k != "/api/v1/search"}
 PATH = "../../etc/passwd"
 RAW_BAD_UTF8, RAW_HEADERS = _multipart({"id": b"1", "question": b"is there a \xff\xfe?"})
 RAW_NUL, _ = _multipart({"id": b"1", "labels": b"a\x00,b"})
+CVA = {"method": "cva", "describe": "false"}
 
 HTTP: dict[str, dict] = {
     # probes, page, docs, assets, unknown routes and methods
@@ -669,6 +693,33 @@ HTTP: dict[str, dict] = {
                                data={"id": "1", "query": "a road", "scales": ""}),
     **{f"localize-top-{n}": H("POST", "/api/v1/localize", (400, 422), data={"id": "1", "query": "x", "top": v})
        for n, v in {"zero": "0", "huge": str(10**30), "word": "x"}.items()},
+    # change between two dates (``pair``: the files sent as before and after) and its files by id
+    "change-upload-pair": H("POST", "/api/v1/change", (200,), pair=("tif", "tif"), data=CVA),
+    **{f"change-after-upload-{u}": H("POST", "/api/v1/change", (400, 413, 415), pair=("tif", u), data=CVA)
+       for u in ("truncated", "bomb", "tiffbomb", "textjpg", "vrt")},
+    "change-before-upload-empty": H("POST", "/api/v1/change", (400, 413, 415), pair=("empty", "tif"), data=CVA),
+    "change-by-id": H("POST", "/api/v1/change", (200,), data={"before_id": "1", "after_id": "1", **CVA}),
+    "change-by-id-trained": H("POST", "/api/v1/change", (200, 503),
+                              data={"before_id": "1", "after_id": "1", "describe": "false"}),
+    **{f"change-id-{n}": H("POST", "/api/v1/change", (400, 404, 422), data={"before_id": v, "after_id": "1", **CVA})
+       for n, v in {"zero": "0", "absent": "99999", "path": PATH}.items()},
+    "change-neither": H("POST", "/api/v1/change", (400,), data=CVA),
+    "change-both": H("POST", "/api/v1/change", (400,), pair=("tif", "tif"), data={"before_id": "1", **CVA}),
+    "change-mixed": H("POST", "/api/v1/change", (400,), pair=("tif", None), data={"after_id": "1", **CVA}),
+    "change-unknown-index": H("POST", "/api/v1/change", (404,),
+                              data={"before_id": "1", "after_id": "1", "index": PATH, **CVA}),
+    **{f"change-{f}-{n}": H("POST", "/api/v1/change", (400, 422), data={"before_id": "1", "after_id": "1", **CVA,
+                                                                        f: v})
+       for f, n, v in (("method", "word", "magic"), ("min_region_pixels", "zero", "0"),
+                       ("min_region_pixels", "word", "x"), ("describe", "word", "maybe"), ("bands", "path", PATH))},
+    "ask-change-by-id": H("POST", "/api/v1/ask-change", (200,),
+                          data={"before_id": "1", "after_id": "1", "question": "how much changed?", **CVA}),
+    **{f"ask-change-question-{n}": H("POST", "/api/v1/ask-change", (400, 422),
+                                     data={"before_id": "1", "after_id": "1", **CVA, **v})
+       for n, v in {"missing": {}, "empty": {"question": ""}, "nul": {"question": "what\x00?"}}.items()},
+    **{f"changes-{n}": H("GET", f"/api/v1/changes/{v}", (404,))
+       for n, v in {"absent": "0" * 32 + "/preview.png", "path": "..%2F..%2Fetc%2Fpasswd/x",
+                    "upper": "A" * 32 + "/mask.tif"}.items()},
 }
 
 
@@ -705,6 +756,10 @@ def test_http_probe(case, client, files):
     if upload:
         path = Path(files[upload])
         spec["files"] = {"image": (name or path.name, path.read_bytes(), "application/octet-stream")}
+    pair = spec.pop("pair", None)
+    if pair:
+        spec["files"] = {field: (Path(files[n]).name, Path(files[n]).read_bytes(), "application/octet-stream")
+                         for field, n in zip(("before", "after"), pair) if n}
     chunked = spec.pop("chunked", None)
     if chunked:
         spec["content"] = _chunks(chunked)
@@ -724,6 +779,10 @@ def test_http_probe(case, client, files):
     if status == 200 and case.startswith("localize"):  # the heat map GeoTIFF must not name the server's files either
         heat = client.get(response.json()["heatmap"], headers={"X-API-Key": KEY})
         assert heat.status_code == 200 and str(client.service.tmp).encode() not in heat.content, case
+    if status == 200 and case.startswith("change"):  # nor the change files
+        for url in response.json()["links"].values():
+            got = client.get(url, headers={"X-API-Key": KEY})
+            assert got.status_code == 200 and str(client.service.tmp).encode() not in got.content, (case, url)
 
 
 def test_the_probe_covers_every_route_and_command(client):
@@ -753,4 +812,4 @@ def test_the_probe_covers_every_route_and_command(client):
 
 def test_the_probe_is_bounded():
     """Bounded in count, so the whole file runs in about a minute on two cores."""
-    assert len(CLI) + len(HTTP) <= 700
+    assert len(CLI) + len(HTTP) <= 730

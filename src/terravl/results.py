@@ -136,3 +136,58 @@ class Answers(Generic[T]):
     def summary(self) -> dict[str, int]:
         return {"inputs": len(self.items), "answered": len(self.results), "problems": len(self.problems)}
 
+
+
+class ChangeResult(Result):
+    """What changed between two dates of one place (:func:`terravl.tasks.change`).
+
+    Fractions are of the pixels valid on both dates; ``changed_area_m2`` is None without a georeference. ``regions``
+    is a GeoJSON FeatureCollection (WGS84) of the changed regions, largest first, each with its area, share of the
+    scene, position and scene class on each date. ``caption`` describes the change (``caption_source``: composed from
+    these numbers, or a trained change captioner); ``before_caption`` / ``after_caption`` describe each date."""
+
+    before: str
+    after: str
+    before_date: str | None = None
+    after_date: str | None = None
+    method: str
+    threshold: float
+    changed: bool
+    changed_fraction: float
+    changed_pixels: int
+    valid_pixels: int
+    changed_area_m2: float | None = None
+    region_count: int
+    regions: dict
+    caption: str
+    caption_source: str
+    before_caption: str | None = None
+    after_caption: str | None = None
+    grid: dict
+    outputs: dict | None = None
+    warnings: list[str] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        # keeps its null fields (no georeference → no area): every result has the same keys
+        return self.model_dump()
+
+
+class ChangeAnswer(Result):
+    """An answer to a question about the change between two dates; ``based_on`` says where it comes from (the
+    measured change, or the VQA model on each date)."""
+
+    before: str
+    after: str
+    question: str
+    answer: str
+    based_on: str
+
+
+class ChangeSeries(Result):
+    """Every consecutive pair of a time series, in date order, and the timeline of changed area."""
+
+    rasters: list[dict]
+    pairs: list[dict]
+    timeline: list[dict]
+    outputs: dict | None = None
+    warnings: list[str] = []

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import bands_option, emit_answers, format_option, located
+from terravl.cli.change_cmd import change_kwargs, change_options
+from terravl.cli.output import bands_option, emit_answers, emit_json, format_option, located, table
 
 _captioner_option = click.option("--model", default=None,
                                  help="Captioner name or folder written by `terravl train caption`. "
@@ -67,29 +68,62 @@ def caption(images, model, method, bank, k, beams, max_tokens, tile_size, bands,
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=False, type=click.Path(path_type=Path))
 @click.argument("question")
 @_captioner_option
 @click.option("--beams", default=1, show_default=True, type=int, help="Beam width, 1 (greedy) to 8.")
 @click.option("--max-tokens", default=12, show_default=True, type=int, help="Longest answer in tokens (1 to 256).")
 @_tile_option
-@bands_option()
+@click.option("--before", "before", type=click.Path(path_type=Path), default=None,
+              help="With --after: ask about the change between these two dates instead of about IMAGES.")
+@click.option("--after", "after", type=click.Path(path_type=Path), default=None,
+              help="The later image of the pair (see --before).")
+@change_options
 @format_option()
-def ask(images, question, model, beams, max_tokens, tile_size, bands, fmt) -> int:
-    """Answer QUESTION about each of IMAGES (the last argument is the question).
+def ask(images, question, model, beams, max_tokens, tile_size, before, after, method, detector, min_overlap,
+        min_region_pixels, max_pixels, bands, fmt) -> int:
+    """Answer QUESTION about each of IMAGES (the last argument is the question), or about the change between
+    two dates (--before A --after B).
 
     The shipped model was trained on questions derived from scene classes and captions: the kind of area ("what
     kind of area is this?"), whether an object is there ("is there a bridge?", yes/no) and whether the scene is of
     a given class ("is this a port area?"). Other questions get an answer in the same vocabulary, with less skill.
 
+    About a change, questions on whether anything changed, what changed, where, how much area, how many regions
+    and what was there before are answered from the measured change (as `terravl change` measures it); other
+    questions go to the VQA model on each date.
+
     \b
     Examples:
       terravl ask ../shared/data/aid_150px/images/Port/port_1.jpg "what kind of area is this?"
       terravl ask scene.jpg "is there a bridge in this image?" --format json
+      terravl ask --before 2009.tif --after 2020.tif "how much area changed?"
     """
     from terravl.tasks import ask as ask_task
+
+    if before is not None or after is not None:
+        return _ask_change(images, before, after, question, model,
+                           change_kwargs(method, detector, min_overlap, min_region_pixels, max_pixels, bands), fmt)
+    if not images:
+        raise click.UsageError("give IMAGES and a QUESTION, or --before A --after B and a QUESTION")
+    bands = bands or "auto"
 
     answers = ask_task(list(images), question, _load(model), beams=beams, max_tokens=max_tokens, tile_size=tile_size,
                        bands=bands)
     single = answers[0].to_dict() if len(answers) == 1 and not answers.problems else None
     return emit_answers(answers, fmt, question, ["path", "answer"], lambda r: [located(r), r.answer], single)
+
+
+def _ask_change(images, before, after, question, model, kwargs: dict, fmt: str) -> int:
+    from terravl.tasks.change_ask import ask_change
+
+    if images:
+        raise click.UsageError("with --before/--after give only the QUESTION, not images")
+    if before is None or after is None:
+        raise click.UsageError("a question about change needs both --before and --after")
+    answer = ask_change(before, after, question, _load(model), **kwargs)
+    if fmt == "json":
+        emit_json(answer.to_dict())
+    else:
+        table(question, ["answer", "based on"], [[answer.answer, answer.based_on]])
+    return 0

@@ -44,6 +44,7 @@ def eval(ctx: click.Context, compare: tuple[Path, Path] | None, fmt: str) -> Non
       zeroshot   top-1, per-class accuracy, confusion matrix with a remote-sensing prompt ensemble
       vqa        RSVQA accuracy per question type, overall and average
       change     caption scores on LEVIR-CC, split into changed / unchanged pairs
+      change-detection  precision, recall, F1, IoU of the change class on LEVIR-CD (pooled pixels)
 
     \b
     Examples:
@@ -268,3 +269,47 @@ def change(dataset: Path, predictions: Path, split: str, no_meteor: bool, out: P
     _finish(result, fmt, out, lambda r: table(f"LEVIR-CC {r['split']} ({r['pairs']} pairs)", ["pairs", *keys],
                                               [[g, *[f"{v:.4f}" for v in s.values()]]
                                                for g, s in r["scores"].items()]))
+
+
+@eval.command("change-detection")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="LEVIR-CD folder: A/, B/, label/ (flat or under train/, val/, test/).")
+@click.option("--methods", default="trained,cva,embedding", show_default=True, metavar="M1,M2",
+              help="Comma-separated change methods: trained, cva, embedding.")
+@click.option("--split", default=None, help="Score one split only (default: every pair).")
+@click.option("--detector", default=None, metavar="NAME|FOLDER",
+              help="Change detector for the trained method (default: the shipped terravl-change).")
+@click.option("--model", default=None, help="Encoder for the embedding method (default: terravl-default).")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs (quick checks).")
+@_out_option
+@format_option()
+def change_detection(dataset: Path, methods: str, split: str | None, detector: str | None, model: str | None,
+                     limit: int | None, out: Path | None, fmt: str) -> None:
+    """Change detection on LEVIR-CD pairs: precision, recall, F1 and IoU of the change class and overall accuracy,
+    from confusion counts summed over every pixel of every pair (the LEVIR-CD convention), for each method.
+
+    \b
+    Examples:
+      terravl eval change-detection --dataset ../shared/data/levir_cd_samples
+      terravl eval change-detection --dataset LEVIR-CD/ --split test --methods cva,embedding --format json
+    """
+    from terravl.cli.output import report_problems
+    from terravl.eval.change_detection import evaluate_change_detection
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    encoder = None
+    if model is not None and "embedding" in names:
+        import terravl.models as m
+
+        encoder = m.load(model)
+    result = evaluate_change_detection(dataset, names, split=split, encoder=encoder, detector=detector, limit=limit)
+
+    def render(r):
+        table(f"change detection: {r['dataset']}" + (f", {r['split']} split" if r["split"] else "") +
+              f" ({r['pairs']} pairs, {r['changed_pixels']:,} of {r['pixels']:,} pixels changed; pooled pixels)",
+              ["method", "precision", "recall", "F1", "IoU", "OA", "seconds"],
+              [[name, *[f"{s[k]:.4f}" for k in ("precision", "recall", "f1", "iou", "overall_accuracy")],
+                f"{s['seconds']:.1f}"] for name, s in r["scores"].items()])
+
+    _finish(result, fmt, out, render)
+    report_problems(result["problems"])

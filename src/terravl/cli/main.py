@@ -9,6 +9,7 @@ import click
 
 from terravl import __version__
 from terravl.cli.caption_cmd import ask, caption
+from terravl.cli.change_cmd import change
 from terravl.cli.datasets_cmd import datasets
 from terravl.cli.eval_cmd import eval as eval_group
 from terravl.cli.index_cmd import classify, index, localize, search
@@ -38,6 +39,10 @@ def cli(verbose: int) -> None:
                                                    where in a large scene is the text? (heat map)
       terravl caption scene.jpg                    describe an image (large GeoTIFFs: per tile, with footprints)
       terravl ask scene.jpg "is there a bridge?"   answer a question about an image
+      terravl change before.tif after.tif --out chg/
+                                                   what changed between two dates (GeoTIFF, GeoJSON, caption)
+      terravl ask --before a.tif --after b.tif "how much changed?"
+                                                   a question about the change
       terravl tiles scene.tif --size 256 --out chips
                                                    cut a raster into georeferenced chips
       terravl serve A.idx                          web map + HTTP API over an index (http://127.0.0.1:8000/)
@@ -63,6 +68,7 @@ cli.add_command(classify)
 cli.add_command(localize)
 cli.add_command(caption)
 cli.add_command(ask)
+cli.add_command(change)
 cli.add_command(eval_group, name="eval")
 cli.add_command(train)
 cli.add_command(serve)

@@ -12,9 +12,11 @@ from terravl.cli.output import emit_json, format_option, stderr, table
 
 @click.group()
 def train() -> None:
-    """Train models: contrastive dual encoders (clip) and captioning/VQA bridges (caption).
+    """Train models: contrastive dual encoders (clip), captioning/VQA bridges (caption), the change detector
+    (change-detector, on pairs synthesised from single-date scenes) and change captioners (change-caption, on
+    LEVIR-CC).
 
-    Both run the same loop on the CPU or a CUDA GPU (--device auto|cpu|cuda; auto takes the GPU when torch sees
+    All run the same loop on the CPU or a CUDA GPU (--device auto|cpu|cuda; auto takes the GPU when torch sees
     one). On CUDA they train with fp16 autocast (--set precision=bf16 or fp32 to change it); on the CPU in fp32,
     where a fixed seed makes a run repeatable bit for bit."""
 
@@ -108,6 +110,17 @@ def _yaml(text: str | bytes, where: str):
         raise click.BadParameter(f"{where}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
 
 
+def _emit_run(out: str, info: dict, extra: dict, fmt: str) -> None:
+    """A finished training run: JSON (run folder, model folder, best epoch and ``extra``) or its best epoch's
+    scores as a table."""
+    best = info["best_epoch"]
+    if fmt == "json":
+        emit_json({"out": out, "model": f"{out}/model", "best_epoch": best, **extra})
+    else:
+        table(f"{out}/model (best epoch {(best or {}).get('epoch')})", ["metric", "value"],
+              [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in (best or {}).items()])
+
+
 @train.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="YAML file of settings (see configs/terravl-default.yaml); options below override it.")
@@ -180,11 +193,90 @@ def caption(config_file, data, out, encoder, lm, lora, epochs, batch_size, lr, s
         "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "threads": threads,
         "max_steps": max_steps})
     info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
-    result = {"out": cfg.out, "model": f"{cfg.out}/model", "best_epoch": info["best_epoch"],
-              "scores": info.get("scores"), "data": info["data"]}
+    _emit_run(cfg.out, info, {"scores": info.get("scores"), "data": info["data"]}, fmt)
+
+
+@train.command("change-detector")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="YAML file of settings (see configs/terravl-change.yaml); options below override it.")
+@click.option("--data", multiple=True, help="Scene dataset(s) whose train split gives the synthetic pairs (caption "
+                                            "JSON or class folders; repeat for several). Required, here or in "
+                                            "--config.")
+@click.option("--out", help="Run folder: checkpoint.pt, best.pt, cache/, model/ (the change-detector folder).")
+@_loop_options("p_buildings=0.6")
+def change_detector(config_file, data, out, epochs, batch_size, lr, seed, device, threads, max_steps, resume,
+                    overrides, fmt) -> None:
+    """Train TerraVL's change detector (a small siamese U-Net) on synthetic before/after pairs made from
+    single-date scenes: regions replaced by other scenes, building-like roofs or the scene's own texture, with
+    per-date photometric jitter and 1-3 px mis-registration that must not count as change.
+
+    Each epoch (steps_per_epoch steps of fresh pairs) is scored on synthetic pairs from the held-out splits
+    (pooled F1 of the change class); the best epoch is written to OUT/model, which
+    terravl.models.change_detector.load_change_detector (and `terravl change --detector OUT/model`) loads.
+
+    \b
+    Examples:
+      terravl train change-detector --config configs/terravl-change.yaml
+      terravl train change-detector --config configs/terravl-change.yaml --device cuda --out runs/change-gpu
+      terravl train change-detector --config configs/terravl-change.yaml --resume
+    """
+    from terravl.train.change_detector import ChangeTrainConfig, train as run
+
+    cfg = _config(ChangeTrainConfig, config_file, overrides, {
+        "data": list(data) or None, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "device": device, "threads": threads, "max_steps": max_steps})
+    info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
+    _emit_run(cfg.out, info, {"steps": info["steps"], "parameters": info["parameters"],
+                              "elapsed_s": info["elapsed_s"], "data": info["data"]}, fmt)
+
+
+@train.command("change-caption")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="YAML file of settings (see configs/terravl-change-captioner.yaml); options below override it.")
+@click.option("--dataset", "data", help="LEVIR-CC folder (LevirCCcaptions.json + images/<split>/A|B/) or its JSON "
+                                        "file. Required, here or as `data:` in --config.")
+@click.option("--out", help="Run folder: checkpoint.pt, best.pt, cache/, model/ (the change captioner folder), "
+                            "predictions-test.json.")
+@click.option("--encoder", help="Frozen image encoder for both dates (registry name or path). Default: "
+                                "terravl-default.")
+@click.option("--fusion", type=click.Choice(["full", "concat", "diff"]),
+              help="How the two dates' features meet: full = [a, b, b−a, |b−a|] (default), concat = [a, b], "
+                   "diff = [b−a, |b−a|].")
+@click.option("--predict-with", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Do not train: caption the evaluation split (eval_split, default test) with this change "
+                   "captioner folder into OUT/predictions-SPLIT.json and score it.")
+@_loop_options("fusion=concat")
+def change_caption(config_file, data, out, encoder, fusion, predict_with, epochs, batch_size, lr, seed, device,
+                   threads, max_steps, resume, overrides, fmt) -> None:
+    """Train a change captioner on LEVIR-CC: both dates through the frozen image encoder, fused (concatenation and
+    difference) → trained MLP prefix → the captioner's decoder.
+
+    Pair features are computed once per date and view and cached in OUT/cache. Each epoch scores greedy captions
+    of the val split (CIDEr-D); the best epoch is written to OUT/model. At the end the test split is captioned into
+    OUT/predictions-test.json (the file `terravl eval change` reads) and scored. Load the model with
+    `terravl change --change-captioner OUT/model` or terravl.models.change_captioner.load_change_captioner.
+
+    \b
+    Examples:
+      terravl train change-caption --dataset data/Levir-CC-dataset --out runs/levir-cc
+      terravl train change-caption --config configs/terravl-change-captioner.yaml --dataset D --device cuda
+      terravl train change-caption --dataset D --out runs/levir-cc --predict-with runs/levir-cc/model
+      terravl eval change --dataset D --predictions runs/levir-cc/predictions-test.json
+    """
+    from terravl.train.change_caption import ChangeCaptionTrainConfig, predict, train as run
+
+    cfg = _config(ChangeCaptionTrainConfig, config_file, overrides, {
+        "data": data, "out": out, "encoder": encoder, "fusion": fusion, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "seed": seed, "device": device, "threads": threads, "max_steps": max_steps})
+    log = lambda message: stderr.print(message)  # noqa: E731
+    info = predict(cfg, predict_with, log=log) if predict_with else run(cfg, resume=resume, log=log)
+    result = {"out": cfg.out, "model": str(predict_with or f"{cfg.out}/model"), "best_epoch": info.get("best_epoch"),
+              "predictions": info.get("predictions"), "scores": info.get("scores"), "data": info.get("data")}
     if fmt == "json":
         emit_json(result)
-    else:
-        best = info["best_epoch"] or {}
-        table(f"{cfg.out}/model (best epoch {best.get('epoch')})", ["metric", "value"],
-              [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in best.items()])
+        return
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in (info.get("best_epoch") or {}).items()]
+    rows += [[f"{cfg.eval_split} {group} {k}", f"{v:.4f}"] for group, scores in (info.get("scores") or {}).items()
+             for k, v in scores.items() if k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")]
+    rows += [["predictions", info["predictions"]]] if info.get("predictions") else []
+    table(result["model"], ["metric", "value"], rows)

@@ -28,8 +28,15 @@ class WeightsNotFoundError(InputError):
     """A model's checkpoint is not on disk; the message says which file to put where."""
 
 
+class _Config:
+    """What every registry entry answers: its fields as a dict (``models list --format json``)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Config):
     """One named dual encoder. ``family`` picks the builder in :data:`terravl.models.families.BUILDERS`:
     ``open_clip`` (OpenCLIP architectures), ``hf`` (a transformers CLIP/SigLIP folder) or ``terravl`` (TerraVL's
     own small dual encoder). ``shipped`` models live inside the package, so there is nothing to download."""
@@ -48,12 +55,9 @@ class ModelConfig:
     shipped: bool = False
     notes: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class CaptionerConfig:
+class CaptionerConfig(_Config):
     """One named captioner: a folder (``captioner.json`` + ``bridge.safetensors`` [+ ``lm/``]) that
     :meth:`terravl.models.bridge.Captioner.load` reads; ``encoder`` is the dual encoder whose features it uses."""
 
@@ -71,17 +75,33 @@ class CaptionerConfig:
     description: str = ""
     notes: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class ChangeDetectorConfig(_Config):
+    """One named change detector: a folder (``change_detector.json`` + ``model.safetensors``) that
+    :func:`terravl.models.change_detector.load_change_detector` reads."""
+
+    kind: ClassVar[str] = "change-detector"
+    family: ClassVar[str] = "siamese-unet"
+
+    name: str
+    arch: str
+    file: str
+    shipped: bool = False
+    source: str = ""
+    description: str = ""
+    notes: str = ""
 
 
-AnyConfig = Union[ModelConfig, CaptionerConfig]
-C = TypeVar("C", ModelConfig, CaptionerConfig)
+AnyConfig = Union[ModelConfig, CaptionerConfig, ChangeDetectorConfig]
+C = TypeVar("C", ModelConfig, CaptionerConfig, ChangeDetectorConfig)
 
 REGISTRY: dict[str, ModelConfig] = {}
 """Dual encoders by name."""
 CAPTIONERS: dict[str, CaptionerConfig] = {}
 """Captioners by name (the shipped ones; folders in ``$TERRAVL_HOME/models`` are added by :func:`captioners`)."""
+CHANGE_DETECTORS: dict[str, ChangeDetectorConfig] = {}
+"""Change detectors by name (``configs/change/<name>.json``)."""
 
 
 def config_from_dict(cls: type[C], data: dict, origin: str | Path) -> C:
@@ -123,6 +143,9 @@ def _load_packaged() -> None:
         register(read_config_file(ModelConfig, path))
     for path in sorted((CONFIGS_DIR / "captioners").glob("*.json")):
         register_captioner(read_config_file(CaptionerConfig, path))
+    for path in sorted((CONFIGS_DIR / "change").glob("*.json")):
+        cfg = read_config_file(ChangeDetectorConfig, path)
+        CHANGE_DETECTORS[cfg.name] = cfg
     if not REGISTRY:
         raise RuntimeError(f"no model configs found in {CONFIGS_DIR}: the package was installed without its data "
                            f"files (package-data must include models/configs/*/*.json)")
@@ -236,10 +259,10 @@ def resolve_weights(cfg: AnyConfig, path: str | Path | None = None) -> Path:
 
 
 def list_models() -> list[dict]:
-    """Every registered encoder, then every captioner, with ``kind``, ``present`` (weights found on disk) and the
+    """Every registered encoder, then every captioner and change detector, with ``kind``, ``present`` (weights found on disk) and the
     path found."""
     out = []
-    for cfg in [*REGISTRY.values(), *captioners().values()]:
+    for cfg in [*REGISTRY.values(), *captioners().values(), *CHANGE_DETECTORS.values()]:
         found = find_weights(cfg)
         out.append({"name": cfg.name, "kind": cfg.kind, "arch": cfg.arch, "file": cfg.file,
                     "present": found is not None, "path": str(found) if found else None, "family": cfg.family,

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from terravl import __version__
 from terravl.server import errors
 from terravl.server.guards import Guard, HostCheck
-from terravl.server.routes import archive, operations, page, understand
+from terravl.server.routes import archive, change, operations, page, understand
 from terravl.server.service import Service
 
 log = logging.getLogger("terravl.server")
@@ -42,10 +42,11 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
 
     app = FastAPI(title="TerraVL", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Ask questions of satellite and aerial imagery in plain language: search, classify, "
-                              "caption, ask and localize over the served archive indexes.")
+                              "caption, ask and localize over the served archive indexes, and "
+                                          "compare two dates of one place (change).")
     app.state.service = service
     errors.install(app)
-    for router in (operations.router, archive.router, understand.router, page.router):
+    for router in (operations.router, archive.router, understand.router, change.router, page.router):
         app.include_router(router)
     page.mount_assets(app)
     return _middleware(app, api_key, cors_origins, max_upload_bytes, allowed_hosts)

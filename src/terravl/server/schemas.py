@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from terravl.results import Answer, Caption, Classification, SearchHit
+from terravl.results import Answer, Caption, ChangeAnswer, ChangeResult, Classification, SearchHit
 
 
 class Hit(SearchHit):
@@ -39,6 +39,31 @@ class LocalizeResult(BaseModel):
     windows: int
     regions: dict
     heatmap: str
+
+
+class ChangeLinks(BaseModel):
+    """URLs of a change run's files (the last 50 runs are kept)."""
+
+    preview: str
+    """PNG: before | after | after with the changed pixels in red."""
+    mask: str
+    """GeoTIFF: 1 changed, 0 unchanged, 255 no data, on the before image's grid over the overlap."""
+    change: str
+    """GeoTIFF: change probability (float32)."""
+    regions: str
+    """GeoJSON (WGS84): the changed regions, the same as ``regions`` inline."""
+
+
+class ChangeResponse(ChangeResult):
+    """What changed between two dates (the CLI's ``terravl change`` JSON), with the run's opaque id and the URLs
+    of its files; ``outputs`` (server paths in the CLI) is always null here."""
+
+    change_id: str
+    links: ChangeLinks
+
+
+class AskChangeResult(ChangeAnswer):
+    pass
 
 
 class PoolState(BaseModel):

@@ -2,8 +2,9 @@
 
 It knows nothing of HTTP: failures are :mod:`terravl.errors` types or :class:`~terravl.server.errors.NotFound` /
 :class:`~terravl.server.errors.Unavailable`, mapped to statuses in :mod:`terravl.server.errors`. Every call into
-:mod:`terravl.tasks` is in the small methods under "the tasks" at the end (``search_text`` … ``localize``, with
-``_first`` and ``_hits`` reading their answers), so a change of the tasks' return types is met there only.
+:mod:`terravl.tasks` is in the small methods under "the tasks" at the end (``search_text`` … ``localize``,
+``change`` and ``ask_change``, with ``_first`` and ``_hits`` reading their answers), so a change of the tasks'
+return types is met there only.
 
 Models load once and are shared by every request without a lock: encoding is stateless, so ``workers`` heavy
 threads give that many requests in parallel.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from terravl.errors import InputError, RasterReadError
+from terravl.errors import InputError, RasterReadError, WorkBudgetError
 from terravl.server.errors import NotFound, Unavailable
 from terravl.server.textcache import CachedTextEncoder, TextCache
 from terravl.server.work import WorkPool
@@ -31,6 +32,13 @@ from terravl.server.work import WorkPool
 log = logging.getLogger("terravl.server")
 HEATMAP_ID = re.compile(r"^[0-9a-f]{32}$")
 UPLOAD_FIELD = "image"
+KEEP_OUTPUTS = 50
+"""Heat maps and change outputs kept in the temporary folder (the oldest beyond are deleted)."""
+CHANGE_FILES = {"preview.png": "image/png", "mask.tif": "image/tiff", "change.tif": "image/tiff",
+                "regions.geojson": "application/geo+json"}
+"""The files of a change run that ``/api/v1/changes/{id}/{name}`` serves (never its change.json: it names the
+server's temporary files)."""
+CHANGE_LINKS = {"preview": "preview.png", "mask": "mask.tif", "change": "change.tif", "regions": "regions.geojson"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,31 @@ class ImageSource:
     tile_id: int | None = None
     index: str | None = None
     bands: str | tuple[int, ...] = "auto"
+
+
+@dataclass(frozen=True)
+class ChangeSide:
+    """One date of a change request: its form field names and, once saved, the upload or the indexed tile."""
+
+    upload_field: str
+    id_field: str
+    upload: Path | None = None
+    tile_id: int | None = None
+
+    @property
+    def field(self) -> str:
+        """The field the client used for this date (errors about it name it)."""
+        return self.id_field if self.tile_id is not None else self.upload_field
+
+
+@dataclass(frozen=True)
+class ChangeOptions:
+    """The validated options of a change request (see ``terravl.tasks.change``)."""
+
+    method: str = "trained"
+    min_region_pixels: int = 16
+    bands: str | tuple[int, ...] = "auto"
+    describe: bool = True
 
 
 PILLOW_PLUGIN = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -76,6 +109,9 @@ class Service:
         self.max_upload_pixels = int(max_upload_pixels)
         self.max_windows = int(max_windows)
         """Work budget of one /localize request, in windows scored (pixels × scales): beyond it, 413."""
+        self.max_change_pixels = int(max_upload_pixels)
+        """Work budget of one /change request: the most pixels of the two dates' overlap; beyond it, 413."""
+        self._detector = None
         self.light = WorkPool(light_workers, queue, "terravl-light")
         self.heavy = WorkPool(workers, queue, "terravl-heavy")
         self.preload = preload
@@ -216,6 +252,21 @@ class Service:
                 self._captioner.encoder  # noqa: B018 - load its image encoder now too
             return self._captioner
 
+    def detector(self):
+        """The shipped change detector, loaded on the first ``trained`` change request (most deployments never
+        compare dates, so it is not loaded at start-up) and shared by every request after it."""
+        with self._load_lock:
+            if self._detector is None:
+                from terravl.models.change_detector import load_change_detector
+
+                try:
+                    self._detector = load_change_detector()
+                except InputError as exc:  # no weights installed: the server's configuration, not the request
+                    log.error("change detector unavailable: %s", exc)
+                    raise Unavailable("the trained change detector is unavailable on this server; use method "
+                                      "cva or embedding") from None
+            return self._detector
+
     def indexes(self) -> list[dict]:
         return [{"name": n, "tiles": self.store(n).count(), "model": self.store(n).model} for n in self.paths]
 
@@ -293,6 +344,35 @@ class Service:
             for _, old in sorted(existing)[:-49]:
                 old.unlink(missing_ok=True)
         return folder / f"{uuid.uuid4().hex}.tif"
+
+    def change_folder(self) -> Path:
+        """A new, empty folder for one change run's outputs; the oldest runs beyond the last 50 are deleted (under
+        the lock that guards heat maps, for the same reason)."""
+        folder = self.tmp / "changes"
+        with self._heat_lock:
+            folder.mkdir(exist_ok=True)
+            existing = []
+            for path in folder.iterdir():
+                try:
+                    existing.append((path.stat().st_mtime, path))
+                except OSError:  # gone meanwhile
+                    continue
+            for _, old in sorted(existing)[:-(KEEP_OUTPUTS - 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+            new = folder / uuid.uuid4().hex
+            new.mkdir()
+        return new
+
+    def change_file(self, change_id: str, name: str) -> tuple[Path, str]:
+        """(path, media type) of one output of a change run, by its opaque id and file name."""
+        if not HEATMAP_ID.match(change_id):
+            raise NotFound("change_id", "no such change")
+        if name not in CHANGE_FILES:
+            raise NotFound("name", f"no such file; a change has {', '.join(CHANGE_FILES)}")
+        path = self.tmp / "changes" / change_id / name
+        if not path.is_file():
+            raise NotFound("change_id", f"no such change (only the last {KEEP_OUTPUTS} are kept)")
+        return path, CHANGE_FILES[name]
 
     # -- uploads --------------------------------------------------------------------------------------
     def save_upload(self, stream: BinaryIO) -> Path:
@@ -378,6 +458,116 @@ class Service:
 
         return await self.heavy.run(run, request=request)
 
+    async def on_pair(self, before: ChangeSide, after: ChangeSide, uploads: tuple, index: str | None,
+                      bands: str | tuple[int, ...], work: Callable[[Path, Path, tuple[str, str], bool], Any],
+                      request=None):
+        """Run ``work(before_path, after_path, labels, trusted)`` for two dates in the heavy pool: two uploads
+        (saved, checked against the upload limits and read as untrusted) or two indexed tiles (their pixels written
+        with their georeference and date to temporary GeoTIFFs, so the pair aligns as on the map). Errors name the
+        client's fields, never the server's temporary files; everything temporary is deleted afterwards."""
+        for side, upload in zip((before, after), uploads):
+            if (upload is None) == (side.tile_id is None):
+                raise InputError(f"{side.upload_field}/{side.id_field}", "give exactly one of an uploaded image or "
+                                                                         "the id of an indexed tile")
+        if (uploads[0] is None) != (uploads[1] is None):
+            raise InputError(after.field, f"compare two uploads ({before.upload_field}, {after.upload_field}) or two "
+                                          f"indexed tiles ({before.id_field}, {after.id_field}), not one of each")
+        if before.tile_id is not None:
+            self.index_name(index)  # an unknown index is a 404 before any work
+
+        def run():
+            made: list[Path] = []
+            sides, names = [before, after], []
+            try:
+                for i, upload in enumerate(uploads):
+                    if upload is not None:
+                        try:
+                            path = self.save_upload(upload.file)
+                        except InputError as exc:
+                            raise _renamed(exc, sides[i].upload_field, exc.message) from None
+                        made.append(path)
+                        sides[i] = ChangeSide(sides[i].upload_field, sides[i].id_field, upload=path)
+                        self._check_side(sides[i])
+                        names.append(f"{sides[i].upload_field} upload")
+                    else:
+                        path, name = self.tile_raster(index, sides[i], bands)
+                        made.append(path)
+                        names.append(name)
+                labels = (names[0], names[1])
+                try:
+                    return _scrub(work(made[0], made[1], labels, uploads[0] is None),
+                                  dict(zip(map(str, made), labels)), str(self.tmp))
+                except InputError as exc:
+                    raise self.pair_scrubbed(exc, made, sides, labels) from None
+            finally:
+                for path in made:
+                    path.unlink(missing_ok=True)
+
+        return await self.heavy.run(run, request=request)
+
+    def _check_side(self, side: ChangeSide) -> None:
+        """The header check of one uploaded date, its errors naming that date's field."""
+        try:
+            self.check_upload(side.upload)
+        except InputError as exc:
+            raise _renamed(exc, side.upload_field, exc.message.replace(str(side.upload), side.upload_field)) from None
+
+    def tile_raster(self, index: str | None, side: ChangeSide, bands: str | tuple[int, ...] = "auto"
+                    ) -> tuple[Path, str]:
+        """An indexed tile's pixels as a temporary 8-bit RGB GeoTIFF with the tile's georeference, acquisition date
+        and valid mask (what change detection aligns; ``bands`` chosen as for the tile's other routes), and the
+        label it is shown by (``tile ID of SOURCE``: two tiles may come from one file)."""
+        import rasterio
+
+        from terravl.errors import BandError
+        from terravl.io import PixelWindow, open_raster
+
+        try:
+            row = self.tile_row(index, side.tile_id)
+        except NotFound as exc:
+            raise NotFound(side.id_field, exc.message) from None
+        source = self.tile_source(row)
+        window = PixelWindow(**row.window) if row.window else None
+        try:
+            with open_raster(source, bands=bands) as src:
+                array, valid = src.read_rgb(window)
+                georef = src.info.georef
+        except BandError as exc:
+            raise InputError("bands", exc.message.replace(str(source), f"tile {side.tile_id}")) from None
+        except RasterReadError as exc:
+            log.error("tile %s: source unreadable: %s", side.tile_id, exc)
+            raise Unavailable("tile source unavailable") from None
+        if georef is not None and window is not None:
+            georef = georef.for_window(window)
+        path = self.tmp / f"tile-{uuid.uuid4().hex}.tif"
+        profile = {"driver": "GTiff", "width": array.shape[1], "height": array.shape[0], "count": 3,
+                   "dtype": "uint8", "photometric": "RGB"}
+        if georef is not None:
+            profile.update(crs=georef.crs_wkt, transform=georef.transform)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+            dst.write(array.transpose(2, 0, 1))
+            if row.acquired:
+                dst.update_tags(ACQUISITIONDATETIME=row.acquired)
+            if not valid.all():
+                dst.write_mask(valid.astype("uint8") * 255)
+        return path, f"tile {side.tile_id} of {row.source}"
+
+    def pair_scrubbed(self, exc: InputError, paths: list[Path], sides: list[ChangeSide],
+                      labels: tuple[str, str]) -> InputError:
+        """An error about a pair, naming the client's fields and showing labels instead of temporary paths: about
+        one date, that date's field; about both (no overlap, too large, nothing valid), both fields."""
+        message = _scrub(exc.message, dict(zip(map(str, paths), labels)), str(self.tmp))
+        if isinstance(exc, WorkBudgetError):  # the task's hint names a CLI option; the budget here is the server's
+            message = message.replace(" or raise the limit (--max-pixels)", "")
+        hits = [side.field for path, side in zip(paths, sides) if str(path) in exc.source]
+        if len(hits) == 2 or exc.source == "before":  # the task names the pair by its first file
+            field = f"{sides[0].field} and {sides[1].field}"
+        elif hits:
+            field = hits[0]
+        else:
+            field = _scrub(exc.source, {str(p): s.field for p, s in zip(paths, sides)}, str(self.tmp))
+        return _renamed(exc, field, message)
+
     def pixels(self, source: ImageSource):
         """(model input, what it is) for an upload or an indexed tile."""
         if source.upload is not None:
@@ -456,6 +646,52 @@ class Service:
         return {"query": query, "path": shown, "windows": result["windows"], "regions": result["regions"],
                 "heatmap": f"/api/v1/heatmaps/{heat.stem}"}
 
+    def _change_kwargs(self, options: ChangeOptions, trusted: bool, labels: tuple[str, str]) -> dict:
+        """The keyword arguments of ``terravl.tasks.change`` for a request: the service's shared models (the
+        detector only for ``trained``, an encoder only where one is used), its work budget, and the inputs' trust."""
+        import terravl.models as m
+
+        kwargs: dict[str, Any] = {"method": options.method, "min_region_pixels": options.min_region_pixels,
+                                  "describe": options.describe, "max_pixels": self.max_change_pixels,
+                                  "bands": "auto" if trusted else options.bands, "trusted": trusted,
+                                  "labels": labels}
+        if options.method == "trained":
+            kwargs["detector"] = self.detector()
+        if options.describe:
+            captioner = self.captioner()
+            kwargs.update(captioner=captioner, encoder=captioner.encoder)
+        elif options.method == "embedding":
+            kwargs["encoder"] = self.encoder(m.DEFAULT_MODEL)
+        return kwargs
+
+    def change(self, before: Path, after: Path, labels: tuple[str, str], trusted: bool,
+               options: ChangeOptions) -> dict:
+        """What changed from ``before`` to ``after``, with its files written under a new opaque id: the result
+        without server paths, ``change_id`` and the URLs of its files in ``links``."""
+        from terravl.tasks import change
+
+        kwargs = self._change_kwargs(options, trusted, labels)
+        folder = self.change_folder()
+        try:
+            result = change(before, after, folder, **kwargs)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        (folder / "change.json").unlink(missing_ok=True)  # it names the temporary inputs: never kept or served
+        base = f"/api/v1/changes/{folder.name}"
+        return {**result.model_dump(), "outputs": None, "change_id": folder.name,
+                "links": {key: f"{base}/{name}" for key, name in CHANGE_LINKS.items()}}
+
+    def ask_change(self, before: Path, after: Path, labels: tuple[str, str], trusted: bool, question: str,
+                   options: ChangeOptions) -> dict:
+        """An answer to ``question`` about the change between the two dates: from the measured change when it is
+        about whether, how much, how many, where or what was there before; else the VQA model on each date."""
+        from terravl.tasks import ask_change
+
+        kwargs = self._change_kwargs(options, trusted, labels)
+        captioner = kwargs.pop("captioner", None) or self.captioner()
+        return ask_change(before, after, question, captioner, **kwargs).model_dump()
+
     def _hits(self, results, index: str | None) -> list[dict]:
         name = self.index_name(index)
         return [{**{k: getattr(hit, k) for k in ("id", "path", "score", "footprint", "window", "crs", "acquired")},
@@ -470,3 +706,24 @@ def _first(answers) -> dict:
     if isinstance(item, Problem):
         raise InputError(UPLOAD_FIELD, item.error)
     return item.to_dict()
+
+
+def _renamed(exc: InputError, field: str, message: str) -> InputError:
+    """``exc`` naming ``field`` with ``message``, of the same type where that type takes (field, message), so the
+    status it maps to (400, 413, 415) is kept."""
+    kind = type(exc) if type(exc).__init__ is InputError.__init__ else InputError
+    return kind(field, message)
+
+
+def _scrub(value: Any, names: dict[str, str], tmp: str) -> Any:
+    """``value`` (a result or a message) with each temporary path replaced by what the client calls it, and any
+    other mention of the server's temporary folder hidden."""
+    if isinstance(value, str):
+        for path, name in names.items():
+            value = value.replace(path, name)
+        return value.replace(tmp, "…")
+    if isinstance(value, dict):
+        return {k: _scrub(v, names, tmp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, names, tmp) for v in value]
+    return value

@@ -1,11 +1,13 @@
 // TerraVL web map: search the served archive, see hits at their footprints (the imagery is the map), open one,
-// read its caption and ask it a question. Talks only to this server's /api/v1; loads nothing from elsewhere.
+// read its caption and ask it a question, and compare it with another date of the same place (or two uploaded
+// images): the changed regions are drawn on the map. Talks only to this server's /api/v1; loads nothing else.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const map = L.map("map", { attributionControl: false, worldCopyJump: true }).setView([20, 0], 2);
 const layer = L.layerGroup().addTo(map);
-let box = null, boxLayer = null, drawing = false, selected = null;
+const changeLayer = L.layerGroup().addTo(map);
+let box = null, boxLayer = null, drawing = false, selected = null, shown = [], changeInputs = null;
 
 function status(text, isError) {
   $("status").textContent = text || "";
@@ -31,6 +33,7 @@ function boundsOf(footprint) {
 }
 
 function render(hits) {
+  shown = hits;
   layer.clearLayers();
   const grid = $("results");
   grid.innerHTML = "";
@@ -66,6 +69,7 @@ async function select(hit, card) {
   $("detail-path").textContent = hit.path + (hit.acquired ? ` · ${hit.acquired}` : "");
   $("caption").textContent = "describing…";
   $("answer").textContent = "";
+  fillCompare(hit);
   const form = new FormData();
   form.append("id", hit.id);
   form.append("index", hit.index);
@@ -117,6 +121,131 @@ async function ask(event) {
     $("answer").textContent = result.answer;
   } catch (e) { $("answer").textContent = "(" + e.message + ")"; }
 }
+
+// Change: the selected tile against another result of the same place, or two uploaded images.
+function overlapArea(a, b) {
+  const south = Math.max(a.getSouth(), b.getSouth()), north = Math.min(a.getNorth(), b.getNorth());
+  const west = Math.max(a.getWest(), b.getWest()), east = Math.min(a.getEast(), b.getEast());
+  return north > south && east > west ? (north - south) * (east - west) : 0;
+}
+
+function fillCompare(hit) {
+  // the other results that overlap the selected tile, most overlap first (tiles without a footprint: the others
+  // without one, which the server compares pixel for pixel when they have the same size)
+  const here = boundsOf(hit.footprint);
+  const others = shown.filter((h) => h.id !== hit.id || h.index !== hit.index).map((h) => {
+    const there = boundsOf(h.footprint);
+    return { hit: h, overlap: here && there ? overlapArea(here.bounds, there.bounds) : (!here && !there ? 1e-12 : 0) };
+  }).filter((o) => o.overlap > 0 && o.hit.index === hit.index).sort((a, b) => b.overlap - a.overlap);
+  const choice = $("compare-with");
+  choice.innerHTML = "";
+  for (const { hit: h } of others) {
+    const option = document.createElement("option");
+    option.value = h.id;
+    option.textContent = `#${h.id} · ${h.path.split("/").pop()}` + (h.acquired ? ` · ${h.acquired}` : "");
+    choice.appendChild(option);
+  }
+  if (!others.length) {
+    const option = document.createElement("option");
+    option.value = "";
+    option.textContent = "no other result of this place";
+    choice.appendChild(option);
+  }
+  $("compare-button").disabled = !others.length;
+}
+
+function changeForm(extra) {
+  const form = new FormData();
+  for (const [key, value] of Object.entries(changeInputs)) form.append(key, value);
+  form.append("method", $("change-method").value);
+  for (const [key, value] of Object.entries(extra || {})) form.append(key, value);
+  return form;
+}
+
+function area(m2, pixels) {
+  if (m2 === null || m2 === undefined) return `${pixels.toLocaleString()} pixels`;
+  return m2 >= 1e6 ? `${(m2 / 1e6).toFixed(2)} km²` : `${Math.round(m2).toLocaleString()} m²`;
+}
+
+function showChange(result) {
+  changeLayer.clearLayers();
+  const regions = L.geoJSON(result.regions, {
+    style: () => ({ color: "#e63946", weight: 2, fillColor: "#e63946", fillOpacity: 0.35, className: "change-region" }),
+    onEachFeature: (feature, shape) => {
+      const p = feature.properties || {};
+      const tip = document.createElement("span");
+      tip.textContent = `${area(p.area_m2, p.pixels)} · ${p.position}` +
+        (p.class_before ? ` · ${p.class_before} → ${p.class_after}` : "");
+      shape.bindTooltip(tip);
+    },
+  }).addTo(changeLayer);
+  if (result.regions.features.length) map.fitBounds(regions.getBounds().pad(0.2));
+  $("change").hidden = false;
+  $("change-panel").open = true;
+  $("change-summary").textContent = `${(100 * result.changed_fraction).toFixed(1)} % changed · ` +
+    `${area(result.changed_area_m2, result.changed_pixels)} · ${result.region_count} region(s) · ${result.method}`;
+  $("change-caption").textContent = result.caption;
+  const dates = [[result.before_date, result.before_caption], [result.after_date, result.after_caption]];
+  $("change-dates").textContent = dates.map(([d, c], i) => (i ? "After" : "Before") + (d ? ` (${d})` : "") +
+                                            (c ? `: ${c}` : "")).join(" · ");
+  $("change-preview").src = result.links.preview;
+  $("change-preview-link").href = result.links.preview;
+  const files = $("change-files");
+  files.textContent = "";
+  const kinds = [["mask", "mask GeoTIFF"], ["change", "probability GeoTIFF"], ["regions", "regions GeoJSON"]];
+  for (const [name, label] of kinds) {
+    const a = document.createElement("a");
+    a.href = result.links[name];
+    a.textContent = label;
+    files.append(a, " ");
+  }
+  $("change-answer").textContent = "";
+  const notes = result.warnings.length ? " · " + result.warnings.join("; ") : "";
+  status(`${result.region_count} changed region(s)` + notes);
+}
+
+async function runChange(inputs) {
+  changeInputs = inputs;
+  changeLayer.clearLayers();
+  $("change").hidden = false;
+  $("change-panel").open = true;
+  $("change-caption").textContent = "comparing…";
+  for (const id of ["change-summary", "change-dates", "change-files", "change-answer"]) $(id).textContent = "";
+  $("change-preview").removeAttribute("src");
+  status("comparing the two dates…");
+  try {
+    showChange(await api("/api/v1/change", { method: "POST", body: changeForm() }));
+  } catch (e) {
+    $("change-caption").textContent = "(" + e.message + ")";
+    status(e.message, true);
+  }
+}
+
+$("compare-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!selected) return;
+  const other = shown.find((h) => String(h.id) === $("compare-with").value && h.index === selected.index);
+  if (!other) return;
+  // the earlier date is "before" when both are dated
+  const [before, after] = selected.acquired && other.acquired && other.acquired < selected.acquired
+    ? [other, selected] : [selected, other];
+  runChange({ before_id: before.id, after_id: after.id, index: selected.index });
+});
+$("pair-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const before = $("before-file").files[0], after = $("after-file").files[0];
+  if (before && after) runChange({ before, after });
+});
+$("ask-change-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!changeInputs) return;
+  $("change-answer").textContent = "thinking…";
+  try {
+    const result = await api("/api/v1/ask-change", { method: "POST",
+                                                     body: changeForm({ question: $("change-question").value }) });
+    $("change-answer").textContent = result.answer;
+  } catch (e) { $("change-answer").textContent = "(" + e.message + ")"; }
+});
 
 // Draw-a-box filter: press "Draw box", then drag on the map.
 let start = null;

@@ -56,6 +56,8 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # GDAL/libtiff notes on a file's structure ("ExtraSamples …"): -v shows them
+        logging.getLogger("rasterio._env").setLevel(logging.ERROR)
 
 
 cli.add_command(info)

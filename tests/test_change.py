@@ -66,7 +66,7 @@ def test_square_found_where_and_as_large_as_it_is(square_pair, tmp_path):
     assert int((mask != 255).sum()) == result.valid_pixels
     with rasterio.open(out / "change.tif") as c:
         prob = c.read(1)
-    assert np.array_equal(prob >= 0.5, mask == 1)
+    assert np.array_equal(prob > 0.5, mask == 1)
     assert prob[200, 40] > 0.5 and prob[60, 200] < 0.5
     regions = json.loads((out / "regions.geojson").read_text())
     assert regions["type"] == "FeatureCollection" and len(regions["features"]) == len(result.regions["features"])
@@ -177,6 +177,60 @@ def test_questions_about_the_change_are_answered_from_the_result(question, expec
     assert answer is not None and expect(result) in answer
 
 
+@pytest.mark.parametrize("question", ["Were any new roads built?", "Was the bridge demolished?",
+                                      "Is there a new swimming pool?", "Did the lake disappear?"])
+def test_questions_about_a_particular_object_are_not_answered_from_the_mask(question):
+    """The mask says where pixels changed, not whether a bridge was demolished: such questions go to VQA."""
+    result = _fake_result(3, seed=2)
+    assert answer_change_question(question, result) is None
+
+
+def test_what_was_there_before_without_classes_does_not_deny_the_regions():
+    result = _fake_result(3, seed=4)
+    unnamed = {**result.regions, "features": [{**f, "properties": {**f["properties"], "class_before": None,
+                                                                     "class_after": None}}
+                                              for f in result.regions["features"]]}
+    answer = answer_change_question("What was there before?", result.model_copy(update={"regions": unnamed}))
+    assert "3 changed regions found" in answer and "No changed region" not in answer
+    assert answer_change_question("Has anything changed since before?", result).startswith("Yes. ")
+
+
+def test_regions_of_a_large_scene_keep_thin_changes_and_exact_sizes(tmp_path, monkeypatch):
+    """Above REGION_SIDE regions are traced on cells of several pixels: a 1-px-wide line of change is kept (a
+    nearest-neighbour subsample would miss it) and its size is its exact pixel count."""
+    import importlib
+
+    change_module = importlib.import_module("terravl.tasks.change")
+    before = _texture(256, 256, 7)
+    after = before.copy()
+    after[101, 30:230] = (255, 255, 255)  # a 200 × 1 px line
+    a, b = _write(tmp_path / "a.tif", before), _write(tmp_path / "b.tif", after)
+    monkeypatch.setattr(change_module, "REGION_SIDE", 64)  # cells of 4 × 4 pixels
+    result = change_module.change(a, b, tmp_path / "o", method="cva", describe=False, min_region_pixels=50)
+    assert result.region_count == 1
+    top = result.regions["features"][0]["properties"]
+    with rasterio.open(tmp_path / "o" / "mask.tif") as m:
+        assert top["pixels"] == int((m.read(1) == 1).sum()) == result.changed_pixels
+
+
+def test_a_new_run_removes_the_previous_runs_outputs(square_pair, tmp_path):
+    out = tmp_path / "o"
+    change(*square_pair, out, method="cva", describe=False)
+    (out / "preview.png").write_bytes(b"old")
+    with pytest.raises(Exception):
+        change(square_pair[0], tmp_path / "missing.tif", out, method="cva", describe=False)
+    assert (out / "preview.png").read_bytes() == b"old"  # refused before anything was touched
+    change(square_pair[0], square_pair[0], out, method="cva", describe=False)
+    assert (out / "preview.png").read_bytes() != b"old"
+
+
+def test_an_overlap_too_narrow_to_compare_names_both(tmp_path, capsys):
+    a = _write(tmp_path / "a.tif", _texture(256, 256, 1))
+    b = _write(tmp_path / "b.tif", _texture(256, 256, 2), transform=Affine(2.0, 0, 500000 + 2 * 246, 0, -2.0, 4000000))
+    assert main(["change", str(a), str(b), "--method", "cva", "--no-describe", "--min-overlap", "0"]) == 2
+    assert "before and after: their overlap is only 10 × 256 pixels" in capsys.readouterr().err
+
+
 def test_a_question_beyond_the_change_goes_to_the_vqa_model(square_pair):
     answer = ask_change(*square_pair, "what kind of area is this?", method="cva", describe=False)
     assert answer.based_on == "VQA model on each date"
@@ -217,6 +271,15 @@ def test_series_cli_orders_by_the_dates_in_names(square_pair, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [r["date"] for r in result["rasters"]] == ["2020-01-01", "2021-01-01"]
     assert result["timeline"][0]["region_count"] >= 1 and (out / "timeline.png").is_file()
+
+
+def test_series_goes_on_past_an_unreadable_raster(square_pair, tmp_path):
+    bad = tmp_path / "broken.tif"  # no date: the series keeps the order given
+    bad.write_bytes(b"II*\x00 not a tiff")
+    result = change_series([str(square_pair[0]), str(bad), str(square_pair[1])], method="cva", describe=False)
+    errors = [e for e in result.timeline if "error" in e]
+    assert len(result.timeline) == 2 and len(errors) == 2 and all("broken" in e["before"] + e["after"] for e in errors)
+    assert any("no acquisition date" in w for w in result.warnings)
 
 
 def test_series_cli_needs_two_rasters(square_pair):

@@ -471,6 +471,7 @@ CLI: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "serve-upload-huge": C("serve {idx} --max-upload-mb 100000"),
     "serve-pixels-zero": C("serve {idx} --max-upload-pixels 0"),
     "serve-windows-zero": C("serve {idx} --max-windows 0"),
+    "serve-change-pixels-zero": C("serve {idx} --max-change-pixels 0"),
     "serve-threads-zero": C("serve {idx} --threads 0"),
     "serve-log-level": C("serve {idx} --log-level loud"),
     "serve-surrogate-index": C(["serve", BAD]),

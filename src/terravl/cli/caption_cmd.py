@@ -91,7 +91,8 @@ def ask(images, question, model, beams, max_tokens, tile_size, before, after, me
 
     About a change, questions on whether anything changed, what changed, where, how much area, how many regions
     and what was there before are answered from the measured change (as `terravl change` measures it); other
-    questions go to the VQA model on each date.
+    questions go to the VQA model on each date. --method, --detector, --min-overlap, --min-region-pixels and
+    --max-pixels apply only with --before/--after.
 
     \b
     Examples:

@@ -144,7 +144,10 @@ def _emit_series(result, fmt: str) -> int:
         emit_json(result.to_dict())
     elif fmt == "geojson":
         emit_json({"type": "FeatureCollection",
-                   "features": [f for p in result.pairs for f in p.get("regions", {}).get("features", [])]})
+                   "features": [{**f, "properties": {**f["properties"], "pair": i, "before": p["before"],
+                                                      "after": p["after"]}}
+                                for i, p in enumerate(result.pairs, start=1)
+                                for f in p.get("regions", {}).get("features", [])]})
     else:
         table("change series", ["before", "after", "changed %", "area", "regions", "caption"],
               [[f"{Path(e['before']).name} ({e['before_date'] or '?'})",

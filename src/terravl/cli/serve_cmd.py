@@ -31,6 +31,9 @@ from terravl.cli.output import emit_json, format_option
 @click.option("--max-windows", default=20_000, show_default=True, type=click.IntRange(1),
               help="Work budget of one /localize request: windows scored (more pixels or smaller --scales mean more "
                    "windows); beyond it the answer is 413 before any pixel is read.")
+@click.option("--max-change-pixels", default=16_000_000, show_default=True, type=click.IntRange(1),
+              help="Work budget of one /change or /ask-change request: pixels of the two dates' overlap (the "
+                   "trained detector measures ~0.3 Mpx/s on 2 cores); beyond it the answer is 413.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads running image-model work (classify, caption, ask, localize, search by image), in "
                    "parallel.")
@@ -47,7 +50,8 @@ from terravl.cli.output import emit_json, format_option
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @format_option()
-def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_mb, max_upload_pixels, max_windows, workers,
+def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_mb, max_upload_pixels, max_windows,
+          max_change_pixels, workers,
           search_workers, threads, queue, captioner, log_level, fmt) -> None:
     """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
 
@@ -72,7 +76,8 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
     app = create_app(list(indexes), api_key=api_key or None, cors_origins=list(cors_origins) or None,
                      max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
                      queue=queue, captioner=captioner, light_workers=search_workers,
-                     allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows)
+                     allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows,
+                     max_change_pixels=max_change_pixels)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     logging.getLogger("terravl").setLevel(log_level.upper())
     access = logging.getLogger("terravl.server.access")  # one JSON object per line, nothing around it

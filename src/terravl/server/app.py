@@ -27,11 +27,13 @@ log = logging.getLogger("terravl.server")
 def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origins: list[str] | None = None,
                max_upload_bytes: int = 32 << 20, max_upload_pixels: int = 40_000_000, workers: int = 2,
                queue: int = 64, captioner: str | None = None, preload: bool = True, light_workers: int = 2,
-               allowed_hosts: list[str] | None = None, max_windows: int = 20_000) -> ASGIApp:
+               allowed_hosts: list[str] | None = None, max_windows: int = 20_000,
+               max_change_pixels: int = 16_000_000) -> ASGIApp:
     """The ASGI application serving ``indexes`` (see ``terravl serve --help`` for the options). The FastAPI
     application inside the middleware is reachable as ``.app`` down the chain; its service is ``app.state.service``.
     ``allowed_hosts`` None accepts any Host header (library use); ``terravl serve`` always passes a list."""
-    service = Service(indexes, captioner, workers, queue, max_upload_pixels, preload, light_workers, max_windows)
+    service = Service(indexes, captioner, workers, queue, max_upload_pixels, preload, light_workers, max_windows,
+                      max_change_pixels)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

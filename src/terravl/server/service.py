@@ -87,7 +87,7 @@ class Service:
 
     def __init__(self, indexes: list[str | Path], captioner: str | None = None, workers: int = 2,
                  queue: int = 64, max_upload_pixels: int = 40_000_000, preload: bool = True,
-                 light_workers: int = 2, max_windows: int = 20_000):
+                 light_workers: int = 2, max_windows: int = 20_000, max_change_pixels: int = 16_000_000):
         from terravl.index.store import IndexStore
 
         self.paths: dict[str, Path] = {}
@@ -109,8 +109,10 @@ class Service:
         self.max_upload_pixels = int(max_upload_pixels)
         self.max_windows = int(max_windows)
         """Work budget of one /localize request, in windows scored (pixels × scales): beyond it, 413."""
-        self.max_change_pixels = int(max_upload_pixels)
+        self.max_change_pixels = min(int(max_change_pixels), self.max_upload_pixels)
         """Work budget of one /change request: the most pixels of the two dates' overlap; beyond it, 413."""
+        self._changes_running: set[str] = set()
+        """Change runs still writing their folder: never pruned (guarded by the heat-map lock)."""
         self._detector = None
         self.light = WorkPool(light_workers, queue, "terravl-light")
         self.heavy = WorkPool(workers, queue, "terravl-heavy")
@@ -357,10 +359,12 @@ class Service:
                     existing.append((path.stat().st_mtime, path))
                 except OSError:  # gone meanwhile
                     continue
-            for _, old in sorted(existing)[:-(KEEP_OUTPUTS - 1)]:
+            done = [item for item in sorted(existing) if item[1].name not in self._changes_running]
+            for _, old in done[:-(KEEP_OUTPUTS - 1)]:
                 shutil.rmtree(old, ignore_errors=True)
             new = folder / uuid.uuid4().hex
             new.mkdir()
+            self._changes_running.add(new.name)
         return new
 
     def change_file(self, change_id: str, name: str) -> tuple[Path, str]:
@@ -674,10 +678,13 @@ class Service:
         folder = self.change_folder()
         try:
             result = change(before, after, folder, **kwargs)
+            (folder / "change.json").unlink(missing_ok=True)  # it names the temporary inputs: never kept or served
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        (folder / "change.json").unlink(missing_ok=True)  # it names the temporary inputs: never kept or served
+        finally:
+            with self._heat_lock:
+                self._changes_running.discard(folder.name)
         base = f"/api/v1/changes/{folder.name}"
         return {**result.model_dump(), "outputs": None, "change_id": folder.name,
                 "links": {key: f"{base}/{name}" for key, name in CHANGE_LINKS.items()}}

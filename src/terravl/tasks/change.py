@@ -35,6 +35,11 @@ before any pixel is read (``max_pixels`` raises it). A 20,000² pair runs."""
 PREVIEW_SIDE = 1024
 """Longest side of each panel of ``preview.png`` and of the overviews captioned for each date."""
 
+MIN_SIDE = 16
+"""Narrowest overlap compared: below this no method has a neighbourhood to look at."""
+
+OUTPUT_FILES = ("change.tif", "mask.tif", "regions.geojson", "preview.png", "change.json")
+
 IN_MEMORY_PIXELS = 16_000_000
 """Scenes up to this many pixels keep their scores in memory between the passes; larger ones in a temporary
 compressed GeoTIFF beside the outputs."""
@@ -64,6 +69,31 @@ class _Overview:
         self.array[top:top + part.shape[0], left:left + part.shape[1]] = part
 
 
+@dataclass
+class _CountGrid:
+    """Changed pixels per ``step`` × ``step`` cell of the grid, summed exactly tile by tile (cells that straddle
+    tiles add up): regions are traced on the cells with any change, and their sizes are exact pixel counts, so a
+    1-px-wide change on a 20,000² scene is neither lost nor over-counted."""
+
+    step: int
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, width: int, height: int, side: int) -> "_CountGrid":
+        step = max(1, math.ceil(max(width, height) / side))
+        return cls(step, np.zeros((math.ceil(height / step), math.ceil(width / step)), dtype=np.int64))
+
+    def add(self, changed: np.ndarray, window: PixelWindow) -> None:
+        s = self.step
+        top, left = window.row_off % s, window.col_off % s
+        h, w = changed.shape
+        padded = np.zeros((math.ceil((h + top) / s) * s, math.ceil((w + left) / s) * s), dtype=np.int64)
+        padded[top:top + h, left:left + w] = changed
+        cells = padded.reshape(padded.shape[0] // s, s, padded.shape[1] // s, s).sum(axis=(1, 3))
+        r0, c0 = window.row_off // s, window.col_off // s
+        self.counts[r0:r0 + cells.shape[0], c0:c0 + cells.shape[1]] += cells
+
+
 class _Scores:
     """Scores between the two passes: in memory for ordinary scenes, in a temporary GeoTIFF for huge ones."""
 
@@ -73,7 +103,11 @@ class _Scores:
             self.array = np.full((height, width), np.nan, dtype=np.float32)
         else:
             self.tmp = Path(tempfile.mkdtemp(prefix=".terravl-change-", dir=folder))
-            self.writer = GridWriter(self.tmp / "scores.tif", width, height, None, "float32", float("nan"), {})
+            try:
+                self.writer = GridWriter(self.tmp / "scores.tif", width, height, None, "float32", float("nan"), {})
+            except BaseException:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
 
     def write(self, data: np.ndarray, window: PixelWindow) -> None:
         if self.array is not None:
@@ -107,6 +141,16 @@ class _Scores:
             with contextlib.suppress(Exception):
                 self.writer.dst.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fresh_folder(out: Path) -> Path:
+    """The output folder, without a previous run's outputs: a run that fails half-way must not leave its new
+    change.tif beside an old preview.png that looks like part of it."""
+    folder = prepare_folder(out)
+    for name in OUTPUT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    return folder
 
 
 def _expand(window: PixelWindow, margin: int, width: int, height: int) -> PixelWindow:
@@ -148,13 +192,16 @@ def change(before, after, out: str | Path | None = None, method="trained", *, en
     max_regions = check_int(max_regions, "max_regions", 1, 10_000)
     if isinstance(method, str):
         method = make_method(method, encoder=encoder, detector=detector)
-    folder = prepare_folder(Path(out)) if out is not None else None
     with align_pair(before, after, min_overlap=min_overlap, bands=bands, trusted=trusted) as pair:
         width, height = pair.width, pair.height
+        if min(width, height) < MIN_SIDE:
+            raise InputError("before and after", f"their overlap is only {width} × {height} pixels; change is "
+                                                 f"measured on an overlap of at least {MIN_SIDE} × {MIN_SIDE}")
         if max_pixels is not None and width * height > max_pixels:
             raise WorkBudgetError("before", f"the overlap is {width:,} × {height:,} = {width * height:,} pixels, "
                                             f"over the limit of {max_pixels:,}; cut the rasters to the area of "
                                             "interest or raise the limit (--max-pixels)")
+        folder = _fresh_folder(Path(out)) if out is not None else None
         core = max(32, method.tile_size - 2 * method.context)
         windows = [w for _, _, w in tile_windows(width, height, core)]
         views = [_Overview.of(width, height, PREVIEW_SIDE, 3, np.uint8, 0) for _ in range(2)]
@@ -174,15 +221,15 @@ def change(before, after, out: str | Path | None = None, method="trained", *, en
             threshold = float(method.threshold(hist, edges))
             tags = {"method": method.name, "threshold": f"{threshold:.6g}",
                     "before": labels[0] or pair.before.path, "after": labels[1] or pair.after.path}
-            masks = [_Overview.of(width, height, side, None, np.uint8, MASK_NODATA)
-                     for side in (REGION_SIDE, PREVIEW_SIDE)]
+            cells = _CountGrid.of(width, height, REGION_SIDE)
+            preview_mask = _Overview.of(width, height, PREVIEW_SIDE, None, np.uint8, MASK_NODATA)
             counts = _second_pass(method, threshold, windows, scores, width, height, pair.georef, folder, tags,
-                                  masks, progress)
+                                  cells, preview_mask, progress)
         finally:
             scores.close()
         changed_pixels, valid_pixels = counts
         pixel_area = pair.pixel_area_m2()
-        regions, region_count = find_regions(masks[0].array, masks[0].step, width, height, valid_pixels,
+        regions, region_count = find_regions(cells.counts, cells.step, width, height, valid_pixels,
                                              pair.georef, pixel_area, min_region_pixels, max_regions)
         before_caption = after_caption = None
         if describe:
@@ -225,7 +272,7 @@ def change(before, after, out: str | Path | None = None, method="trained", *, en
             outputs = {"change": str(folder / "change.tif"), "mask": str(folder / "mask.tif"),
                        "regions": str(write_json(folder / "regions.geojson", result.regions)),
                        "preview": str(write_preview(folder / "preview.png", views[0].array, views[1].array,
-                                                    masks[1].array, view_valid.array))}
+                                                    preview_mask.array, view_valid.array))}
             result = result.model_copy(update={"outputs": outputs})
             write_json(folder / "change.json", result.to_dict())
         return result
@@ -252,7 +299,8 @@ def _score_tile(pair, method, window: PixelWindow, width: int, height: int, scor
 
 
 def _second_pass(method, threshold: float, windows: list[PixelWindow], scores: _Scores, width: int, height: int,
-                 georef, folder: Path | None, tags: dict, masks: list[_Overview], progress) -> tuple[int, int]:
+                 georef, folder: Path | None, tags: dict, cells: _CountGrid, preview: _Overview,
+                 progress) -> tuple[int, int]:
     """Pass 2: scores → probability and mask, written block by block; returns (changed, valid) pixel counts."""
     changed = valid_count = 0
     with contextlib.ExitStack() as stack:
@@ -268,11 +316,11 @@ def _second_pass(method, threshold: float, windows: list[PixelWindow], scores: _
             block = scores.read(window)
             ok = np.isfinite(block)
             prob = np.where(ok, np.asarray(method.probability(np.nan_to_num(block), threshold), np.float32), np.nan)
-            mask = np.where(ok, (prob >= 0.5).astype(np.uint8), MASK_NODATA).astype(np.uint8)
+            mask = np.where(ok, (prob > 0.5).astype(np.uint8), MASK_NODATA).astype(np.uint8)
             changed += int((mask == 1).sum())
             valid_count += int(ok.sum())
-            for overview in masks:
-                overview.paste(mask, window)
+            cells.add(mask == 1, window)
+            preview.paste(mask, window)
             if writers is not None:
                 writers[0].write(prob.astype(np.float32), window)
                 writers[1].write(mask, window)

@@ -50,21 +50,23 @@ def readable(label: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", label).replace("_", " ").lower()
 
 
-def find_regions(mask: np.ndarray, scale: int, width: int, height: int, valid_pixels: int,
+def find_regions(counts: np.ndarray, scale: int, width: int, height: int, valid_pixels: int,
                  georef: GeoReference | None, pixel_area_m2: float | None, min_pixels: int,
                  max_regions: int) -> tuple[list[Region], int]:
-    """The changed regions of ``mask`` (1 changed, 0 unchanged, anything else nodata), decimated by ``scale`` from
-    the full ``width`` × ``height`` grid. Regions smaller than ``min_pixels`` full-resolution pixels are dropped
-    (speckle, not change). Returns the ``max_regions`` largest, largest first, and the count of all kept."""
+    """The changed regions of a ``width`` × ``height`` grid, from ``counts``: changed pixels per ``scale`` ×
+    ``scale`` cell (at ``scale`` 1, the mask itself). A region is a connected set of cells with any change; its
+    size is the exact number of changed pixels in them (its outline follows cells, so above ``scale`` 1 it is drawn
+    at that resolution). Regions smaller than ``min_pixels`` are dropped (speckle, not change). Returns the
+    ``max_regions`` largest, largest first, and the count of all kept."""
     from rasterio.features import shapes
     from scipy import ndimage
     from shapely.geometry import mapping, shape
     from shapely.ops import unary_union
 
-    labels, count = ndimage.label(mask == 1, structure=np.ones((3, 3), dtype=bool))
+    labels, count = ndimage.label(counts > 0, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return [], 0
-    sizes = np.bincount(labels.ravel())[1:] * scale * scale
+    sizes = np.bincount(labels.ravel(), weights=counts.ravel())[1:].round().astype(np.int64)
     kept = np.flatnonzero(sizes >= max(1, min_pixels)) + 1
     order = kept[np.argsort(-sizes[kept - 1], kind="stable")]
     shown = order[:max_regions]
@@ -77,7 +79,7 @@ def find_regions(mask: np.ndarray, scale: int, width: int, height: int, valid_pi
     for geom, value in shapes(ranked, mask=ranked > 0, connectivity=8, transform=pixel_to_map):
         parts.setdefault(int(value), []).append(shape(geom))
     boxes = ndimage.find_objects(ranked)
-    centres = ndimage.center_of_mass(ranked > 0, ranked, range(1, len(shown) + 1))
+    centres = ndimage.center_of_mass(counts, ranked, range(1, len(shown) + 1))  # weighted by changed pixels
     regions = []
     for rank, label in enumerate(shown, start=1):
         box = boxes[rank - 1]
@@ -123,14 +125,13 @@ def classify_regions(regions: list[Region], crops_before: list[np.ndarray], crop
 
 def feature_collection(regions: list[Region], georef: GeoReference | None, source: dict) -> dict:
     """GeoJSON of the regions: WGS84 polygons when the pair is georeferenced, pixel coordinates otherwise (said in
-    the collection's ``crs`` member, as GeoJSON readers ignore it and GIS users need to know)."""
+    the collection's ``properties.coordinates``, as a GIS user needs to know)."""
     features = []
     for r in regions:
         props = {"id": r.id, "area_m2": None if r.area_m2 is None else round(r.area_m2, 1), "pixels": r.pixels,
                  "percent": round(100 * r.fraction, 3), "position": r.position, "window": r.window.to_dict(),
                  "class_before": r.class_before, "class_after": r.class_after}
         features.append({"type": "Feature", "geometry": r.geometry, "properties": props})
-    collection = {"type": "FeatureCollection", "features": features, "properties": source}
     if georef is None:
-        collection["crs"] = "pixel coordinates (col, row) of the before image: it has no georeference"
-    return collection
+        source = {**source, "coordinates": "pixel (col, row) of the before image: it has no georeference"}
+    return {"type": "FeatureCollection", "features": features, "properties": source}

@@ -18,7 +18,10 @@ def series_date(path: str | Path, trusted: bool = True) -> str | None:
     year in its name (``1985.tif``), as ``YYYY``."""
     from terravl.io import raster_info
 
-    acquired = raster_info(path, trusted=trusted).acquired
+    try:
+        acquired = raster_info(path, trusted=trusted).acquired
+    except InputError:
+        acquired = None  # unreadable: its pairs report why, the rest of the series goes on
     if acquired:
         return acquired
     match = _YEAR.search(Path(path).name)

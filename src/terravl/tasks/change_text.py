@@ -54,8 +54,7 @@ def compose_caption(result: ChangeResult) -> str:
     else:
         lead = f"The largest change is in the {top['position']} part"
     area = area_text(result.changed_area_m2, result.changed_pixels)
-    text = (f"{lead}; about {share} % of the scene changed ({area} in "
-            f"{_plural(result.region_count, 'region')}).")
+    text = f"{lead}; about {share} % of the scene changed ({area} in all, {_plural(result.region_count, 'region')})."
     if len(regions) > 1 and regions[1]["position"] != top["position"]:
         text += f" Another change is in the {regions[1]['position']} part."
     return text
@@ -67,7 +66,11 @@ _HOW_MUCH = re.compile(r"\bhow (much|large|big)\b|\barea\b.*\bchang|\bchang.*\ba
 _WHERE = re.compile(r"\bwhere\b|\bwhich part\b|\blocat", re.I)
 _BEFORE = re.compile(r"\bbefore\b|\bused to\b|\bwas there\b|\bpreviously\b|\boriginally\b|\breplac", re.I)
 _WHAT = re.compile(r"\bwhat\b.*\b(chang|new|happen|differ)|\bdescribe\b|\bsummar", re.I)
-_WHETHER = re.compile(r"\b(chang|differ|new|appear|disappear|built|demolish|construct)", re.I)
+_WHETHER = re.compile(r"^\s*(has|have|had|did|does|do|is|are|was|were)\b", re.I)
+_GENERIC = re.compile(r"\b(anything|something|any change|any changes|a change|changes|changed|change|differen\w*)\b",
+                      re.I)
+"""A yes/no question is answered from the measurement only when it asks about change in general ("has anything
+changed?"): whether *a bridge* was built is not something the change mask knows, so that goes to the VQA model."""
 
 
 def answer_change_question(question: str, result: ChangeResult) -> str | None:
@@ -76,8 +79,10 @@ def answer_change_question(question: str, result: ChangeResult) -> str | None:
     regions = _regions(result)
     n, share = result.region_count, percent(result.changed_fraction)
     area = area_text(result.changed_area_m2, result.changed_pixels)
+    if _WHETHER.search(question) and _GENERIC.search(question) and not _WHERE.search(question):
+        return ("Yes. " if result.changed else "No. ") + result.caption
     if _HOW_MANY.search(question):
-        return f"{_plural(n, 'changed region')}" + (f", covering {share} % of the scene ({area})." if n else ".")
+        return f"{_plural(n, 'changed region')}; {share} % of the scene changed in all ({area})."
     if _HOW_MUCH.search(question):
         return f"About {share} % of the scene changed ({area})."
     if _WHERE.search(question):
@@ -86,14 +91,15 @@ def answer_change_question(question: str, result: ChangeResult) -> str | None:
         places = list(dict.fromkeys(r["position"] for r in regions[:3]))
         return "In the " + " and the ".join(places) + (" part." if len(places) == 1 else " parts.")
     if _BEFORE.search(question):
-        before = f"Before: {result.before_caption}" if result.before_caption else ""
+        before = f"Before: {result.before_caption.rstrip('.')}. " if result.before_caption else ""
         top = regions[0] if regions else None
-        if top and top.get("class_before"):
-            return (f"{before + '. ' if before else ''}The largest changed region ({top['position']} part) was "
-                    f"{top['class_before']} and is now {top['class_after']}.")
-        return (before + ".") if before else "No changed region was found, so nothing was replaced."
+        if top is None:
+            return before + "No changed region was found, so nothing was replaced."
+        if top.get("class_before"):
+            return (f"{before}The largest changed region ({top['position']} part) was {top['class_before']} and "
+                    f"is now {top['class_after']}.")
+        return (f"{before}{_plural(n, 'changed region')} found; their scene classes were not measured (run with "
+                "the description on).")
     if _WHAT.search(question):
         return result.caption
-    if _WHETHER.search(question):
-        return ("Yes. " if result.changed else "No. ") + result.caption
     return None

@@ -183,7 +183,8 @@ def change(before, after, out: str | Path | None = None, method="trained", *, en
     train change-caption``) is given. Regions under ``min_region_pixels`` are speckle, not change. A pair that does
     not overlap (or less than ``min_overlap`` of the before image) or whose overlap exceeds ``max_pixels`` is
     refused with an :class:`~terravl.errors.InputError` before any pixel is read; ``labels`` name the inputs in the
-    result instead of their paths (uploads)."""
+    result instead of their paths (uploads). A tile with under :data:`~terravl.io.MIN_VALID_FRACTION` of its pixels
+    valid on both dates is not compared: its pixels are no data (255 in ``mask.tif``, outside ``valid_pixels``)."""
     from terravl.io.align import align_pair
     from terravl.tasks.change_detect import HIST_BINS, make_method
     from terravl.validation import check_int

@@ -33,7 +33,7 @@ from terravl.cli.output import emit_json, format_option
                    "windows); beyond it the answer is 413 before any pixel is read.")
 @click.option("--max-change-pixels", default=16_000_000, show_default=True, type=click.IntRange(1),
               help="Work budget of one /change or /ask-change request: pixels of the two dates' overlap (the "
-                   "trained detector measures ~0.3 Mpx/s on 2 cores); beyond it the answer is 413.")
+                   "trained detector measures 0.25–0.65 Mpx/s on 2 cores); beyond it the answer is 413.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads running image-model work (classify, caption, ask, localize, search by image), in "
                    "parallel.")

@@ -81,7 +81,10 @@ class _CountGrid:
     @classmethod
     def of(cls, width: int, height: int, side: int) -> "_CountGrid":
         step = max(1, math.ceil(max(width, height) / side))
-        return cls(step, np.zeros((math.ceil(height / step), math.ceil(width / step)), dtype=np.int64))
+        # a cell holds at most step² changed pixels: uint16 while that fits (sides up to ~1,000,000 px), half the
+        # memory of uint32, which very elongated scenes need
+        dtype = np.uint16 if step * step <= np.iinfo(np.uint16).max else np.uint32
+        return cls(step, np.zeros((math.ceil(height / step), math.ceil(width / step)), dtype=dtype))
 
     def add(self, changed: np.ndarray, window: PixelWindow) -> None:
         s = self.step
@@ -91,7 +94,7 @@ class _CountGrid:
         padded[top:top + h, left:left + w] = changed
         cells = padded.reshape(padded.shape[0] // s, s, padded.shape[1] // s, s).sum(axis=(1, 3))
         r0, c0 = window.row_off // s, window.col_off // s
-        self.counts[r0:r0 + cells.shape[0], c0:c0 + cells.shape[1]] += cells
+        self.counts[r0:r0 + cells.shape[0], c0:c0 + cells.shape[1]] += cells.astype(self.counts.dtype)
 
 
 class _Scores:

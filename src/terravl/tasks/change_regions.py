@@ -66,7 +66,8 @@ def find_regions(counts: np.ndarray, scale: int, width: int, height: int, valid_
     labels, count = ndimage.label(counts > 0, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return [], 0
-    sizes = np.bincount(labels.ravel(), weights=counts.ravel())[1:].round().astype(np.int64)
+    changed = counts > 0  # weights of the changed cells only: no float copy of the whole grid
+    sizes = np.bincount(labels[changed], weights=counts[changed], minlength=count + 1)[1:].round().astype(np.int64)
     kept = np.flatnonzero(sizes >= max(1, min_pixels)) + 1
     order = kept[np.argsort(-sizes[kept - 1], kind="stable")]
     shown = order[:max_regions]

@@ -259,7 +259,7 @@ def test_shipped_captioner_describes_and_answers_offline(shared_data, capsys):
         code, out, err = _run(capsys, "ask", image, "what kind of area is this?", "--format", "json")
         assert code == 0, err
         answers.append(json.loads(out)["answer"])
-    from terravl.datasets.records import class_phrase
+    from terravl.datasets.class_names import class_phrase
 
     assert sum(a == class_phrase(c) for a, c in zip(answers, SHIPPED_CASES)) >= 5, answers
     code, out, err = _run(capsys, "ask", images[0], "is there an airplane in this image?", "--format", "json")

@@ -32,6 +32,37 @@ def test_training_lowers_the_loss_and_exports_a_loadable_model(tmp_path, fake_ca
     assert encoder.encode_texts(["a forest"]).shape == (1, 32)
 
 
+def test_two_datasets_train_together_from_an_existing_model_and_score_apart(tmp_path, fake_captions):
+    """Issue 19: rsicd_aid + ucm_captions in one run, each scored on its own evaluation split and classes; squashed
+    class names share the readable class of the other dataset; multi-labels become a caption; ``init`` fine-tunes."""
+    second = write_karpathy(tmp_path / "ucm" / "u.json", n_train=12, n_test=4)
+    doc = json.loads(second.read_text())
+    for item in doc["images"]:
+        item["class"] = "forest" if item["class"] == "Forest" else "denseresidential"
+        item["split"] = "val" if item["split"] == "test" else "train"
+        item["labels"] = ["trees", "bare-soil"]
+    second.write_text(json.dumps(doc))
+    base = TrainConfig(data=str(fake_captions), out=str(tmp_path / "base"), epochs=1, memory=False, **TINY)
+    train(base, log=lambda _: None)
+    cfg = TrainConfig.from_dict(dict(data=[str(fake_captions), str(second)], eval_split=["test", "val"],
+                                     init=str(tmp_path / "base" / "model"), label_captions=True,
+                                     out=str(tmp_path / "both"), epochs=2, **{**TINY, "widths": (99, 99)}))
+    from terravl.train.clip import prepare_data
+
+    table, train_split, evaluations, _ = prepare_data(cfg)
+    assert table.classes == ["beach", "dense residential", "forest"]
+    assert [e.name for e in evaluations] == ["data", "ucm"] and [len(e.paths) for e in evaluations] == [4, 4]
+    assert [table.classes[c] for c in evaluations[1].class_ids] == ["dense residential", "forest"]
+    assert "an aerial image with trees and bare soil" in table.strings
+    info = train(cfg, log=lambda _: None)
+    assert {"data:mR", "ucm:mR", "data:zeroshot_top1", "ucm:zeroshot_top1", "mean_mR"} <= set(info["scores"])
+    assert info["data"]["train_images"] == 16 + 12 - 1 and set(info["data"]["eval_images"]) == {"data", "ucm"}
+    model = m.load(tmp_path / "both" / "model")
+    assert model.model.config["image"]["widths"] == [8, 16]     # the architecture comes from ``init``
+    start = m.load(tmp_path / "base" / "model").model.image_tower.state_dict()
+    assert any(not torch.equal(v, model.model.image_tower.state_dict()[k]) for k, v in start.items())
+
+
 def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path, fake_captions):
     straight = TrainConfig(data=str(fake_captions), out=str(tmp_path / "a"), epochs=2, **TINY)
     train(straight, log=lambda _: None)
@@ -99,9 +130,11 @@ def test_train_help_tells_where_training_runs(capsys, command):
 
 
 def test_the_test_split_is_never_trained_on(tmp_path, fake_captions):
-    cfg = TrainConfig(data=str(fake_captions), out=str(tmp_path / "c"), eval_split="train", epochs=1, **TINY)
-    with pytest.raises(ValueError, match="both the training and the evaluation split"):
-        train(cfg, log=lambda _: None)
+    with pytest.raises(ValueError, match="scored on its training split 'train'"):
+        TrainConfig.from_dict(dict(data=str(fake_captions), out=str(tmp_path / "c"), eval_split="train", epochs=1,
+                                   **TINY))
+    with pytest.raises(ValueError, match="eval_split: give one split name, or a list of 2"):
+        TrainConfig.from_dict(dict(data=[str(fake_captions)] * 2, eval_split=["test"], **TINY))
 
 
 @pytest.mark.parametrize("mode", [dict(lora_image=4), dict(freeze_image=False, freeze_text=False)])

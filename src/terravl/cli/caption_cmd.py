@@ -78,10 +78,20 @@ def caption(images, model, method, bank, k, beams, max_tokens, tile_size, bands,
               help="With --after: ask about the change between these two dates instead of about IMAGES.")
 @click.option("--after", "after", type=click.Path(path_type=Path), default=None,
               help="The later image of the pair (see --before).")
+@click.option("--kb", "kb_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Answer from this knowledge base (`terravl kb build`), with numbered citations; IMAGES optional.")
+@click.option("--lm", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --kb: a local Hugging Face causal LM folder that writes the answer from the question and "
+                   "the retrieved evidence. Default: TerraVL's own answerer.")
+@click.option("--evidence", "evidence_k", default=5, show_default=True, type=int,
+              help="With --kb: evidence items retrieved and listed (1 to 50).")
+@click.option("--min-relevance", type=float, default=None,
+              help="With --kb: best evidence cosine below which the answer is 'not found'. Default: 0.5 for a "
+                   "question alone, 0.6 with an image.")
 @change_options
 @format_option()
-def ask(images, question, model, beams, max_tokens, tile_size, before, after, method, detector, min_overlap,
-        min_region_pixels, max_pixels, bands, fmt) -> int:
+def ask(images, question, model, beams, max_tokens, tile_size, before, after, kb_file, lm, evidence_k, min_relevance,
+        method, detector, min_overlap, min_region_pixels, max_pixels, bands, fmt) -> int:
     """Answer QUESTION about each of IMAGES (the last argument is the question), or about the change between
     two dates (--before A --after B).
 
@@ -94,14 +104,27 @@ def ask(images, question, model, beams, max_tokens, tile_size, before, after, me
     questions go to the VQA model on each date. --method, --detector, --min-overlap, --min-region-pixels and
     --max-pixels apply only with --before/--after.
 
+    With --kb, the answer is grounded in a knowledge base: evidence is retrieved (hybrid retrieval), the answer
+    cites it by number and the evidence list follows; the output says who answered (--lm, or TerraVL's answerer:
+    the VQA model for the image plus the evidence). When nothing relevant is retrieved the answer is "not found in
+    the knowledge base", with the best evidence score.
+
     \b
     Examples:
       terravl ask ../shared/data/aid_150px/images/Port/port_1.jpg "what kind of area is this?"
       terravl ask scene.jpg "is there a bridge in this image?" --format json
       terravl ask --before 2009.tif --after 2020.tif "how much area changed?"
+      terravl ask --kb site.kb "when did the pine forest burn?"
+      terravl ask scene.jpg "what kind of area is this?" --kb rs.kb --lm ~/models/my-causal-lm
     """
     from terravl.tasks import ask as ask_task
 
+    if kb_file is not None:
+        if before is not None or after is not None:
+            raise click.UsageError("--kb answers about IMAGES or from the knowledge base alone, not about a change")
+        return _ask_kb(images, question, kb_file, lm, evidence_k, model, fmt, min_relevance)
+    if lm is not None or min_relevance is not None:
+        raise click.UsageError("--lm and --min-relevance need --kb (they are about a knowledge base's evidence)")
     if before is not None or after is not None:
         return _ask_change(images, before, after, question, model,
                            change_kwargs(method, detector, min_overlap, min_region_pixels, max_pixels, bands), fmt)
@@ -128,3 +151,45 @@ def _ask_change(images, before, after, question, model, kwargs: dict, fmt: str) 
     else:
         table(question, ["answer", "based on"], [[answer.answer, answer.based_on]])
     return 0
+
+
+def _ask_kb(images, question, kb_file: Path, lm: Path | None, k: int, model: str | None, fmt: str,
+            min_relevance: float | None = None) -> int:
+    """``ask --kb``: one grounded answer per image (or one for the question alone), with its evidence."""
+    from terravl.cli.kb_cmd import evidence_table
+    from terravl.cli.output import report_problems
+    from terravl.errors import InputError
+    from terravl.kb import KBStore
+    from terravl.results import Problem
+    from terravl.tasks.rag import ask_kb
+    from terravl.validation import check_k, check_text
+
+    from terravl.kb.query import relevance_threshold
+
+    check_text(question, "question")
+    check_k(k, "evidence", 50)
+    relevance_threshold(bool(images), min_relevance)
+    import terravl.models as m
+
+    answers, problems = [], []
+    with KBStore(kb_file, readonly=True) as store:
+        encoder = m.load(store.model)
+        captioner = _load(model) if images else None
+        for image in images or [None]:
+            try:
+                answers.append(ask_kb(store, question, image, encoder, captioner, lm, k,
+                                      path=None if image is None else str(image), min_relevance=min_relevance))
+            except InputError as exc:
+                if image is None or exc.source == "lm":
+                    raise
+                problems.append(Problem(str(image), exc.message))
+    rows = [a.to_dict() for a in answers]
+    if fmt == "json":
+        emit_json(rows[0] if len(rows) == 1 and not problems else rows + [p.to_dict() for p in problems])
+    else:
+        for a in rows:
+            table((f"{a['path']}: " if a.get("path") else "") + question, ["answer", "answered by"],
+                  [[a["answer"], a["answered_by"]]])
+            evidence_table("evidence", a["evidence"])
+    report_problems(problems)
+    return 2 if problems and not answers else 0

@@ -313,3 +313,134 @@ def change_detection(dataset: Path, methods: str, split: str | None, detector: s
 
     _finish(result, fmt, out, render)
     report_problems(result["problems"])
+
+
+@eval.command("kb")
+@click.option("--kb", "kb_file", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Knowledge base built from the train splits (`terravl kb build … --split train`).")
+@click.option("--dataset", "datasets", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Karpathy caption JSON with images and classes (repeatable, one --split each).")
+@click.option("--split", "splits", required=True, multiple=True, help="The held-apart split of each --dataset.")
+@click.option("--model", default=None, help="Captioner / VQA bridge (name or folder). Default: terravl-captioner.")
+@click.option("--parts", default="evidence,answers,captions", show_default=True,
+              help="Which measurements: evidence (precision@5), answers (scene/presence), captions (CIDEr).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of each split (quick checks).")
+@_out_option
+@format_option()
+def kb(kb_file: Path, datasets: tuple[Path, ...], splits: tuple[str, ...], model: str | None, parts: str,
+       limit: int | None, out: Path | None, fmt: str) -> None:
+    """Does a knowledge base help? Evidence precision@5 of the query image's scene class (hybrid against each
+    retriever alone), scene and presence answers with and without the knowledge base, and retrieval-augmented
+    captioning against the plain captioner (CIDEr), on held-apart images.
+
+    \b
+    Example (the README's measurement):
+      terravl kb build ../shared/data/rsicd_aid/dataset_rsicd_aid.json \\
+          ../shared/data/ucm_captions/dataset_ucm_captions.json --split train --scene-classes --out rs.kb
+      terravl eval kb --kb rs.kb --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json --split test \\
+          --dataset ../shared/data/ucm_captions/dataset_ucm_captions.json --split val
+    """
+    from terravl.cli.caption_cmd import _load
+    from terravl.eval.kb import evaluate_kb
+
+    if len(datasets) != len(splits):
+        raise click.UsageError("give one --split for each --dataset")
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = set(chosen) - {"evidence", "answers", "captions"}
+    if unknown or not chosen:
+        raise click.UsageError("--parts: choose among evidence, answers, captions")
+    result = evaluate_kb(kb_file, list(zip(datasets, splits)), _load(model), limit=limit, parts=chosen)
+
+    def render(r):
+        for name, d in r["datasets"].items():
+            if "precision_at_5" in d:
+                table(f"{name}: evidence precision@5 of the query's scene class ({d['images']} images)",
+                      ["retrieval", "P@5 %"], [[k, f"{v:.2f}"] for k, v in d["precision_at_5"].items()])
+            if "answers" in d:
+                a = d["answers"]
+                table(f"{name}: answers ({a['questions']} questions), accuracy %", ["question type", "without kb",
+                                                                                     "with kb"],
+                      [[t, f"{a['without kb']['per_type'][t]:.2f}", f"{a['with kb']['per_type'][t]:.2f}"]
+                       for t in a["without kb"]["per_type"]])
+            if "captions" in d:
+                c = d["captions"]
+                table(f"{name}: captions", ["captioner", *c["plain captioner"]],
+                      [[k, *[f"{x:.4f}" for x in v.values()]] for k, v in c.items()])
+
+    _finish(result, fmt, out, render)
+
+
+@eval.command("grounding")
+@click.option("--dataset", type=click.Path(path_type=Path), default=None,
+              help="A user's RRSIS-D folder (refs(unc).p + instances.json) or RSVG / DIOR-RSVG folder "
+                   "(Annotations/*.xml). Default: the fixed composite benchmark built from the held-apart images of "
+                   "rsicd_aid (test) and ucm_captions (val).")
+@click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The folder holding rsicd_aid/ and ucm_captions/ for the composite benchmark (default: "
+                   "$TERRAVL_SHARED/data or ../shared/data).")
+@click.option("--split", default=None, help="Score one split of --dataset only (e.g. test).")
+@click.option("--methods", default="trained,baseline", show_default=True, metavar="M1,M2",
+              help="Comma-separated grounding methods: trained, baseline.")
+@click.option("--model", default=None, help="Dual encoder (default: the one the grounder was trained on).")
+@click.option("--grounder", default=None, metavar="NAME|FOLDER",
+              help="Grounder for the trained method (default: the shipped terravl-grounder).")
+@click.option("--n", "count", type=click.IntRange(min=1), default=None,
+              help="Composites in the benchmark (default 600: 200 of each kind of expression).")
+@click.option("--seed", type=int, default=None, help="Seed of the composite benchmark (default: the fixed one).")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N expressions (quick checks).")
+@click.option("--examples", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for ground-caption.png, ground-class.png, ground-spatial.png: three composites of each "
+                   "kind with the first method's answers.")
+@_out_option
+@format_option()
+def grounding(dataset: Path | None, data_root: Path | None, split: str | None, methods: str, model: str | None,
+              grounder: str | None, count: int | None, seed: int | None, limit: int | None, examples: Path | None,
+              out: Path | None, fmt: str) -> None:
+    """Visual grounding / referring segmentation: mIoU, overall IoU, precision at IoU 0.5 / 0.7 / 0.9 (the
+    RRSIS-D protocol) and box accuracy at IoU 0.5 (the RSVG protocol), per method, with each kind of expression
+    (caption, class phrase, spatially qualified phrase) on its own row for the composite benchmark. Every answer
+    is made by `terravl ground` itself; an expression with no answer counts as IoU 0.
+
+    \b
+    Examples:
+      terravl eval grounding
+      terravl eval grounding --methods baseline --n 90 --format json
+      terravl eval grounding --dataset RRSIS-D/ --split test
+      terravl eval grounding --dataset DIOR_RSVG/ --split test --methods trained
+    """
+    from terravl import config
+    from terravl.cli.output import report_problems
+    from terravl.eval.grounding import evaluate_grounding
+    import terravl.tasks.ground_methods as gm
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    encoder = loaded = None
+    if model is not None:
+        import terravl.models as m
+
+        encoder = m.load(model)
+    if grounder is not None and "trained" in names:
+        from terravl.models.grounder import load_grounder
+
+        loaded = load_grounder(grounder, encoder)
+    chosen = {name: gm.make_method(name, encoder=encoder, grounder=loaded) for name in names}
+    if dataset is None and data_root is None:
+        shared = config.shared_dir()
+        data_root = shared / "data" if shared is not None else None
+    result = evaluate_grounding(chosen, dataset=dataset, data_root=data_root, split=split, n=count, seed=seed,
+                                limit=limit, log=lambda message: stderr.print(message), examples=examples)
+
+    def render(r):
+        keys = ("miou", "oiou", "p@0.5", "p@0.7", "p@0.9", "box_acc@0.5")
+        rows = []
+        for name, s in r["scores"].items():
+            rows.append([name, "all", s["n"], *[f"{100 * s[k]:.1f}" if k in s else "" for k in keys],
+                         f"{s['seconds']:.0f}"])
+            for kind, ks in (s.get("kinds") or {}).items():
+                rows.append(["", kind, ks["n"], *[f"{100 * ks[k]:.1f}" if k in ks else "" for k in keys], ""])
+        table(f"grounding: {r['dataset']}" + (f", {r['split']} split" if r.get("split") else ""),
+              ["method", "expressions", "n", "mIoU", "oIoU", "P@0.5", "P@0.7", "P@0.9", "box acc@0.5", "seconds"],
+              rows)
+
+    _finish(result, fmt, out, render)
+    report_problems(result["problems"])

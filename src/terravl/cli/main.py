@@ -12,8 +12,11 @@ from terravl.cli.caption_cmd import ask, caption
 from terravl.cli.change_cmd import change
 from terravl.cli.datasets_cmd import datasets
 from terravl.cli.eval_cmd import eval as eval_group
+from terravl.cli.ground_cmd import ground
 from terravl.cli.index_cmd import classify, index, localize, search
+from terravl.cli.kb_cmd import kb
 from terravl.cli.info_cmd import info
+from terravl.cli.mcp_cmd import mcp
 from terravl.cli.models_cmd import models
 from terravl.cli.serve_cmd import serve
 from terravl.cli.tiles_cmd import tiles
@@ -39,13 +42,18 @@ def cli(verbose: int) -> None:
                                                    where in a large scene is the text? (heat map)
       terravl caption scene.jpg                    describe an image (large GeoTIFFs: per tile, with footprints)
       terravl ask scene.jpg "is there a bridge?"   answer a question about an image
+      terravl kb build docs/ scenes/ --out site.kb a knowledge base of images and text (crash-safe, resumable)
+      terravl ask --kb site.kb "when did it burn?" an answer with numbered citations (RS-RAG; + IMAGE too)
       terravl change before.tif after.tif --out chg/
                                                    what changed between two dates (GeoTIFF, GeoJSON, caption)
       terravl ask --before a.tif --after b.tif "how much changed?"
                                                    a question about the change
+      terravl ground scene.tif "the storage tanks" --out found/
+                                                   find what an expression names (mask, boxes, GeoJSON)
       terravl tiles scene.tif --size 256 --out chips
                                                    cut a raster into georeferenced chips
       terravl serve A.idx                          web map + HTTP API over an index (http://127.0.0.1:8000/)
+      terravl mcp --index A.idx                    the same capabilities as tools for AI assistants (MCP)
       terravl datasets inspect PATH                a dataset's format, splits, classes, problems
       terravl models list                          registered models, and whether their weights are here
       terravl eval retrieval --dataset D           the papers' benchmark tables, exact metrics
@@ -70,10 +78,13 @@ cli.add_command(classify)
 cli.add_command(localize)
 cli.add_command(caption)
 cli.add_command(ask)
+cli.add_command(kb)
 cli.add_command(change)
+cli.add_command(ground)
 cli.add_command(eval_group, name="eval")
 cli.add_command(train)
 cli.add_command(serve)
+cli.add_command(mcp)
 
 
 def main(argv: list[str] | None = None) -> int:

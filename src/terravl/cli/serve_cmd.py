@@ -47,12 +47,15 @@ from terravl.cli.output import emit_json, format_option
               help="Requests allowed to wait for a worker (per pool); beyond that the answer is 503 with Retry-After. "
                    "/readyz reports each pool's busy, queued and saturated state.")
 @click.option("--captioner", default=None, help="Captioner for /caption and /ask. Default: terravl-captioner.")
+@click.option("--kb", "kbs", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Serve this knowledge base (repeatable; `terravl kb build`): POST /api/v1/ask with kb=NAME (its "
+                   "file name without suffix) answers from it with citations; GET /api/v1/kb/query ranks evidence.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @format_option()
 def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_mb, max_upload_pixels, max_windows,
           max_change_pixels, workers,
-          search_workers, threads, queue, captioner, log_level, fmt) -> None:
+          search_workers, threads, queue, captioner, kbs, log_level, fmt) -> None:
     """Serve INDEXES over HTTP: a JSON API (/api/v1, OpenAPI page at /docs) and a web map at /.
 
     Every asset is served by this process (no CDN, no basemap: the imagery is the map). Routes read files only
@@ -62,6 +65,7 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
     Examples:
       terravl serve archive.idx                       # http://127.0.0.1:8000/
       terravl serve a.idx b.idx --port 9000 --api-key "$(openssl rand -hex 16)"
+      terravl serve a.idx --kb site.kb                # + answers with citations: POST /api/v1/ask kb=site
       curl 'http://127.0.0.1:8000/api/v1/search?q=a+harbor+with+boats&k=5'
     """
     import logging
@@ -77,7 +81,7 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
                      max_upload_bytes=max_upload_mb << 20, max_upload_pixels=max_upload_pixels, workers=workers,
                      queue=queue, captioner=captioner, light_workers=search_workers,
                      allowed_hosts=host_names(host, allowed_hosts), max_windows=max_windows,
-                     max_change_pixels=max_change_pixels)
+                     max_change_pixels=max_change_pixels, kbs=list(kbs))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     logging.getLogger("terravl").setLevel(log_level.upper())
     access = logging.getLogger("terravl.server.access")  # one JSON object per line, nothing around it
@@ -90,7 +94,8 @@ def serve(indexes, host, port, api_key, allowed_hosts, cors_origins, max_upload_
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     if fmt == "json":  # where to find it, for scripts; request logs follow on stderr as JSON lines
         emit_json({"url": url + "/", "api": url + "/api/v1", "docs": url + "/docs",
-                   "indexes": [str(p) for p in indexes], "api_key_required": bool(api_key)})
+                   "indexes": [str(p) for p in indexes], "kbs": [str(p) for p in kbs],
+                   "api_key_required": bool(api_key)})
     click.echo(f"TerraVL on {url}/  (API docs: {url}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
                 server_header=False)

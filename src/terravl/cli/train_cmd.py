@@ -123,27 +123,30 @@ def _emit_run(out: str, info: dict, extra: dict, fmt: str) -> None:
 
 @train.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="YAML file of settings (see configs/terravl-default.yaml); options below override it.")
+              help="YAML file of settings (see configs/terravl-default-v2.yaml); options below override it.")
 @click.option("--data", help="Karpathy caption JSON or class folders (class names become captions). Required, here "
-                             "or in --config.")
+                             "or in --config. Several datasets: a YAML list in --config or --set 'data=[A, B]' "
+                             "(with --set 'eval_split=[test, val]').")
 @click.option("--out", help="Run folder: checkpoint.pt, model/ (weights + config + data checksums + scores).")
 @click.option("--resolution", type=int)
 @_loop_options("jitter=0.1")
 def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, device, threads, max_steps, resume,
          overrides, fmt) -> None:
     """Contrastive training (symmetric InfoNCE, learnable temperature) of TerraVL's dual encoder: a CNN image
-    tower from scratch against the frozen MiniLM text tower (its features are computed once and cached).
+    tower from scratch (or from an existing TerraVL model: init=NAME) against the frozen MiniLM text tower (its
+    features are computed once and cached).
 
-    Evaluates retrieval (mR) and zero-shot accuracy on the evaluation split after every epoch, checkpoints every
+    Evaluates retrieval (mR) and zero-shot accuracy on each dataset's evaluation split after every epoch, checkpoints every
     epoch, and writes the final model with its config, data checksums and scores to OUT/model. Runs on the CPU (fp32,
     as the shipped model was trained; repeatable with a fixed seed) or a CUDA GPU (--device; mixed precision).
 
     \b
     Examples:
-      terravl train clip --config configs/terravl-default.yaml
-      terravl train clip --config configs/terravl-default.yaml --device cuda --out runs/gpu
-      terravl train clip --config configs/terravl-default.yaml --out runs/try2 --set jitter=0.3 --epochs 40
-      terravl train clip --config configs/terravl-default.yaml --resume
+      terravl train clip --config configs/terravl-default-v2.yaml
+      terravl train clip --config configs/terravl-default-v2.yaml --device cuda --out runs/gpu
+      terravl train clip --config configs/terravl-default-v2.yaml --out runs/try2 --set jitter=0.3 --epochs 40
+      terravl train clip --config configs/terravl-default-v2.yaml --resume
+      terravl train clip --data my_captions.json --set init=terravl-default --epochs 10 --out runs/mine
     """
     from terravl.train.clip import TrainConfig, train as run
 
@@ -162,7 +165,9 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, devic
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="YAML file of settings (see configs/terravl-captioner.yaml); options below override it.")
 @click.option("--data", help="Karpathy caption JSON (captions + derived questions) or an RSVQA folder. Required, "
-                             "here or in --config.")
+                             "here or in --config. Several datasets train together, each scored on its own "
+                             "evaluation split: --data A.json,B.json or --set 'data=[A, B]' (with --set "
+                             "'eval_split=[test, val]' for one split per dataset).")
 @click.option("--out", help="Run folder: checkpoint.pt, best.pt, cache/, model/ (the captioner folder).")
 @click.option("--encoder", help="Frozen image encoder (registry name or path). Default: terravl-default.")
 @click.option("--lm", type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -184,6 +189,7 @@ def caption(config_file, data, out, encoder, lm, lora, epochs, batch_size, lr, s
       terravl train caption --config configs/terravl-captioner.yaml
       terravl train caption --config configs/terravl-captioner.yaml --device cuda --out runs/captioner-gpu
       terravl train caption --data D.json --out runs/gpt2 --lm ~/models/gpt2 --lora 8
+      terravl train caption --data A.json,B.json --set 'eval_split=[test, val]' --out runs/both
       terravl train caption --config configs/terravl-captioner.yaml --resume
     """
     from terravl.train.caption import CaptionTrainConfig, train as run
@@ -280,3 +286,37 @@ def change_caption(config_file, data, out, encoder, fusion, predict_with, epochs
              for k, v in scores.items() if k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")]
     rows += [["predictions", info["predictions"]]] if info.get("predictions") else []
     table(result["model"], ["metric", "value"], rows)
+
+
+@train.command("grounder")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="YAML file of settings (see configs/terravl-grounder.yaml); options below override it.")
+@click.option("--data-root", help="Folder holding rsicd_aid/ and ucm_captions/ (default ../shared/data).")
+@click.option("--out", help="Run folder: cache/ (the frozen tower's maps), checkpoint.pt, model/ (the grounder).")
+@click.option("--encoder", help="The TerraVL dual encoder whose frozen tower and text tower the head reads. Default: "
+                                "terravl-default.")
+@_loop_options("composites=2000")
+def grounder(config_file, data_root, out, encoder, epochs, batch_size, lr, seed, device, threads, max_steps, resume,
+             overrides, fmt) -> None:
+    """Train the referring-segmentation head (terravl-grounder) on composites: scenes of other classes placed as
+    regions inside a host scene, from the train splits of rsicd_aid and ucm_captions; the expression (a caption,
+    a class phrase or a spatially qualified phrase) names one region, whose mask is the target.
+
+    The tower is frozen: its feature maps are computed once into OUT/cache, then only the head trains. The best
+    epoch on composites of scenes kept apart from training is written to OUT/model, which `terravl ground
+    --grounder OUT/model` loads. Score it with `terravl eval grounding --grounder OUT/model`.
+
+    \b
+    Examples:
+      terravl train grounder --config configs/terravl-grounder.yaml
+      terravl train grounder --config configs/terravl-grounder.yaml --device cuda --set composites=20000
+      terravl train grounder --config configs/terravl-grounder.yaml --resume
+    """
+    from terravl.train.grounder import GrounderTrainConfig, train as run
+
+    cfg = _config(GrounderTrainConfig, config_file, overrides, {
+        "data_root": data_root, "out": out, "encoder": encoder, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "seed": seed, "device": device, "threads": threads, "max_steps": max_steps})
+    info = run(cfg, resume=resume, log=lambda message: stderr.print(message))
+    _emit_run(cfg.out, info, {"steps": info["steps"], "parameters": info["parameters"],
+                              "feature_seconds": info["feature_seconds"], "train_seconds": info["train_seconds"]}, fmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
+from terravl.datasets.builder.readers import BuiltCaptions, LlavaInstructions
 from terravl.datasets.karpathy import KarpathyCaptions
 from terravl.datasets.levir_cc import LevirCC
 from terravl.datasets.levir_cd import LevirCD
@@ -15,8 +16,8 @@ from terravl.datasets.scene_folders import SceneFolderDataset
 from terravl.errors import DatasetFormatError
 from terravl.paths import missing_reason
 
-READERS: tuple[type[DatasetReader], ...] = (LevirCC, RetrievalSplits, KarpathyCaptions, RSVQA, LevirCD,
-                                           SceneFolderDataset)
+READERS: tuple[type[DatasetReader], ...] = (LlavaInstructions, BuiltCaptions, LevirCC, RetrievalSplits,
+                                           KarpathyCaptions, RSVQA, LevirCD, SceneFolderDataset)
 """Tried in this order; the first whose ``detect`` accepts the path reads it."""
 
 

@@ -83,7 +83,12 @@ class KarpathyCaptions(DatasetReader):
         filepath = item.get("filepath") or ""
         path = locator.find(filename, filepath if isinstance(filepath, str) else "")
         label = item.get("class") if isinstance(item.get("class"), str) else None
-        return CaptionRecord(int(image_id), filename, str(split), tuple(captions), path, label)
+        tags = item.get("labels")
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+            self.problem(f"{where}.labels", "expected a list of label names (labels ignored)")
+            tags = None
+        return CaptionRecord(int(image_id), filename, str(split), tuple(captions), path, label,
+                             tuple(t.strip() for t in tags or () if t.strip()))
 
     def extra_summary(self) -> dict:
         return {"dataset": self.name, "images": len(self.records),

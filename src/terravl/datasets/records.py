@@ -7,19 +7,13 @@ prints.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
-
-
-def class_phrase(name: str) -> str:
-    """``DenseResidential`` / ``dense_residential`` / ``baseballfield`` → ``dense residential`` etc."""
-    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).replace("_", " ").replace("-", " ")
-    return " ".join(spaced.lower().split())
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,7 @@ class CaptionRecord:
     captions: tuple[str, ...]
     path: Path | None = None
     label: str | None = None
+    tags: tuple[str, ...] = ()            # object multi-labels where the dataset has them (UCM: "cars", "trees")
 
 
 @dataclass(frozen=True)

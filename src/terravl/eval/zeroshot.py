@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from terravl.datasets.records import class_phrase
+from terravl.datasets.class_names import class_phrase
 
 RS_TEMPLATES = (
     "a satellite photo of {}.",

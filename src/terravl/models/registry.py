@@ -253,6 +253,9 @@ def resolve_weights(cfg: AnyConfig, path: str | Path | None = None) -> Path:
         raise WeightsNotFoundError(cfg.name, f"the package is missing its shipped weights "
                                              f"({config.packaged_models_dir() / cfg.file}); reinstall terravl")
     where = config.models_dir() / cfg.file
+    if cfg.source and cfg.source.startswith("train:"):  # weights a user makes here, not downloads
+        raise WeightsNotFoundError(cfg.name, f"not trained yet: {cfg.source[6:].strip()}, then put the model "
+                                             f"folder at {where}")
     hint = f"run `terravl models pull {cfg.name}` on a machine with internet, or " if cfg.hf_repo else ""
     raise WeightsNotFoundError(cfg.name, f"weights not found: put {cfg.file!r} at {where} ({hint}download it from "
                                          f"{cfg.source or 'its authors'}); TerraVL never downloads implicitly")

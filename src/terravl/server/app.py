@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from terravl import __version__
 from terravl.server import errors
 from terravl.server.guards import Guard, HostCheck
-from terravl.server.routes import archive, change, operations, page, understand
+from terravl.server.routes import archive, change, ground, kb, operations, page, understand
 from terravl.server.service import Service
 
 log = logging.getLogger("terravl.server")
@@ -28,12 +28,12 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
                max_upload_bytes: int = 32 << 20, max_upload_pixels: int = 40_000_000, workers: int = 2,
                queue: int = 64, captioner: str | None = None, preload: bool = True, light_workers: int = 2,
                allowed_hosts: list[str] | None = None, max_windows: int = 20_000,
-               max_change_pixels: int = 16_000_000) -> ASGIApp:
+               max_change_pixels: int = 16_000_000, kbs: list[str | Path] | None = None) -> ASGIApp:
     """The ASGI application serving ``indexes`` (see ``terravl serve --help`` for the options). The FastAPI
     application inside the middleware is reachable as ``.app`` down the chain; its service is ``app.state.service``.
     ``allowed_hosts`` None accepts any Host header (library use); ``terravl serve`` always passes a list."""
     service = Service(indexes, captioner, workers, queue, max_upload_pixels, preload, light_workers, max_windows,
-                      max_change_pixels)
+                      max_change_pixels, kbs=kbs)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -48,7 +48,8 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
                                           "compare two dates of one place (change).")
     app.state.service = service
     errors.install(app)
-    for router in (operations.router, archive.router, understand.router, change.router, page.router):
+    for router in (operations.router, archive.router, understand.router, change.router, ground.router, kb.router,
+                   page.router):
         app.include_router(router)
     page.mount_assets(app)
     return _middleware(app, api_key, cors_origins, max_upload_bytes, allowed_hosts)

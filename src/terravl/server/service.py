@@ -87,7 +87,8 @@ class Service:
 
     def __init__(self, indexes: list[str | Path], captioner: str | None = None, workers: int = 2,
                  queue: int = 64, max_upload_pixels: int = 40_000_000, preload: bool = True,
-                 light_workers: int = 2, max_windows: int = 20_000, max_change_pixels: int = 16_000_000):
+                 light_workers: int = 2, max_windows: int = 20_000, max_change_pixels: int = 16_000_000,
+                 kbs: list[str | Path] | None = None):
         from terravl.index.store import IndexStore
 
         self.paths: dict[str, Path] = {}
@@ -105,6 +106,18 @@ class Service:
             self.paths[name] = path
         if not self.paths:
             raise InputError("INDEX", "serve at least one index")
+        self.kb_paths: dict[str, Path] = {}
+        """Knowledge bases the server was started with (``terravl serve --kb``), by name: the only ones a request
+        can name (never a path)."""
+        for path in kbs or ():
+            from terravl.kb import KBStore
+
+            path = Path(path)
+            KBStore(path, readonly=True).close()  # fails early, naming the file, if it is not a knowledge base
+            name, n = path.stem or "kb", 2
+            while name in self.kb_paths:
+                name, n = f"{path.stem}-{n}", n + 1
+            self.kb_paths[name] = path
         self.captioner_name = captioner
         self.max_upload_pixels = int(max_upload_pixels)
         self.max_windows = int(max_windows)
@@ -133,6 +146,8 @@ class Service:
         """Load every index's encoder (and the captioner) once; then the service is ready."""
         for name in self.paths:
             self.encoder(self.store(name).model).encode_texts(["warm-up"])  # loads the text tower too
+        for name in self.kb_paths:
+            self.encoder(self.kb_store(name).model).encode_texts(["warm-up"])
         if self.preload:
             try:
                 self.captioner()
@@ -229,6 +244,40 @@ class Service:
                 store.close()
             raise Unavailable(f"index {name!r} is unavailable: {self._mark_damaged(name, exc)}") from None
         return store
+
+    def kb_name(self, name: str | None) -> str:
+        if not self.kb_paths:
+            raise NotFound("kb", "this server serves no knowledge base (start it with `terravl serve --kb KB`)")
+        name = name or next(iter(self.kb_paths))
+        if name not in self.kb_paths:
+            raise NotFound("kb", f"no knowledge base named {name!r}; served: {', '.join(self.kb_paths)}")
+        return name
+
+    def kb_store(self, name: str | None):
+        """This thread's read-only store of knowledge base ``name`` (reopened when the file has changed)."""
+        from terravl.kb import KBOpenError, KBStore
+
+        name = self.kb_name(name)
+        stores = getattr(self._local, "kb_stores", None)
+        if stores is None:
+            stores = self._local.kb_stores = {}
+        store = stores.get(name)
+        try:
+            if store is None:
+                store = stores[name] = KBStore(self.kb_paths[name], readonly=True)
+            return store
+        except KBOpenError as exc:
+            stores.pop(name, None)
+            log.error("knowledge base %s is unavailable: %s", name, exc)
+            raise Unavailable(f"knowledge base {name!r} is unavailable") from None
+
+    def kbs(self) -> list[dict]:
+        out = []
+        for name in self.kb_paths:
+            info = self.kb_store(name).info()
+            out.append({"name": name, "items": info["items"], "images": info["images"],
+                        "passages": info["passages"], "model": info["model"]})
+        return out
 
     def encoder(self, model: str):
         with self._load_lock:
@@ -627,6 +676,26 @@ class Service:
         pixels, about = self.pixels(source)
         return {**_first(ask([pixels], question, self.captioner())), **about}
 
+    def kb_query(self, kb: str | None, text: str, k: int, bbox, date_from, date_to) -> dict:
+        """Ranked evidence from a served knowledge base; sources are named by file name, never a server path."""
+        from terravl.kb import retrieve
+
+        store = self.kb_store(kb)
+        result = retrieve(store, self.encoder(store.model), text, None, k, bbox, date_from, date_to).to_dict()
+        result["evidence"] = [_public_evidence(e) for e in result["evidence"]]
+        return {**result, "kb": self.kb_name(kb)}
+
+    def ask_kb(self, source: ImageSource | None, question: str, kb: str | None) -> dict:
+        """An answer grounded in a served knowledge base, about an upload or a tile when one is given."""
+        from terravl.tasks.rag import ask_kb
+
+        store = self.kb_store(kb)
+        pixels, about = self.pixels(source) if source is not None else (None, {"path": None})
+        answer = ask_kb(store, question, pixels, self.encoder(store.model),
+                        self.captioner() if pixels is not None else None, path=about.get("path")).to_dict()
+        answer["evidence"] = [_public_evidence(e) for e in answer["evidence"]]
+        return {**answer, "kb": self.kb_name(kb)}
+
     def localize(self, source: ImageSource, query: str, scales: tuple[int, ...], top: int) -> dict:
         """Heat map and top regions of ``query`` over an upload or, for a tile, the whole raster it came from."""
         from terravl.tasks import localize
@@ -703,6 +772,11 @@ class Service:
         name = self.index_name(index)
         return [{**{k: getattr(hit, k) for k in ("id", "path", "score", "footprint", "window", "crs", "acquired")},
                  "index": name, "thumbnail": f"/api/v1/tiles/{hit.id}?index={name}"} for hit in results]
+
+
+def _public_evidence(item: dict) -> dict:
+    """An evidence item as a client sees it: its source by file name only (no server path)."""
+    return {**item, "source": Path(item["source"]).name}
 
 
 def _first(answers) -> dict:

@@ -4,40 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from terravl.datasets.class_names import BUILTIN_CLASSES
 from terravl.eval.zeroshot import RS_TEMPLATES, class_embeddings, softmax
 from terravl.results import Answers, Classification, LabelScore
 from terravl.tasks.inputs import answer_each, encoded
 from terravl.validation import check_k, check_labels
-
-BUILTIN_CLASSES: dict[str, list[str]] = {
-    "aid": ["Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
-            "DenseResidential", "Desert", "Farmland", "Forest", "Industrial", "Meadow", "MediumResidential",
-            "Mountain", "Park", "Parking", "Playground", "Pond", "Port", "RailwayStation", "Resort", "River",
-            "School", "SparseResidential", "Square", "Stadium", "StorageTanks", "Viaduct"],
-    "ucm": ["agricultural", "airplane", "baseball diamond", "beach", "buildings", "chaparral", "dense residential",
-            "forest", "freeway", "golf course", "harbor", "intersection", "medium residential", "mobile home park",
-            "overpass", "parking lot", "river", "runway", "sparse residential", "storage tanks", "tennis court"],
-    "resisc45": ["airplane", "airport", "baseball diamond", "basketball court", "beach", "bridge", "chaparral",
-                 "church", "circular farmland", "cloud", "commercial area", "dense residential", "desert", "forest",
-                 "freeway", "golf course", "ground track field", "harbor", "industrial area", "intersection",
-                 "island", "lake", "meadow", "medium residential", "mobile home park", "mountain", "overpass",
-                 "palace", "parking lot", "railway", "railway station", "rectangular farmland", "river",
-                 "roundabout", "runway", "sea ice", "ship", "snowberg", "sparse residential", "stadium",
-                 "storage tank", "tennis court", "terrace", "thermal power station", "wetland"],
-    "eurosat": ["annual crop", "forest", "herbaceous vegetation", "highway", "industrial buildings", "pasture",
-                "permanent crop", "residential buildings", "river", "sea or lake"],
-    "whu-rs19": ["airport", "beach", "bridge", "commercial area", "desert", "farmland", "football field", "forest",
-                 "industrial area", "meadow", "mountain", "park", "parking lot", "pond", "port", "railway station",
-                 "residential area", "river", "viaduct"],
-    "patternnet": ["airplane", "baseball field", "basketball court", "beach", "bridge", "cemetery", "chaparral",
-                   "christmas tree farm", "closed road", "coastal mansion", "crosswalk", "dense residential",
-                   "ferry terminal", "football field", "forest", "freeway", "golf course", "harbor", "intersection",
-                   "mobile home park", "nursing home", "oil gas field", "oil well", "overpass", "parking lot",
-                   "parking space", "railway", "river", "runway", "runway marking", "shipping yard", "solar panel",
-                   "sparse residential", "storage tank", "swimming pool", "tennis court", "transformer station",
-                   "wastewater treatment plant"],
-}
-"""Class lists of the standard scene datasets (``--classes NAME``)."""
 
 
 def resolve_labels(labels: list[str] | str | None = None, classes: str | None = None) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,16 +30,19 @@ from terravl.train.settings import settings_from_dict
 @dataclass
 class TrainConfig:
     """Flat training settings; every field can be set from YAML (``--config``) or the command line. The defaults
-    are those of configs/terravl-default.yaml (a test keeps them equal), except ``data``, which has none."""
+    are those of configs/terravl-default-v1.yaml, the from-scratch recipe (a test keeps them equal), except
+    ``data``, which has none."""
 
-    data: str | None = None              # required: a caption JSON or class folders (--data or the YAML)
+    data: str | list[str] | None = None  # required: a caption JSON or class folders, or a list of them
     model: str = "terravl-cnn"
+    init: str | None = None              # start from a TerraVL model's weights (registry name or folder)
     freeze_image: bool = False
     freeze_text: bool = True
     lora_image: int = 0
     lora_text: int = 0
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str | list[str] = "train"    # one for all datasets, or one per dataset in ``data``
+    eval_split: str | list[str] = "test"
+    label_captions: bool = False         # object multi-labels as one more caption ("an aerial image with cars …")
     out: str = "runs/terravl-default"
     epochs: int = 60
     batch_size: int = 256
@@ -72,7 +76,53 @@ class TrainConfig:
         cfg = settings_from_dict(cls, values)
         cfg.crop_scale = tuple(cfg.crop_scale)
         cfg.widths, cfg.depths = tuple(cfg.widths), tuple(cfg.depths)
+        if cfg.data is not None:
+            sources(cfg)
         return cfg
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a run: where it is, which split trains and which one scores, and a short name for the
+    scores (the dataset folder's name, e.g. ``rsicd_aid``)."""
+
+    data: str
+    train_split: str
+    eval_split: str
+    name: str
+
+
+def sources(cfg: TrainConfig) -> list[Source]:
+    """The run's datasets with their splits; refuses split lists of the wrong length and an evaluation split equal
+    to the training split (scores on trained images would mean nothing)."""
+    data = cfg.data if isinstance(cfg.data, (list, tuple)) else [cfg.data]
+    if not data or not all(isinstance(d, str) and d for d in data):
+        raise ValueError("data: give a dataset path or a list of them")
+
+    def per_dataset(value, field_name: str) -> list[str]:
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * len(data)
+        if len(values) != len(data) or not all(isinstance(v, str) and v for v in values):
+            raise ValueError(f"{field_name}: give one split name, or a list of {len(data)} (one per dataset in "
+                             f"data), got {value!r}")
+        return values
+
+    train_splits = per_dataset(cfg.train_split, "train_split")
+    eval_splits = per_dataset(cfg.eval_split, "eval_split")
+    out, names = [], set()
+    for path, tr, ev in zip(data, train_splits, eval_splits):
+        if tr == ev and tr != "none":
+            raise ValueError(f"eval_split: {path} would be scored on its training split {tr!r}")
+        name = _short_name(path)
+        while name in names:
+            name += "_"
+        names.add(name)
+        out.append(Source(path, tr, ev, name))
+    return out
+
+
+def _short_name(path: str) -> str:
+    p = Path(path)
+    return (p.parent.name if p.suffix.lower() == ".json" else p.name) or p.stem
 
 
 def model_config(cfg: TrainConfig, mean, std) -> dict:
@@ -85,16 +135,25 @@ def model_config(cfg: TrainConfig, mean, std) -> dict:
 
 
 def prepare_data(cfg: TrainConfig):
-    """Decoded training images (at the cache resolution, for random crops), evaluation images (at the model's
-    resolution) and, when ``val_fraction`` > 0, a validation part of the training split that is never trained on
-    (it chooses the caption-memory settings, so the evaluation split stays untouched)."""
+    """Decoded training images (at the cache resolution, for random crops), each dataset's evaluation images (at
+    the model's resolution) and, when ``val_fraction`` > 0, a validation part of the training images that is never
+    trained on (it chooses the caption-memory settings, so the evaluation splits stay untouched).
+
+    Class names become readable phrases (``denseresidential`` and ``DenseResidential`` are one class, "dense
+    residential"), so datasets that share a scene type share its prompts."""
     table = TextTable()
-    train_rows = load_records(cfg.data, cfg.train_split)[: cfg.limit_train]
-    eval_rows = load_records(cfg.data, cfg.eval_split)[: cfg.limit_eval]
-    overlap = {str(p) for p, _, _ in train_rows} & {str(p) for p, _, _ in eval_rows}
-    if overlap:
-        raise ValueError(f"{len(overlap)} images are in both the training and the evaluation split")
-    table.add_classes(sorted({c for _, _, c in train_rows + eval_rows if c}))
+    train_rows, eval_sets, classes_of = [], [], {}
+    for source in sources(cfg):
+        rows = load_records(source.data, source.train_split, cfg.label_captions)[: cfg.limit_train]
+        held = load_records(source.data, source.eval_split)[: cfg.limit_eval]
+        overlap = {str(p) for p, _, _ in rows} & {str(p) for p, _, _ in held}
+        if overlap:
+            raise ValueError(f"{source.data}: {len(overlap)} images are in both the training and the evaluation "
+                             "split")
+        train_rows += rows
+        eval_sets.append((source, held))
+        classes_of[source.name] = sorted({c for _, _, c in rows + held if c})
+    table.add_classes(sorted({c for names in classes_of.values() for c in names}))
     val_rows = []
     if cfg.val_fraction > 0 and len(train_rows) >= 20:
         order = np.random.default_rng(cfg.seed).permutation(len(train_rows))
@@ -102,10 +161,15 @@ def prepare_data(cfg: TrainConfig):
         val_rows = [train_rows[i] for i in sorted(order[:n_val])]
         train_rows = [train_rows[i] for i in sorted(order[n_val:])]
     train = decode_split(train_rows, cfg.cache_resolution, table, cfg.progress)
-    evaluation = decode_split(eval_rows, cfg.resolution, table, cfg.progress)
+    evaluations = []
+    for source, held in eval_sets:
+        split = decode_split(held, cfg.resolution, table, cfg.progress)
+        split.name = source.name
+        split.class_ids = [table.classes.index(c) for c in classes_of[source.name]]
+        evaluations.append(split)
     validation = decode_split(val_rows, cfg.resolution, table, cfg.progress) if val_rows else None
     train.rows, train.val_rows = train_rows, val_rows
-    return table, train, evaluation, validation
+    return table, train, evaluations, validation
 
 
 def positives(cap_ids: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor, text_class: torch.Tensor
@@ -145,12 +209,30 @@ def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Ten
         owner = np.repeat(np.arange(len(evaluation.paths)), [len(c) for c in evaluation.captions])
         out.update(retrieval_metrics((image_emb @ text_emb.T).cpu().numpy(), owner))
     labels = np.array(evaluation.labels)
-    if table.classes and (labels >= 0).all():
-        prompts = F.normalize(model.encode_text_features(feats[torch.tensor(table.prompt_ids)].reshape(
-            -1, feats.shape[1])), dim=-1).reshape(len(table.classes), -1, image_emb.shape[1]).mean(1)
+    class_ids = getattr(evaluation, "class_ids", None) or list(range(len(table.classes)))
+    if table.classes and (labels >= 0).all() and set(labels.tolist()) <= set(class_ids):
+        # zero-shot over this dataset's own classes only (UC Merced's 21, AID's 30), as `eval zeroshot` scores it
+        prompt_ids = torch.tensor([table.prompt_ids[c] for c in class_ids])
+        prompts = F.normalize(model.encode_text_features(feats[prompt_ids].reshape(-1, feats.shape[1])),
+                              dim=-1).reshape(len(class_ids), -1, image_emb.shape[1]).mean(1)
         pred = (image_emb @ F.normalize(prompts, dim=-1).T).argmax(1).cpu().numpy()
-        out["zeroshot_top1"] = classification_metrics(labels, pred, table.classes)["top1"]
+        local = np.searchsorted(np.array(class_ids), labels)
+        out["zeroshot_top1"] = classification_metrics(local, pred, [table.classes[c] for c in class_ids])["top1"]
     model.train()
+    return out
+
+
+def evaluate_all(model: TerraVLModel, evaluations: list, table: TextTable, feats: torch.Tensor, mean, std) -> dict:
+    """Scores of each dataset's evaluation split: plain keys for one dataset; ``name:key`` for several, plus
+    ``mean_mR`` over them."""
+    if len(evaluations) == 1:
+        return evaluate(model, evaluations[0], table, feats, mean, std)
+    out: dict = {}
+    for split in evaluations:
+        out.update({f"{split.name}:{k}": v for k, v in evaluate(model, split, table, feats, mean, std).items()})
+    found = [out[f"{s.name}:mR"] for s in evaluations if f"{s.name}:mR" in out]
+    if found:
+        out["mean_mR"] = float(np.mean(found))
     return out
 
 
@@ -160,11 +242,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if cfg.model == "terravl-cnn":
         table, train_split, eval_split, val_split = prepare_data(cfg)
         feats = text_features(table, run.out / "cache", cfg.progress)
-        pixels = train_split.images.float() / 255
-        mean = pixels.mean(dim=(0, 2, 3)).tolist()
-        std = pixels.std(dim=(0, 2, 3)).tolist()
-        del pixels
-        model = TerraVLModel(model_config(cfg, mean, std))
+        if cfg.init:
+            model = _initial_model(cfg)
+            mean, std = model.config["image"]["mean"], model.config["image"]["std"]
+        else:
+            pixels = train_split.images.float() / 255
+            mean = pixels.mean(dim=(0, 2, 3)).tolist()
+            std = pixels.std(dim=(0, 2, 3)).tolist()
+            del pixels
+            model = TerraVLModel(model_config(cfg, mean, std))
         model.image_tower.to(memory_format=torch.channels_last)
     else:
         model = _open_clip_model(cfg)
@@ -207,22 +293,52 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     state = fit(run, cfg, model, optimizer, total=total, steps_per_epoch=steps_per_epoch,
                 warmup=int(cfg.warmup_epochs * steps_per_epoch), plan_epoch=plan_epoch, make_batch=make_batch,
-                compute_loss=compute_loss, evaluate=lambda: evaluate(model, eval_split, table, feats, mean, std),
+                compute_loss=compute_loss, evaluate=lambda: evaluate_all(model, eval_split, table, feats, mean, std),
                 resume=resume, log=log)
     final = state["history"][-1] if state["history"] else {}
     if cfg.memory and isinstance(model, TerraVLModel) and val_split is not None and state["step"] >= total:
         choice = attach_memory(model, cfg, train_split, val_split, table, feats, mean, std, log)
         if choice is not None:
-            final = {**final, **evaluate(model, eval_split, table, feats, mean, std), "memory": choice}
+            final = {**final, **evaluate_all(model, eval_split, table, feats, mean, std), "memory": choice}
             log("with caption memory: " + " ".join(f"{k} {v:.2f}" for k, v in final.items()
                                                    if isinstance(v, float)))
-    info = {"config": asdict(cfg), "data": describe_data(cfg.data, train_split, eval_split), "scores": final,
+    info = {"config": asdict(cfg), "data": _describe(cfg, train_split, eval_split), "scores": final,
             "history": state["history"], "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": str(run.device), "precision": run.precision}
     model.eval()
     folder = model.save(run.out / "model", {"training": {"data": cfg.data, "scores": final}})
     (folder / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def _describe(cfg: TrainConfig, train_split, evaluations: list) -> dict:
+    info = describe_data(cfg.data if isinstance(cfg.data, str) else cfg.data[0], train_split, evaluations[0])
+    if len(evaluations) > 1:
+        from terravl.train.data import file_checksum
+
+        info.pop("dataset_sha256", None)
+        info["dataset"] = [s.data for s in sources(cfg)]
+        info["eval_images"] = {e.name: len(e.paths) for e in evaluations}
+        info["skipped"] = train_split.skipped + [x for e in evaluations for x in e.skipped]
+        info["datasets_sha256"] = {s.name: file_checksum(Path(s.data)) for s in sources(cfg) if Path(s.data).is_file()}
+    return info
+
+
+def _initial_model(cfg: TrainConfig) -> TerraVLModel:
+    """The image tower and text projection of an existing TerraVL model (fine-tuning from it): its architecture
+    and normalisation are kept; its caption memory is dropped (training builds a new one from its own images)."""
+    import terravl.models as m
+
+    encoder = m.load(cfg.init, device="cpu", precision="fp32")
+    source = getattr(encoder, "model", None)
+    if not isinstance(source, TerraVLModel):
+        raise ValueError(f"init: {cfg.init!r} is not a TerraVL model (fine-tuning others: set model=...)")
+    config = {k: v for k, v in json.loads(json.dumps(source.config)).items() if k != "memory"}
+    config["image"]["resolution"] = cfg.resolution
+    model = TerraVLModel(config)
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("memory_")}
+    model.load_state_dict(state)
+    return model.train()
 
 
 def _base_image(model, images: torch.Tensor) -> torch.Tensor:

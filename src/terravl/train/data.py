@@ -30,6 +30,8 @@ class Split:
     skipped: list[dict] = field(default_factory=list)
     rows: list = field(default_factory=list)
     val_rows: list = field(default_factory=list)
+    name: str = ""                                              # the dataset's short name (evaluation splits)
+    class_ids: list[int] = field(default_factory=list)          # its own classes, ids into TextTable.classes
 
 
 @dataclass
@@ -52,10 +54,13 @@ class TextTable:
         self.prompt_ids = [[self.add(t.format(class_phrase(c))) for t in templates] for c in self.classes]
 
 
-def load_records(path: str | Path, split: str) -> list[tuple[Path, list[str], str | None]]:
-    """(image path, captions, class) for a split of a caption dataset or class folders (captions empty).
+def load_records(path: str | Path, split: str, label_captions: bool = False
+                 ) -> list[tuple[Path, list[str], str | None]]:
+    """(image path, captions, class phrase) for a split of a caption dataset or class folders (captions empty).
 
-    ``split="all"`` takes every record (for class folders without split lists; never use it for evaluation data)."""
+    ``split="all"`` takes every record (for class folders without split lists; never use it for evaluation data).
+    With ``label_captions``, an image's object multi-labels become one more caption ("an aerial image with cars,
+    trees and pavement"): words for what is in the scene, beside the sentences people wrote."""
     dataset = open_dataset(path)
     rows = []
     for r in dataset:
@@ -64,12 +69,20 @@ def load_records(path: str | Path, split: str) -> list[tuple[Path, list[str], st
         if isinstance(r, CaptionRecord):
             if r.path is None:
                 continue
-            rows.append((r.path, list(r.captions), r.label))
+            extra = [tags_caption(r.tags)] if label_captions and r.tags else []
+            rows.append((r.path, list(r.captions) + extra, class_phrase(r.label) if r.label else None))
         elif isinstance(r, ImageRecord):
-            rows.append((r.path, [], r.label))
+            rows.append((r.path, [], class_phrase(r.label) if r.label else None))
     if not rows:
         raise InputError(path, f"no images with files on disk in split {split!r}")
     return rows
+
+
+def tags_caption(tags) -> str:
+    """``("cars", "trees", "pavement")`` → "an aerial image with cars, trees and pavement"."""
+    words = [class_phrase(t) for t in tags]
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"an aerial image with {listed}"
 
 
 def decode_split(rows, size: int, table: TextTable, progress: bool = True) -> Split:

@@ -170,6 +170,10 @@ def start(cfg) -> Run:
         raise InputError("data", "no training data: give --data or a `data:` line in the --config YAML")
     device = resolve_device(cfg.device)
     amp = amp_dtype(device, cfg.precision)
+    # Denormal floats (|x| < 1e-38) take a slow path on x86 CPUs; gradients and optimiser moments of weights that
+    # already trained (fine-tuning terravl-default-v1) can reach them. Flushing them to zero costs no accuracy;
+    # measured on 2 busy cores, one training step of v1's image tower: 61 against 55 images/s without.
+    torch.set_flush_denormal(True)
     generator = seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

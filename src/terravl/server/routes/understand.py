@@ -7,6 +7,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from terravl.server.deps import MAX_ID, ServiceDep
+from terravl.server.routes.kb import KBAskResult
 from terravl.server.schemas import AskResult, CaptionResult, ClassifyResult, LocalizeResult, shaped
 from terravl.io import BAND_PROFILES
 from terravl.server.service import ImageSource
@@ -51,15 +52,27 @@ async def caption(request: Request, service: ServiceDep, image: UploadFile | Non
     return shaped(CaptionResult, result)
 
 
-@router.post("/api/v1/ask", response_model=AskResult)
+@router.post("/api/v1/ask", response_model=AskResult | KBAskResult)
 async def ask(request: Request, service: ServiceDep, question: str = Form(..., min_length=1, max_length=500),
               image: UploadFile | None = IMAGE, id: int | None = TILE_ID, index: str | None = Form(None),
-              bands: str | None = BANDS):
-    """Answer a question about an upload or an indexed tile."""
+              bands: str | None = BANDS,
+              kb: str | None = Form(None, max_length=200,
+                                    description="Answer from this served knowledge base (`terravl serve --kb`), "
+                                                "with numbered citations; the image is then optional.")):
+    """Answer a question about an upload or an indexed tile; with ``kb``, an answer grounded in a served knowledge
+    base (about the image, if one is given) with its numbered evidence."""
     from terravl.models.bridge import question_prompt
 
     question_prompt(question)  # a clear 400 before any work
     check_text(question, "question")
+    if kb is not None:
+        service.kb_name(kb)  # an unknown knowledge base is a 404 before any work
+        if image is None and id is None:
+            result = await service.heavy.run(service.ask_kb, None, question, kb, request=request)
+        else:
+            result = await service.on_image(_source(id, index, bands), image,
+                                            lambda src: service.ask_kb(src, question, kb), request)
+        return shaped(KBAskResult, result)
     result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.ask(src, question), request)
     return shaped(AskResult, result)

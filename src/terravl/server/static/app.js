@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const map = L.map("map", { attributionControl: false, worldCopyJump: true }).setView([20, 0], 2);
 const layer = L.layerGroup().addTo(map);
 const changeLayer = L.layerGroup().addTo(map);
+const groundLayer = L.layerGroup().addTo(map);
 let box = null, boxLayer = null, drawing = false, selected = null, shown = [], changeInputs = null;
 
 function status(text, isError) {
@@ -69,6 +70,8 @@ async function select(hit, card) {
   $("detail-path").textContent = hit.path + (hit.acquired ? ` · ${hit.acquired}` : "");
   $("caption").textContent = "describing…";
   $("answer").textContent = "";
+  $("ground-answer").textContent = "";
+  groundLayer.clearLayers();
   fillCompare(hit);
   const form = new FormData();
   form.append("id", hit.id);
@@ -121,6 +124,57 @@ async function ask(event) {
     $("answer").textContent = result.answer;
   } catch (e) { $("answer").textContent = "(" + e.message + ")"; }
 }
+
+// Find in this tile: what an expression names, drawn on the map (regions in WGS84) with its score and area.
+function showGround(result) {
+  groundLayer.clearLayers();
+  const answer = $("ground-answer");
+  answer.textContent = "";
+  if (!result.found) {
+    answer.textContent = `nothing here matches "${result.expression}" (best score ${result.best_score.toFixed(2)}, ` +
+      `a match needs ${result.floor.toFixed(2)})`;
+    status("nothing found");
+    return;
+  }
+  if (result.coordinates === "wgs84") {
+    const shapes = L.geoJSON(result.regions, {
+      style: () => ({ color: "#06d6a0", weight: 2, fillColor: "#06d6a0", fillOpacity: 0.35, className: "ground-region" }),
+      onEachFeature: (feature, shape) => {
+        const p = feature.properties || {};
+        const tip = document.createElement("span");
+        tip.textContent = `#${p.rank} · score ${Number(p.score).toFixed(2)} · ${area(p.area_m2, p.pixels)} · ${p.position}`;
+        shape.bindTooltip(tip);
+      },
+    }).addTo(groundLayer);
+    map.fitBounds(shapes.getBounds().pad(0.5));
+  }
+  const best = result.instances[0];
+  answer.textContent = `${result.instances.length} found (${result.method}) · best score ${best.score.toFixed(2)} · ` +
+    `${area(best.area_m2, best.pixels)} · ${best.position}` +
+    (result.coordinates === "pixel" ? " · no georeference: pixel boxes only" : "") + " · ";
+  const link = document.createElement("a");
+  link.href = result.links.preview;
+  link.target = "_blank";
+  link.rel = "noopener";
+  link.textContent = "preview";
+  answer.append(link);
+  status(`${result.instances.length} region(s) for "${result.expression}"`);
+}
+
+$("ground-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!selected) return;
+  const form = new FormData();
+  form.append("id", selected.id);
+  form.append("index", selected.index);
+  form.append("expression", $("ground-expression").value);
+  form.append("all", $("ground-all").checked ? "true" : "false");
+  $("ground-answer").textContent = "looking…";
+  groundLayer.clearLayers();
+  try {
+    showGround(await api("/api/v1/ground", { method: "POST", body: form }));
+  } catch (e) { $("ground-answer").textContent = "(" + e.message + ")"; }
+});
 
 // Change: the selected tile against another result of the same place, or two uploaded images.
 function overlapArea(a, b) {

@@ -1,0 +1,7 @@
+"""``python -m terravl`` runs the command line (as the ``terravl`` entry point does)."""
+
+import sys
+
+from terravl.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,302 @@
+"""Answers grounded in a knowledge base (RS-RAG): retrieve evidence for a question (and an image), then answer from
+it with numbered citations — or say that the knowledge base holds nothing relevant, never inventing an answer.
+
+Who answers is always said (``answered_by``):
+
+- a local Hugging Face causal language model (``lm``: a folder), generating from the question and the numbered
+  evidence (and, with an image, what the VQA bridge sees in it);
+- otherwise TerraVL's own answerer: the VQA bridge for the image part, and the evidence for the rest — a scene
+  question ("what kind of area is this?") is answered by a vote of the labelled evidence (the VQA answer votes too),
+  a presence question ("is there a car?") by how many of the most similar stored images' texts name the object
+  (the VQA answer votes too), and any other question by extractive composition: the evidence sentences that share
+  the most content words with the question, from the best-supported passages, each followed by its citation.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from terravl.errors import InputError
+from terravl.kb.query import relevance_threshold, retrieve
+from terravl.kb.results import Evidence, KBAnswer
+from terravl.kb.store import KBStore
+from terravl.kb.text import content_words, sentences
+from terravl.validation import check_k, check_text
+
+SCENE_QUESTION = re.compile(r"\b(what|which)\s+(kind|type|sort|class)\s+of\b|\bwhat\s+(is|are)\s+(this|these|"
+                            r"the)\s+(area|scene|place|image|land ?use)\b|\bwhat\s+(scene|land ?use|place)\b",
+                            re.IGNORECASE)
+PRESENCE_QUESTION = re.compile(r"^\s*(is|are)\s+there\s+(an?\s+|any\s+|some\s+)?(?P<object>.+?)"
+                               r"(\s+(in|on|at|near)\s+(this|the)\s+\w+)?\s*\??\s*$", re.IGNORECASE)
+VQA_WEIGHT = 1.0
+"""Weight of the VQA bridge's own answer in a vote, against the summed relevance of the evidence that agrees."""
+PRESENCE_EVIDENCE = 5
+"""Most similar stored images whose texts vote on a presence question."""
+
+
+def question_type(question: str) -> str:
+    if SCENE_QUESTION.search(question):
+        return "scene"
+    if PRESENCE_QUESTION.match(question):
+        return "presence"
+    return "open"
+
+
+def not_found_text(best: float, threshold: float) -> str:
+    return (f"Not found in the knowledge base: no evidence is relevant enough (best evidence score {best:.2f}, "
+            f"below {threshold:.2f}).")
+
+
+def ask_kb(kb: str | Path | KBStore, question: str, image=None, encoder=None, captioner=None, lm: str | Path | None
+           = None, k: int = 5, bbox=None, date_from: str | None = None, date_to: str | None = None,
+           retrievers=None, rerank: bool = True, path: str | None = None,
+           min_relevance: float | None = None) -> KBAnswer:
+    """Answer ``question`` (about ``image``, if given) from the knowledge base ``kb`` (a file or an open store).
+
+    ``encoder`` must be the knowledge base's model (loaded by name when None); ``captioner`` answers about the
+    image and describes it for retrieval (the shipped one when None); ``lm`` is a local causal LM folder that
+    writes the answer instead of TerraVL's answerer. ``path`` is how the image is named in the answer;
+    ``min_relevance`` replaces the not-found threshold (:data:`~terravl.kb.query.MIN_RELEVANCE`)."""
+    asked = check_text(question, "question")
+    k = check_k(k, maximum=50)
+    relevance_threshold(image is not None, min_relevance)  # a clear error before any work
+    args = (asked, image, encoder, captioner, lm, k, bbox, date_from, date_to, retrievers, rerank, path,
+            min_relevance)
+    if isinstance(kb, KBStore):
+        return _ask(kb, *args)
+    with KBStore(kb, readonly=True) as store:
+        return _ask(store, *args)
+
+
+def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, date_from, date_to, retrievers, rerank,
+         path, min_relevance) -> KBAnswer:
+    import terravl.models as m
+
+    if lm is not None:
+        _load_lm(str(Path(lm).resolve()))  # a clear error before any work
+    encoder = encoder or m.load(store.model)
+    image_answer = description = None
+    image_vector = None
+    if image is not None:
+        from terravl.models.bridge import CAPTION_PROMPT, question_prompt
+
+        captioner = captioner or m.load_captioner(m.DEFAULT_CAPTIONER)
+        features = captioner.encoder.encode_images([image])
+        image_answer = captioner.generate(features, question_prompt(asked), beams=1, max_tokens=12)[0]
+        description = captioner.generate(features, CAPTION_PROMPT, beams=1, max_tokens=30)[0]
+        if (captioner.encoder.source or captioner.encoder.name) == store.model:
+            image_vector = features[0]
+    kind = question_type(asked)
+    retrieval = retrieve(store, encoder, asked, image if image_vector is None else None, k, bbox, date_from, date_to,
+                         retrievers, rerank, expansion=description, image_vector=image_vector,
+                         min_relevance=min_relevance)
+    threshold = relevance_threshold(image is not None, min_relevance)
+    common = dict(question=asked, path=path, question_type=kind, best_relevance=retrieval.best_relevance,
+                  evidence=retrieval.evidence, image_answer=image_answer, image_description=description)
+    if not retrieval.found or not retrieval.evidence:
+        return KBAnswer(answer=not_found_text(retrieval.best_relevance, threshold), answered_by="nobody: "
+                        "nothing relevant in the knowledge base", found=False, citations=[], **common)
+    if lm is not None:
+        text, cited = _generate(str(Path(lm).resolve()), asked, retrieval.evidence, image_answer, description)
+        return KBAnswer(answer=text, answered_by=f"language model {Path(lm).name} (from the question and the "
+                        f"retrieved evidence)", found=True, citations=cited, **common)
+    text, short, cited, by = compose(asked, retrieval.evidence, image_answer, image is not None)
+    return KBAnswer(answer=text, short=short, answered_by=by, found=True, citations=cited, **common)
+
+
+def compose(asked: str, evidence: list[Evidence], image_answer: str | None, has_image: bool
+            ) -> tuple[str, str | None, list[int], str]:
+    """TerraVL's own answer from relevant evidence: (answer with citations, short answer or None, cited numbers,
+    who answered)."""
+    kind = question_type(asked)
+    if kind == "scene":
+        short, cited = _vote_scene(evidence, image_answer)
+        text = _scene_text(short, cited, evidence)
+        how = "a vote of the labelled evidence"
+    elif kind == "presence" and has_image:
+        short, cited, said = _vote_presence(asked, evidence, image_answer)
+        text = f"{short}: {said} {_cite(cited)}".strip()
+        how = "the most similar stored images' descriptions"
+    else:
+        short = None
+        text, cited = _extract(asked, evidence)
+        if image_answer:
+            text = f"The image: {image_answer}. {text}".strip()
+        how = "extractive composition of the best-supported passages"
+    return text, short, cited, "TerraVL's answerer: " + ("the VQA bridge on the image and " if has_image else "") + how
+
+
+def caption_with_kb(plain: str, evidence: list[Evidence], weight: float = 1.0, images: int = 5) -> str:
+    """Retrieval-augmented captioning at decoding time: the captioner's caption (``plain``) and the captions of the
+    ``images`` most relevant stored images compete, each weighted (the caption by ``weight``, a stored caption by
+    its image's relevance); the consensus caption — the one sharing the most words and word pairs with the others
+    (Devlin et al., 2015) — wins. The captioner is not retrained to read the retrieved captions."""
+    from terravl.models.retrieval_captioner import RetrievalCaptioner
+
+    candidates = [(weight, plain)]
+    for e in [e for e in evidence if e.kind == "image" and e.text][:images]:
+        for sent in sentences(e.text or ""):
+            if not sent.startswith("Objects:"):
+                candidates.append((e.relevance, sent))
+    return RetrievalCaptioner._consensus(candidates)
+
+
+def _cite(numbers: list[int]) -> str:
+    return "".join(f"[{n}]" for n in numbers)
+
+
+def _norm(label: str | None) -> str:
+    return " ".join((label or "").lower().replace("-", " ").split())
+
+
+def _vote_scene(evidence: list[Evidence], image_answer: str | None) -> tuple[str, list[int]]:
+    """The scene class with the most summed relevance among labelled evidence (the VQA answer adds its vote)."""
+    votes: dict[str, float] = {}
+    for e in evidence:
+        if e.label:
+            votes[_norm(e.label)] = votes.get(_norm(e.label), 0.0) + e.relevance
+    if image_answer:
+        votes[_norm(image_answer)] = votes.get(_norm(image_answer), 0.0) + VQA_WEIGHT * max(
+            (e.relevance for e in evidence), default=1.0)
+    if not votes:
+        return (image_answer or "unknown"), []
+    best = max(votes, key=lambda c: (votes[c], c))
+    return best, [e.rank for e in evidence if _norm(e.label) == best]
+
+
+def _scene_text(label: str, cited: list[int], evidence: list[Evidence]) -> str:
+    """The class, cited, and the first sentence of a passage describing it when the evidence holds one."""
+    for e in evidence:
+        if e.kind == "text" and _norm(e.label) == label and e.text:
+            others = [n for n in cited if n != e.rank]
+            head = f"{label} {_cite(others)}".strip()
+            return f"{head}. {sentences(e.text)[0].rstrip('.')}. [{e.rank}]"
+    return f"{label} {_cite(cited)}".strip()
+
+
+def presence_object(question: str) -> str | None:
+    m = PRESENCE_QUESTION.match(question)
+    return m.group("object").strip().lower() if m else None
+
+
+def _object_words(obj: str) -> set[str]:
+    from terravl.datasets.derived_vqa import OBJECTS, TAG_OBJECTS
+
+    key = TAG_OBJECTS.get(obj, obj)
+    singular = key[:-1] if key.endswith("s") and key[:-1] in OBJECTS else key
+    found = set(OBJECTS.get(singular, ())) | {obj, singular, singular + "s"}
+    found |= {t.replace("-", " ") for t, o in TAG_OBJECTS.items() if o == singular}
+    return {w for w in found if w}
+
+
+def _mentions(text: str, words: set[str]) -> bool:
+    padded = " " + " ".join(re.sub(r"[^a-z ]", " ", text.lower()).split()) + " "
+    return any(f" {w} " in padded for w in words)
+
+
+def _vote_presence(question: str, evidence: list[Evidence], image_answer: str | None
+                   ) -> tuple[str, list[int], str]:
+    """yes/no: the relevance-weighted share of the most similar stored images whose text names the object, with
+    the VQA answer's vote."""
+    obj = presence_object(question) or ""
+    words = _object_words(obj)
+    images = [e for e in evidence if e.kind == "image" and e.text][:PRESENCE_EVIDENCE]
+    yes = [e for e in images if _mentions(e.text or "", words)]
+    score_yes = sum(e.relevance for e in yes)
+    score_no = sum(e.relevance for e in images if e not in yes)
+    vqa = _norm(image_answer)
+    if vqa in ("yes", "no"):
+        weight = VQA_WEIGHT * max((e.relevance for e in evidence), default=1.0)
+        score_yes += weight if vqa == "yes" else 0.0
+        score_no += weight if vqa == "no" else 0.0
+    short = "yes" if score_yes > score_no else "no"
+    said = f"{len(yes)} of the {len(images)} most similar images in the knowledge base show {obj or 'it'}"
+    if vqa in ("yes", "no"):
+        said += f"; the VQA model says {vqa}"
+    return short, [e.rank for e in (yes if short == "yes" else [e for e in images if e not in yes])], said
+
+
+def _extract(question: str, evidence: list[Evidence], limit: int = 2) -> tuple[str, list[int]]:
+    """The evidence sentences sharing the most content words with the question, from distinct passages (best
+    supported first), each followed by its citation."""
+    wanted = set(content_words(question))
+    scored = []
+    for e in evidence:
+        if not e.text:
+            continue
+        for n, sent in enumerate(sentences(e.text)):
+            overlap = len(wanted & set(content_words(sent))) / (len(wanted) or 1)
+            scored.append((overlap + e.relevance, -e.rank, -n, sent, e.rank))
+    scored.sort(reverse=True)
+    chosen, used = [], set()
+    for _, _, _, sent, rank in scored:
+        if rank in used:
+            continue
+        used.add(rank)
+        chosen.append((sent, rank))
+        if len(chosen) == limit:
+            break
+    if not chosen:
+        return "The evidence holds no text to quote; see the evidence list.", []
+    chosen.sort(key=lambda x: x[1])
+    return " ".join(f"{s.rstrip()} [{r}]" for s, r in chosen), [r for _, r in chosen]
+
+
+# -- a local causal language model -------------------------------------------------------------------------
+@lru_cache(maxsize=2)
+def _load_lm(folder: str):
+    """(model, tokenizer) of a local Hugging Face causal LM folder, loaded once per process (never downloads)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise InputError("lm", f"{folder}: not a Hugging Face model folder (no config.json)")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from terravl.models.bridge import _quiet_transformers
+
+        _quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError("lm", f"{folder}: cannot load a causal language model ({str(exc).splitlines()[0]})") \
+            from None
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def lm_prompt(question: str, evidence: list[Evidence], image_answer: str | None = None,
+              description: str | None = None) -> str:
+    lines = ["Answer the question using only the numbered context; cite it as [n].", "", "Context:"]
+    lines += [f"[{e.rank}] {(e.title + ': ') if e.title and e.kind == 'text' else ''}{e.text or e.label or e.source}"
+              for e in evidence]
+    if description or image_answer:
+        lines.append(f"The image: {description or ''} (a visual model answers: {image_answer or '-'})")
+    return "\n".join(lines + ["", f"Question: {question}", "Answer:"])
+
+
+def _generate(folder: str, question: str, evidence: list[Evidence], image_answer, description,
+              max_new_tokens: int = 64) -> tuple[str, list[int]]:
+    """Greedy generation from the prompt; evidence is dropped from the end until the prompt fits the model."""
+    import torch
+
+    model, tokenizer = _load_lm(folder)
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    max_new_tokens = min(max_new_tokens, limit // 2)  # a small model's window holds the prompt and the answer
+    budget = limit - max_new_tokens
+    kept = list(evidence)
+    while True:
+        ids = tokenizer(lm_prompt(question, kept, image_answer, description), return_tensors="pt").input_ids
+        if ids.shape[1] <= budget or not kept:
+            break
+        kept = kept[:-1]
+    ids = ids[:, -budget:]
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    text = " ".join(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split())
+    cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if 1 <= int(n) <= len(kept)})
+    return text or "(the language model gave no answer)", cited or [e.rank for e in kept]

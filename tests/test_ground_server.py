@@ -33,7 +33,7 @@ def client(samples, tiny_model, tmp_path_factory):
     app = create_app([index], preload=False, workers=1, allowed_hosts=allowed_hosts("127.0.0.1", ["testserver"]))
     with TestClient(app) as client:
         client.service = service_of(app)
-        client.service.__dict__["_ground_methods"] = {"auto": ColourMethod(), "trained": NothingMethod()}
+        client.service.ground_methods = {"auto": ColourMethod(), "trained": NothingMethod()}
         yield client
 
 
@@ -113,7 +113,7 @@ def test_files_by_id_are_the_only_files_served(client):
 
 def test_the_real_baseline_through_the_service(client, samples):
     """The default encoder's training-free baseline (no stand-in) answers an indexed tile."""
-    client.service.__dict__["_ground_methods"].pop("baseline", None)
+    client.service.ground_methods.pop("baseline", None)
     response = client.post("/api/v1/ground", data={"expression": "a lake", "id": "2", "method": "baseline"})
     assert response.status_code == 200, response.text
     result = response.json()

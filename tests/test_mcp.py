@@ -19,7 +19,7 @@ from anyio.from_thread import start_blocking_portal
 from fakedata import write_png_bomb
 from serverfixture import free_port
 
-TOOLS = {"search", "classify", "caption", "ask", "localize", "change", "ask_change"}
+TOOLS = {"search", "classify", "caption", "ask", "localize", "ground", "change", "ask_change"}
 KB_TOOLS = {"kb_query", "ask_kb"}
 KB_SCENES = ("harbor00.jpg", "harbor01.jpg", "golfcourse00.jpg", "storagetanks00.jpg")
 API_KEY = "mcp-test-key-0123456789"
@@ -170,6 +170,29 @@ def test_classify_and_caption_an_image_sent_as_data(mcp, shared_data):
     assert labelled.structured_content["label"] == "a harbor"
     captioned = mcp.call("caption", {"image": port})
     assert not captioned.is_error and len(captioned.structured_content["caption"].split()) >= 3
+
+
+def test_ground_an_indexed_tile_gives_a_georeferenced_answer_files_and_a_preview(mcp, index):
+    from terravl.index import IndexStore
+
+    with IndexStore(index, readonly=True) as store:
+        rows = store.rows(range(1, store.count() + 1))
+    tile = next(i for i, r in sorted(rows.items()) if r.source.endswith("RGB.byte.tif"))
+    result = mcp.call("ground", {"expression": "the river", "id": tile, "all": True, "method": "baseline"})
+    assert not result.is_error, result.content[0].text
+    found = result.structured_content
+    assert found["method"] == "baseline" and found["coordinates"] == "wgs84" and found["outputs"] is None
+    assert found["path"].startswith(f"tile {tile} of ") and found["found"] == bool(found["instances"])
+    assert all(i["box"]["type"] == "Polygon" for i in found["instances"])
+    assert set(found["files"]) == {"mask", "score", "regions", "preview"}
+    mask = mcp.read_resource(found["files"]["mask"]).contents[0]
+    assert mask.mime_type == "image/tiff" and base64.b64decode(mask.blob)[:2] in (b"II", b"MM")
+    regions = json.loads(mcp.read_resource(found["files"]["regions"]).contents[0].text)
+    assert regions["type"] == "FeatureCollection" and len(regions["features"]) == len(found["instances"])
+    previews = [c for c in result.content if c.type == "image"]
+    assert len(previews) == 1 and base64.b64decode(previews[0].data)[:4] == b"\x89PNG"
+    empty = _refused(mcp.call("ground", {"expression": "a\x01b", "id": tile}))
+    assert empty["field"] == "expression"
 
 
 def test_kb_query_ranks_evidence_from_the_served_knowledge_base(mcp, kb):

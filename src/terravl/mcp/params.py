@@ -70,6 +70,11 @@ Method = Annotated[Literal["trained", "cva", "embedding"],
 MinRegion = Annotated[int, Field(ge=1, le=MAX_REGION_PIXELS, description=f"Changed regions under this many pixels "
                                                                          f"are speckle (1–{MAX_REGION_PIXELS:,}).")]
 Describe = Annotated[bool, Field(description="Caption each date and classify the largest regions (slower).")]
+GroundMethod = Annotated[Literal["auto", "trained", "baseline"],
+                         Field(description="trained: the shipped referring-segmentation head; baseline: "
+                                           "training-free dense similarity of the dual encoder; auto: trained when "
+                                           "installed.")]
+AllInstances = Annotated[bool, Field(description="Every instance found, best first (default: the best one).")]
 Thumbnails = Annotated[int, Field(ge=0, le=MAX_THUMBNAILS, description=f"PNG thumbnails of the best hits to return "
                                                                        f"as image content, 0–{MAX_THUMBNAILS}.")]
 

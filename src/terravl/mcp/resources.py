@@ -1,5 +1,5 @@
 """MCP resources: the served indexes (``terravl://indexes``) and knowledge bases (``terravl://kbs``), each indexed
-tile as a PNG, and the files that ``localize`` and ``change`` write (by the opaque ids they return). Nothing is
+tile as a PNG, and the files that ``localize``, ``change`` and ``ground`` write (by the opaque ids they return). Nothing is
 read by a path the client chooses: tiles by index name and id, outputs by id, as the HTTP API does."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from terravl.errors import InputError
 from terravl.server.deps import MAX_ID
 from terravl.server.errors import NotFound, Unavailable
-from terravl.server.service import CHANGE_FILES, Service
+from terravl.server.service import CHANGE_FILES, GROUND_FILES, Service
 from terravl.validation import check_int
 
 TILE_SIZE = 1024
@@ -78,16 +78,19 @@ def register_resources(server: MCPServer, service: Service) -> None:
         return path.read_bytes()
 
     for name, mime in CHANGE_FILES.items():
-        _change_file(server, service, name, mime)
+        _run_file(server, service, "changes", "change", name, mime)
+    for name, mime in GROUND_FILES.items():
+        _run_file(server, service, "groundings", "ground", name, mime)
 
 
-def _change_file(server: MCPServer, service: Service, name: str, mime: str) -> None:
-    """One file of change runs as a resource template of its own, so each carries its own MIME type."""
+def _run_file(server: MCPServer, service: Service, kind: str, tool: str, name: str, mime: str) -> None:
+    """One file of change or grounding runs as a resource template of its own, so each carries its own MIME
+    type."""
 
-    async def read(change_id: str) -> str | bytes:
-        path, _ = await _read(service, service.change_file, change_id, name)
+    async def read(run_id: str) -> str | bytes:
+        path, _ = await _read(service, service.run_file, kind, run_id, name)
         return path.read_text(encoding="utf-8") if name.endswith(".geojson") else path.read_bytes()
 
-    server.resource(f"terravl://changes/{{change_id}}/{name}", name=f"change {name}", mime_type=mime,
-                    description=f"The {name} of a change run, by the change_id that change returned (the last "
+    server.resource(f"terravl://{kind}/{{run_id}}/{name}", name=f"{tool} {name}", mime_type=mime,
+                    description=f"The {name} of a {tool} run, by the {tool}_id that {tool} returned (the last "
                                 f"50 runs are kept).")(read)

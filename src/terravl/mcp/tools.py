@@ -1,4 +1,4 @@
-"""One MCP tool per capability: search, classify, caption, ask, localize, change and ask_change; and, when the
+"""One MCP tool per capability: search, classify, caption, ask, localize, ground, change and ask_change; and, when the
 server was started with knowledge bases (``--kb``), kb_query and ask_kb.
 
 Each tool is as thin as the HTTP route it mirrors (:mod:`terravl.server.routes`): it runs the same ``check_*``
@@ -29,7 +29,8 @@ from terravl.results import ChangeResult, SearchHit
 from terravl.server.errors import Unavailable
 from terravl.server.routes.kb import MAX_EVIDENCE, KBAskResult, KBQueryResult
 from terravl.server.schemas import AskChangeResult, AskResult, CaptionResult, ClassifyResult, shaped
-from terravl.server.service import ChangeOptions, ChangeSide, ImageSource, Service
+from terravl.server.service import GROUND_LINKS, ChangeOptions, ChangeSide, ImageSource, Service
+from terravl.tasks.ground import GroundResult, check_expression
 from terravl.validation import (check_bands, check_bbox, check_beams, check_date_range, check_int, check_k,
                                 check_max_tokens, check_scales, check_text)
 
@@ -66,6 +67,23 @@ class LocalizeResult(BaseModel):
     windows: int
     regions: dict
     heatmap: str
+
+
+class GroundFiles(BaseModel):
+    """Resource URIs of a grounding run's files (the last 50 runs are kept)."""
+
+    mask: str
+    score: str
+    regions: str
+    preview: str
+
+
+class GroundResponse(GroundResult):
+    """Where the expression is (the CLI's ``terravl ground`` JSON), with the run's id and its files as resources;
+    ``outputs`` (server paths in the CLI) is always null here."""
+
+    ground_id: str
+    files: GroundFiles
 
 
 class ChangeFiles(BaseModel):
@@ -218,6 +236,27 @@ def register_tools(server: MCPServer, service: Service, max_bytes: int) -> None:
                                         lambda src: service.localize(src, text, sizes, top))
         result["heatmap"] = "terravl://heatmaps/" + result["heatmap"].rsplit("/", 1)[-1]
         return answer(LocalizeResult, result)
+
+    @server.tool(annotations=READ_ONLY)
+    async def ground(expression: p.Text, image: Image = None, id: p.TileId = None, index: Index = None,
+                     all: p.AllInstances = False, method: p.GroundMethod = "auto",
+                     bands: p.Bands = None) -> Annotated[CallToolResult, GroundResponse]:
+        """Find what an expression refers to ('the storage tanks next to the river', 'the beach in the top
+        right') in an image (base64 data) or an indexed tile (id): the best matching region (every one with all),
+        each with its score, box (pixel window, and a WGS84 polygon when the image is georeferenced), area and
+        outline (GeoJSON). When nothing matches, found is false and best_score says how close the best region
+        came. The mask and probability GeoTIFFs are resources; a preview image (the image | the answer in red)
+        comes as image content."""
+        text = check_expression(expression)
+        result = await service.on_image(source(id, index, bands), upload(image),
+                                        lambda src: service.ground(src, text, bool(all), method))
+        run = result.pop("ground_id")
+        result.pop("links", None)
+        result.update(ground_id=run, files={key: f"terravl://groundings/{run}/{name}"
+                                            for key, name in GROUND_LINKS.items()})
+        preview, _ = service.run_file("groundings", run, "preview.png")
+        image_block = ImageContent(data=base64.b64encode(preview.read_bytes()).decode(), mime_type="image/png")
+        return answer(GroundResponse, result, [image_block])
 
     def pair(before: str | None, after: str | None, before_id: int | None, after_id: int | None):
         sides = (ChangeSide("before", "before_id", tile_id=before_id),

@@ -39,6 +39,12 @@ CHANGE_FILES = {"preview.png": "image/png", "mask.tif": "image/tiff", "change.ti
 """The files of a change run that ``/api/v1/changes/{id}/{name}`` serves (never its change.json: it names the
 server's temporary files)."""
 CHANGE_LINKS = {"preview": "preview.png", "mask": "mask.tif", "change": "change.tif", "regions": "regions.geojson"}
+GROUND_FILES = {"mask.tif": "image/tiff", "score.tif": "image/tiff", "regions.geojson": "application/geo+json",
+                "preview.png": "image/png"}
+"""The files of a grounding run that ``/api/v1/groundings/{id}/{name}`` serves (never its ground.json)."""
+GROUND_LINKS = {"mask": "mask.tif", "score": "score.tif", "regions": "regions.geojson", "preview": "preview.png"}
+_RUN_KINDS = {"changes": ("change_id", "change", CHANGE_FILES), "groundings": ("ground_id", "grounding run",
+                                                                               GROUND_FILES)}
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,11 @@ class Service:
         self.max_change_pixels = min(int(max_change_pixels), self.max_upload_pixels)
         """Work budget of one /change request: the most pixels of the two dates' overlap; beyond it, 413."""
         self._changes_running: set[str] = set()
-        """Change runs still writing their folder: never pruned (guarded by the heat-map lock)."""
+        """Change and grounding runs still writing their folder: never pruned (guarded by the heat-map lock)."""
         self._detector = None
+        self.ground_methods: dict[str, Any] = {}
+        """Grounding methods by the name a request gives (auto, trained, baseline), each loaded on first use."""
+        self._ground_lock = threading.Lock()
         self.light = WorkPool(light_workers, queue, "terravl-light")
         self.heavy = WorkPool(workers, queue, "terravl-heavy")
         self.preload = preload
@@ -397,9 +406,13 @@ class Service:
         return folder / f"{uuid.uuid4().hex}.tif"
 
     def change_folder(self) -> Path:
-        """A new, empty folder for one change run's outputs; the oldest runs beyond the last 50 are deleted (under
-        the lock that guards heat maps, for the same reason)."""
-        folder = self.tmp / "changes"
+        """A new, empty folder for one change run's outputs."""
+        return self.run_folder("changes")
+
+    def run_folder(self, kind: str) -> Path:
+        """A new, empty folder for one run's outputs (``kind``: changes or groundings); the oldest finished runs
+        of that kind beyond the last 50 are deleted (under the lock that guards heat maps, for the same reason)."""
+        folder = self.tmp / kind
         with self._heat_lock:
             folder.mkdir(exist_ok=True)
             existing = []
@@ -416,16 +429,25 @@ class Service:
             self._changes_running.add(new.name)
         return new
 
+    def _run_done(self, folder: Path) -> None:
+        with self._heat_lock:
+            self._changes_running.discard(folder.name)
+
     def change_file(self, change_id: str, name: str) -> tuple[Path, str]:
         """(path, media type) of one output of a change run, by its opaque id and file name."""
-        if not HEATMAP_ID.match(change_id):
-            raise NotFound("change_id", "no such change")
-        if name not in CHANGE_FILES:
-            raise NotFound("name", f"no such file; a change has {', '.join(CHANGE_FILES)}")
-        path = self.tmp / "changes" / change_id / name
+        return self.run_file("changes", change_id, name)
+
+    def run_file(self, kind: str, run_id: str, name: str) -> tuple[Path, str]:
+        """(path, media type) of one output of a change or grounding run, by its opaque id and file name."""
+        field, what, files = _RUN_KINDS[kind]
+        if not HEATMAP_ID.match(run_id):
+            raise NotFound(field, f"no such {what}")
+        if name not in files:
+            raise NotFound("name", f"no such file; a {what} has {', '.join(files)}")
+        path = self.tmp / kind / run_id / name
         if not path.is_file():
-            raise NotFound("change_id", f"no such change (only the last {KEEP_OUTPUTS} are kept)")
-        return path, CHANGE_FILES[name]
+            raise NotFound(field, f"no such {what} (only the last {KEEP_OUTPUTS} are kept)")
+        return path, files[name]
 
     # -- uploads --------------------------------------------------------------------------------------
     def save_upload(self, stream: BinaryIO) -> Path:
@@ -752,8 +774,7 @@ class Service:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
-            with self._heat_lock:
-                self._changes_running.discard(folder.name)
+            self._run_done(folder)
         base = f"/api/v1/changes/{folder.name}"
         return {**result.model_dump(), "outputs": None, "change_id": folder.name,
                 "links": {key: f"{base}/{name}" for key, name in CHANGE_LINKS.items()}}
@@ -767,6 +788,56 @@ class Service:
         kwargs = self._change_kwargs(options, trusted, labels)
         captioner = kwargs.pop("captioner", None) or self.captioner()
         return ask_change(before, after, question, captioner, **kwargs).model_dump()
+
+    def grounder(self, method: str):
+        """The grounding method ``method`` (auto, trained, baseline), loaded on first use and shared by every
+        request after it. The trained head reads the shipped default encoder's tower, whatever model the served
+        indexes were built with."""
+        from terravl.models.registry import WeightsNotFoundError
+        from terravl.tasks.ground_methods import make_method
+
+        with self._ground_lock:
+            if method not in self.ground_methods:
+                import terravl.models as m
+
+                try:
+                    self.ground_methods[method] = make_method(method, encoder=self.encoder(m.DEFAULT_MODEL))
+                except WeightsNotFoundError:
+                    # the registry's message names folders on this server: not for the caller
+                    raise Unavailable("the trained grounder is not installed on this server (use method "
+                                      "baseline)") from None
+            return self.ground_methods[method]
+
+    def ground(self, source: ImageSource, expression: str, all_: bool, method: str) -> dict:
+        """Where ``expression`` is in an upload or an indexed tile, with its files written under a new opaque id:
+        the result without server paths, ``ground_id`` and the URLs of its files in ``links``."""
+        from terravl.tasks.ground import ground
+
+        grounder = self.grounder(method)
+        folder = self.run_folder("groundings")
+        made = None
+        try:
+            if source.upload is not None:
+                self.check_upload(source.upload)
+                raster, label, trusted, bands = source.upload, "upload", False, source.bands
+            else:
+                made, label = self.tile_raster(source.index, ChangeSide("image", "id", tile_id=source.tile_id),
+                                               source.bands)
+                raster, trusted, bands = made, True, "auto"
+            result = ground(raster, expression, method=grounder, all=all_, out=folder,
+                            max_pixels=self.max_change_pixels, bands=bands, trusted=trusted, label=label,
+                            progress=False)
+            (folder / "ground.json").unlink(missing_ok=True)  # it names the server's files: never kept or served
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            self._run_done(folder)
+            if made is not None:
+                made.unlink(missing_ok=True)
+        base = f"/api/v1/groundings/{folder.name}"
+        return {**result.model_dump(), "outputs": None, "ground_id": folder.name,
+                "links": {key: f"{base}/{name}" for key, name in GROUND_LINKS.items()}}
 
     def _hits(self, results, index: str | None) -> list[dict]:
         name = self.index_name(index)

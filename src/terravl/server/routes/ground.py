@@ -4,10 +4,6 @@ id. The work runs in the service's heavy pool, with the same upload hardening as
 
 from __future__ import annotations
 
-import shutil
-import threading
-import uuid
-from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -16,17 +12,12 @@ from pydantic import BaseModel
 
 from terravl.io import BAND_PROFILES
 from terravl.server.deps import MAX_ID, ServiceDep
-from terravl.server.errors import NotFound, Unavailable
 from terravl.server.schemas import shaped
-from terravl.server.service import HEATMAP_ID, KEEP_OUTPUTS, ChangeSide, ImageSource
+from terravl.server.service import ImageSource
 from terravl.tasks.ground import GroundResult
 from terravl.validation import check_bands
 
 router = APIRouter(tags=["ground"])
-FILES = {"mask.tif": "image/tiff", "score.tif": "image/tiff", "regions.geojson": "application/geo+json",
-         "preview.png": "image/png"}
-LINKS = {"mask": "mask.tif", "score": "score.tif", "regions": "regions.geojson", "preview": "preview.png"}
-_lock = threading.Lock()
 
 
 class GroundLinks(BaseModel):
@@ -48,70 +39,6 @@ class GroundResponse(GroundResult):
 
     ground_id: str
     links: GroundLinks
-
-
-def _folder(service) -> Path:
-    """A new folder for one run; the oldest beyond the last 50 are deleted."""
-    root = service.tmp / "groundings"
-    with _lock:
-        root.mkdir(exist_ok=True)
-        existing = []
-        for path in root.iterdir():
-            try:
-                existing.append((path.stat().st_mtime, path))
-            except OSError:
-                continue
-        for _, old in sorted(existing)[:-(KEEP_OUTPUTS - 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        new = root / uuid.uuid4().hex
-        new.mkdir()
-    return new
-
-
-def _method(service, name: str):
-    """The grounding method, loaded once per service (the trained head reads the shipped default encoder's tower,
-    whatever model the served indexes were built with)."""
-    import terravl.models as m
-    from terravl.models.registry import WeightsNotFoundError
-    from terravl.tasks.ground_methods import make_method
-
-    cache = service.__dict__.setdefault("_ground_methods", {})
-    with _lock:
-        if name not in cache:
-            try:
-                cache[name] = make_method(name, encoder=service.encoder(m.DEFAULT_MODEL))
-            except WeightsNotFoundError:
-                # the registry's message names folders on this server: not for the caller
-                raise Unavailable("the trained grounder is not installed on this server (use method=baseline)") from None
-        return cache[name]
-
-
-def _run(service, source: ImageSource, expression: str, all_: bool, method: str) -> dict:
-    from terravl.tasks.ground import ground
-
-    folder = _folder(service)
-    made = None
-    try:
-        if source.upload is not None:
-            service.check_upload(source.upload)
-            raster, label, trusted, bands = source.upload, "upload", False, source.bands
-        else:
-            made, label = service.tile_raster(source.index, ChangeSide("image", "id", tile_id=source.tile_id),
-                                              source.bands)
-            raster, trusted, bands = made, True, "auto"
-        result = ground(raster, expression, method=_method(service, method), all=all_, out=folder,
-                        max_pixels=service.max_change_pixels, bands=bands, trusted=trusted, label=label,
-                        progress=False)
-        (folder / "ground.json").unlink(missing_ok=True)  # it names the server's files: never kept or served
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
-        if made is not None:
-            made.unlink(missing_ok=True)
-    base = f"/api/v1/groundings/{folder.name}"
-    return {**result.model_dump(), "outputs": None, "ground_id": folder.name,
-            "links": {key: f"{base}/{name}" for key, name in LINKS.items()}}
 
 
 @router.post("/api/v1/ground", response_model=GroundResponse,
@@ -141,7 +68,7 @@ async def ground(request: Request, service: ServiceDep,
     source = ImageSource(tile_id=id, index=index, bands=check_bands(bands, BAND_PROFILES))
     if id is not None and image is None:
         service.index_name(index)  # an unknown index is a 404 before any work
-    result = await service.on_image(source, image, lambda src: _run(service, src, text, all, method), request)
+    result = await service.on_image(source, image, lambda src: service.ground(src, text, all, method), request)
     return shaped(GroundResponse, result)
 
 
@@ -150,11 +77,5 @@ async def ground(request: Request, service: ServiceDep,
 async def ground_file(service: ServiceDep, ground_id: str, name: str):
     """A file of a grounding run, by the ``ground_id`` that ``/api/v1/ground`` returned: ``mask.tif``,
     ``score.tif``, ``regions.geojson`` or ``preview.png`` (the last 50 runs are kept)."""
-    if not HEATMAP_ID.match(ground_id):
-        raise NotFound("ground_id", "no such grounding run")
-    if name not in FILES:
-        raise NotFound("name", f"no such file; a grounding run has {', '.join(FILES)}")
-    path = service.tmp / "groundings" / ground_id / name
-    if not path.is_file():
-        raise NotFound("ground_id", f"no such grounding run (only the last {KEEP_OUTPUTS} are kept)")
-    return FileResponse(path, media_type=FILES[name], filename=f"ground-{ground_id[:8]}-{name}")
+    path, media = service.run_file("groundings", ground_id, name)
+    return FileResponse(path, media_type=media, filename=f"ground-{ground_id[:8]}-{name}")

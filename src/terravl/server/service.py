@@ -3,8 +3,8 @@
 It knows nothing of HTTP: failures are :mod:`terravl.errors` types or :class:`~terravl.server.errors.NotFound` /
 :class:`~terravl.server.errors.Unavailable`, mapped to statuses in :mod:`terravl.server.errors`. Every call into
 :mod:`terravl.tasks` is in the small methods under "the tasks" at the end (``search_text`` … ``localize``,
-``change`` and ``ask_change``, with ``_first`` and ``_hits`` reading their answers), so a change of the tasks'
-return types is met there only.
+``kb_query``, ``ask_kb``, ``ground``, ``change`` and ``ask_change``, with ``_first`` and ``_hits`` reading their
+answers), so a change of the tasks' return types is met there only. The HTTP routes and the MCP tools both call them.
 
 Models load once and are shared by every request without a lock: encoding is stateless, so ``workers`` heavy
 threads give that many requests in parallel.

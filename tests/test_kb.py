@@ -437,6 +437,23 @@ def test_http_kb_query_and_ask_with_a_served_kb(tmp_path, tiny_model):
         answer = r.json()
         assert answer["path"] == "upload" and answer["image_answer"] and answer["question_type"] == "scene"
         assert str(tmp_path) not in r.text
+        # a citation of an image item can be shown: its picture by the evidence id, never by path
+        items = client.get("/api/v1/kb/query", params={"q": "solar panels", "kb": "site", "k": 5}).json()["evidence"]
+        image = next(e for e in items if e["kind"] == "image")
+        passage = next(e for e in items if e["kind"] == "text")
+        png = client.get(f"/api/v1/kb/items/{image['id']}/image", params={"kb": "site", "size": 64})
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG" and png.headers["content-type"] == "image/png"
+        from PIL import Image as PILImage
+        import io as _io
+
+        assert PILImage.open(_io.BytesIO(png.content)).size == (32, 32)  # smaller than size: never enlarged
+        text_item = client.get(f"/api/v1/kb/items/{passage['id']}/image", params={"kb": "site"})
+        assert text_item.status_code == 404 and "passage" in text_item.json()["error"]["message"]
+        assert client.get("/api/v1/kb/items/9999/image", params={"kb": "site"}).status_code == 404
+        assert client.get(f"/api/v1/kb/items/{image['id']}/image", params={"kb": "../site"}).status_code == 404
+        assert client.get("/api/v1/kb/items/0/image").status_code == 422
+        page, script = client.get("/").text, client.get("/static/app.js").text
+        assert 'id="kb-panel"' in page and "/api/v1/kb/items/" in script and "/api/v1/kbs" in script
         assert client.post("/api/v1/ask", data={"question": "x?", "kb": "/etc/passwd"}).status_code == 404
         assert client.get("/api/v1/kb/query", params={"q": "x", "kb": str(kb)}).status_code == 404
         assert client.get("/api/v1/kb/query", params={"q": "x", "date_from": "2020-99-01"}).status_code in (400, 422)

@@ -362,24 +362,48 @@ class Service:
         return array.copy(), row
 
     def thumbnail(self, index: str | None, tile_id: int, size: int) -> bytes:
-        from PIL import Image
-
         key = (self.index_name(index), tile_id, size, self.store(index).version)
         with self._thumb_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
         array, _ = self.tile_pixels(index, tile_id)
-        image = Image.fromarray(array)
-        image.thumbnail((size, size), Image.BILINEAR)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        data = buffer.getvalue()
+        return self._cache_thumb(key, _png(array, size))
+
+    def _cache_thumb(self, key: tuple, data: bytes) -> bytes:
         with self._thumb_lock:
             self._thumbs[key] = data
             while len(self._thumbs) > 512:
                 self._thumbs.popitem(last=False)
         return data
+
+    def kb_image(self, kb: str | None, item_id: int, size: int) -> bytes:
+        """PNG of an image item of a served knowledge base (an evidence item of kind ``image``), read from the
+        source the knowledge base records for it: so a citation can be shown, never a file the client names."""
+        import json
+
+        from terravl.io import PixelWindow, open_raster
+
+        name = self.kb_name(kb)
+        store = self.kb_store(name)
+        key = ("kb", name, item_id, size, store.version)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        item = store.items([item_id]).get(item_id)
+        if item is None:
+            raise NotFound("item_id", f"no item {item_id} in knowledge base {name!r}")
+        if item.kind != "image":
+            raise NotFound("item_id", f"item {item_id} is a text passage: it has no image")
+        window = PixelWindow(**json.loads(item.ref)) if item.ref.startswith("{") else None
+        try:
+            with open_raster(item.source) as src:
+                array, _ = src.read_rgb(window)
+        except (RasterReadError, InputError) as exc:
+            log.error("knowledge base %s item %s: source unreadable: %s", name, item_id, exc)
+            raise Unavailable("the item's image file is unavailable on this server") from None
+        return self._cache_thumb(key, _png(array, size))
 
     def heatmap_file(self, heatmap_id: str) -> Path:
         if not HEATMAP_ID.match(heatmap_id):
@@ -843,6 +867,17 @@ class Service:
         name = self.index_name(index)
         return [{**{k: getattr(hit, k) for k in ("id", "path", "score", "footprint", "window", "crs", "acquired")},
                  "index": name, "thumbnail": f"/api/v1/tiles/{hit.id}?index={name}"} for hit in results]
+
+
+def _png(array, size: int) -> bytes:
+    """(H, W, 3) uint8 pixels as a PNG at most ``size`` pixels on its longer side."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    image.thumbnail((size, size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
 
 
 def _public_evidence(item: dict) -> dict:

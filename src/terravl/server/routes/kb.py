@@ -4,12 +4,11 @@ by name, never by path; evidence names its source by file name only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 
-from terravl.kb.results import Retrieval
-from terravl.server.deps import ServiceDep
-from terravl.kb.results import KBAnswer
+from terravl.kb.results import KBAnswer, Retrieval
+from terravl.server.deps import MAX_ID, ServiceDep
 from terravl.validation import MAX_QUERY_CHARS, check_bbox, check_date_range, check_k, check_text
 
 router = APIRouter(tags=["knowledge base"])
@@ -58,3 +57,15 @@ async def kb_query(request: Request, service: ServiceDep,
     date_from, date_to = check_date_range(date_from, date_to)
     service.kb_name(kb)  # an unknown knowledge base is a 404 before any work
     return await service.light.run(service.kb_query, kb, text, k, box, date_from, date_to, request=request)
+
+
+@router.get("/api/v1/kb/items/{item_id}/image", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+async def kb_image(service: ServiceDep, item_id: int = Path(..., ge=1, le=MAX_ID),
+                   kb: str | None = Query(None, max_length=200, description="A served knowledge base's name "
+                                                                           "(default: the first)."),
+                   size: int = Query(256, ge=16, le=1024, description="Longest side of the PNG, in pixels.")):
+    """PNG of an image item of a served knowledge base, by the ``id`` of an evidence item of kind ``image`` (so a
+    citation can be shown; never by path)."""
+    data = await service.light.run(service.kb_image, kb, item_id, size)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,6 +1,7 @@
 // TerraVL web map: search the served archive, see hits at their footprints (the imagery is the map), open one,
 // read its caption and ask it a question, and compare it with another date of the same place (or two uploaded
-// images): the changed regions are drawn on the map. Talks only to this server's /api/v1; loads nothing else.
+// images): the changed regions are drawn on the map. With served knowledge bases, answers cite their evidence:
+// a citation opens its item (an image, or a passage) and shows where it is on the map. Talks only to this server's /api/v1; loads nothing else.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,7 @@ const map = L.map("map", { attributionControl: false, worldCopyJump: true }).set
 const layer = L.layerGroup().addTo(map);
 const changeLayer = L.layerGroup().addTo(map);
 const groundLayer = L.layerGroup().addTo(map);
+const kbLayer = L.layerGroup().addTo(map);
 let box = null, boxLayer = null, drawing = false, selected = null, shown = [], changeInputs = null;
 
 function status(text, isError) {
@@ -300,6 +302,127 @@ $("ask-change-form").addEventListener("submit", async (event) => {
     $("change-answer").textContent = result.answer;
   } catch (e) { $("change-answer").textContent = "(" + e.message + ")"; }
 });
+
+// Knowledge base: an answer with numbered citations; each cited item is listed (image items with their picture)
+// and, where it has a place, drawn on the map. Text from the server is set as text, never as HTML.
+function evidenceItem(item, kb) {
+  const li = document.createElement("li");
+  li.id = `kb-evidence-${item.rank}`;
+  if (item.kind === "image") {
+    const img = document.createElement("img");
+    img.src = `/api/v1/kb/items/${item.id}/image?kb=${encodeURIComponent(kb)}&size=192`;
+    img.alt = `evidence ${item.rank}`;
+    li.append(img);
+  }
+  const head = document.createElement("div");
+  const title = document.createElement("strong");
+  title.textContent = item.title || item.label || item.kind;
+  const source = document.createElement("span");
+  source.className = "source";
+  source.textContent = ` · ${item.source}${item.ref && !item.ref.startsWith("{") ? " " + item.ref : ""}` +
+    (item.date ? ` · ${item.date}` : "") + ` · score ${item.score.toFixed(3)}`;
+  head.append(title, source);
+  li.append(head);
+  if (item.text) {
+    const text = document.createElement("div");
+    text.textContent = item.text.length > 400 ? item.text.slice(0, 400) + "…" : item.text;
+    li.append(text);
+  }
+  if (item.url && /^https?:\/\//.test(item.url)) {
+    const a = document.createElement("a");
+    a.href = item.url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.textContent = "link";
+    li.append(a);
+  }
+  return li;
+}
+
+function placeOf(item) {
+  if (item.footprint) return L.geoJSON(item.footprint, { style: () => ({ color: "#1d6fb8", weight: 2, fillOpacity: 0.15 }) });
+  if (item.lon !== null && item.lon !== undefined) return L.circleMarker([item.lat, item.lon], { radius: 7, color: "#1d6fb8" });
+  return null;
+}
+
+function showCitation(item) {
+  document.querySelectorAll("#kb-evidence li.cited").forEach((el) => el.classList.remove("cited"));
+  const li = $(`kb-evidence-${item.rank}`);
+  if (li) { li.classList.add("cited"); li.scrollIntoView({ block: "nearest" }); }
+  kbLayer.clearLayers();
+  const place = placeOf(item);
+  if (place) {
+    place.bindTooltip(`[${item.rank}] ${item.title || item.source}`).addTo(kbLayer);
+    if (place.getBounds) map.fitBounds(place.getBounds().pad(0.5)); else map.setView(place.getLatLng(), 12);
+  }
+}
+
+function showKbAnswer(result) {
+  const answer = $("kb-answer"), list = $("kb-evidence");
+  answer.textContent = "";
+  list.innerHTML = "";
+  kbLayer.clearLayers();
+  const byRank = new Map(result.evidence.map((item) => [item.rank, item]));
+  // the answer's text, with each [n] a link to evidence n
+  result.answer.split(/(\[\d+\])/).forEach((part) => {
+    const cited = /^\[(\d+)\]$/.exec(part);
+    const item = cited && byRank.get(Number(cited[1]));
+    if (item) {
+      const a = document.createElement("a");
+      a.className = "cite";
+      a.textContent = part;
+      a.title = item.title || item.source;
+      a.addEventListener("click", () => showCitation(item));
+      answer.append(a);
+    } else answer.append(part);
+  });
+  const by = document.createElement("div");
+  by.className = "source";
+  by.style.fontWeight = "normal";
+  by.textContent = `answered by ${result.answered_by}` +
+    (result.image_answer ? ` · the image alone: ${result.image_answer}` : "") +
+    (result.found ? "" : ` · best relevance ${result.best_relevance.toFixed(2)}`);
+  answer.append(by);
+  for (const item of result.evidence) {
+    const li = evidenceItem(item, result.kb);
+    if (result.citations.includes(item.rank)) li.classList.add("cited");
+    li.addEventListener("click", () => showCitation(item));
+    list.append(li);
+    const place = placeOf(item);
+    if (place) place.bindTooltip(`[${item.rank}] ${item.title || item.source}`).addTo(kbLayer);
+  }
+  const first = result.evidence.find((item) => result.citations.includes(item.rank) && placeOf(item));
+  if (first) showCitation(first);
+  status(result.found ? `${result.citations.length} citation(s)` : "not found in the knowledge base");
+}
+
+$("kb-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData();
+  form.append("question", $("kb-question").value);
+  form.append("kb", $("kb").value);
+  if ($("kb-about-tile").checked) {
+    if (!selected) { $("kb-answer").textContent = "(select a tile first, or untick \"about the selected tile\")"; return; }
+    form.append("id", selected.id);
+    form.append("index", selected.index);
+  }
+  $("kb-answer").textContent = "looking it up…";
+  $("kb-evidence").innerHTML = "";
+  try {
+    showKbAnswer(await api("/api/v1/ask", { method: "POST", body: form }));
+  } catch (e) { $("kb-answer").textContent = "(" + e.message + ")"; }
+});
+
+api("/api/v1/kbs").then((list) => {
+  if (!list.length) return;
+  for (const item of list) {
+    const option = document.createElement("option");
+    option.value = item.name;
+    option.textContent = `${item.name} (${item.items} items)`;
+    $("kb").appendChild(option);
+  }
+  $("kb-panel").hidden = false;
+}).catch(() => {});  // no knowledge base served: the panel stays hidden
 
 // Draw-a-box filter: press "Draw box", then drag on the map.
 let start = null;

@@ -36,7 +36,7 @@ def _load(model: str | None, method: str = "generate", bank: Path | None = None,
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @_captioner_option
 @click.option("--method", type=click.Choice(["generate", "retrieval"]), default="generate", show_default=True,
               help="generate: the captioner writes a sentence. retrieval: the caption of the nearest image of "

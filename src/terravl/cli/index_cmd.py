@@ -65,28 +65,31 @@ def _with(options):
 
 
 @index.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Index folder.")
 @_model_option
 @_with(_build_options)
 @format_option()
 def build(sources, out, model, tile_size, overlap, batch_size, fmt) -> int:
-    """Index SOURCES (image files, GeoTIFFs, folders walked recursively) into OUT.
+    """Index SOURCES (image files, GeoTIFFs, folders walked recursively, s3:// objects and prefixes, STAC catalog,
+    collection or item JSON files) into OUT.
 
     Images up to twice the tile size are indexed whole; larger rasters tile by tile with their footprints.
-    Re-running skips tiles already indexed (by content hash) and resumes a killed build.
+    Re-running skips tiles already indexed (by content hash) and resumes a killed build. S3 credentials and
+    endpoint come from the AWS_* environment variables.
 
     \b
     Examples:
       terravl index build ../shared/data/aid_150px --out aid.idx
       terravl index build scenes/*.tif --tile-size 256 --overlap 32 --out scenes.idx --model remoteclip-vit-b-32
+      terravl index build s3://imagery/scenes/ catalog/catalog.json --out archive.idx
     """
     return _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist=False)
 
 
 @index.command()
 @click.argument("idx", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
 @_with(_build_options)
 @format_option()
 def add(idx, sources, tile_size, overlap, batch_size, fmt) -> int:
@@ -96,14 +99,15 @@ def add(idx, sources, tile_size, overlap, batch_size, fmt) -> int:
 
 @index.command()
 @click.argument("idx", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
 @format_option()
 def remove(idx, sources, fmt) -> None:
     """Remove every tile of SOURCES (files or folders, as indexed) from IDX."""
     from terravl.index import IndexStore, expand_sources
+    from terravl.index.build import source_name
 
     with IndexStore(idx) as store:
-        removed = {str(p): store.remove_source(str(Path(p).resolve())) for p in expand_sources(sources)}
+        removed = {str(p): store.remove_source(source_name(p)) for p in expand_sources(sources)}
         # a tile whose pixels are also in a file not removed stays, under that file's name
         result = {"index": str(idx), "removed": sum(removed.values()), "files": removed, "count": store.count()}
     emit_json(result) if fmt == "json" else stderr.print(f"removed {result['removed']} tiles; {result['count']} left")
@@ -225,7 +229,7 @@ def _read_captions(path: Path) -> list[str]:
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--labels", help='Comma-separated class names, e.g. "forest,river,airport".')
 @click.option("--classes", help="A built-in class list: aid, ucm, resisc45, eurosat, whu-rs19, patternnet.")
 @click.option("--k", default=5, show_default=True, type=int, help="Top-k classes to report.")
@@ -254,7 +258,7 @@ def classify(images, labels, classes, k, views, bands, model, fmt) -> int:
 
 
 @click.command()
-@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("raster", type=click.Path())
 @click.argument("query")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Heat map GeoTIFF to write (cosine similarity per window, averaged where windows overlap).")

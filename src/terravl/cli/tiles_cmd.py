@@ -14,7 +14,7 @@ from terravl.validation import check_bands
 
 
 @click.command()
-@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option("--size", default=256, show_default=True, type=click.IntRange(min=8, max=MAX_TILE_SIZE),
               help=f"Tile size in pixels (at most {MAX_TILE_SIZE}).")
 @click.option("--overlap", default=0, show_default=True, type=click.IntRange(min=0),
@@ -28,7 +28,7 @@ from terravl.validation import check_bands
 @click.option("--stretch", type=click.Choice(["auto", "percentile", "none"]), default="auto", show_default=True,
               help="auto: keep 8-bit data, 2-98 %% percentile stretch for 16-bit and float data.")
 @format_option()
-def tiles(rasters: tuple[Path, ...], size: int, overlap: int, out_dir: Path, chip_format: str, bands: str | None,
+def tiles(rasters: tuple[str, ...], size: int, overlap: int, out_dir: Path, chip_format: str, bands: str | None,
           stretch: str, fmt: str) -> int:
     """Cut RASTERS (GeoTIFF, PNG, JPEG, …) into SIZE×SIZE chips and write OUT/tiles.geojson.
 

@@ -21,6 +21,8 @@ from terravl.datasets.records import IMAGE_SUFFIXES
 from terravl.errors import InputError
 from terravl.index.store import IndexStore, IndexWriteError, TileRow, bbox_of
 from terravl.io import iter_tiles, raster_info
+from terravl.io.remote import is_remote, to_url
+from terravl.io.stac import StacAsset, is_stac_file, iter_stac
 from terravl.paths import is_utf8, shown
 from terravl.results import Problem
 
@@ -47,11 +49,18 @@ class _Item:
     row: TileRow
 
 
-def expand_sources(sources: Iterable[str | Path]) -> Iterator[Path]:
+def expand_sources(sources: Iterable[str | Path]) -> Iterator[Path | str]:
     """Files as given; folders walked recursively for image files (sorted, so runs are repeatable). A name with an
     image suffix that is not a readable file (a broken link, a link loop) is yielded too, so that reading it
-    reports the problem instead of skipping it without a word."""
+    reports the problem instead of skipping it without a word. ``s3://`` URLs (and ``/vsis3/`` paths) are yielded
+    as ``s3://`` strings, an ``s3://bucket/prefix/`` expanded to the raster objects under it
+    (:func:`terravl.io.remote.expand`)."""
+    from terravl.io.remote import expand
+
     for source in sources:
+        if is_remote(source):
+            yield from expand(source, IMAGE_SUFFIXES)
+            continue
         path = Path(source)
         if path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
@@ -67,33 +76,71 @@ def content_hash(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def items_of(path: Path, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
+def source_name(path: Path | str | StacAsset) -> str:
+    """The name an index records for a source: a file's absolute path, an object's ``s3://`` URL, or for a STAC
+    item the asset's (:attr:`~terravl.io.stac.StacAsset.source`)."""
+    if isinstance(path, StacAsset):
+        return path.source
+    return to_url(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def index_sources(sources: Iterable[str | Path], vrt_dir: str | Path) -> Iterator[Path | str | StacAsset | Problem]:
+    """What ``index build`` reads: :func:`expand_sources`, and each STAC document (a ``.json`` catalog,
+    collection, item collection or item) as its items' assets or the problems found walking it
+    (:func:`terravl.io.stac.iter_stac`; band-stacking VRTs go to ``vrt_dir``)."""
+    for source in sources:
+        if is_stac_file(source):
+            yield from iter_stac(source, vrt_dir)
+        else:
+            yield from expand_sources([source])
+
+
+def items_of(path: Path | str | StacAsset, tile_size: int, overlap: int, whole_below: int) -> Iterator[_Item]:
     """The indexable items of one file: the whole image if both sides ≤ ``whole_below``, else its tiles (tiles
-    with no valid pixel — all nodata — are left out)."""
-    info = raster_info(path)
-    source = str(path.resolve())
+    with no valid pixel — all nodata — are left out). A STAC asset is read with the item's bands, dated by the
+    item, and placed by the item's geometry (its bbox for tiles) when the raster has no georeference."""
+    stac = path if isinstance(path, StacAsset) else None
+    target, bands = (stac.href, stac.bands or "auto") if stac else (path, "auto")
+    info = raster_info(target)  # first: an unreadable file (a link loop…) is reported in the readers' words
+    source = source_name(path)
+    acquired = (stac.acquired if stac else None) or info.acquired
     if info.width <= whole_below and info.height <= whole_below:
         from terravl.io import read_image
 
-        image = read_image(path)
+        image = read_image(target, bands=bands)
         array = np.ascontiguousarray(image.array)
-        footprint = image.footprint()
+        footprint = image.footprint() or (stac.geometry if stac else None)
         yield _Item(array, TileRow(content_hash(array), source, None, footprint, bbox_of(footprint),
-                                   info.georef.crs_name if info.georef else None, info.acquired, np.zeros(0)))
+                                   info.georef.crs_name if info.georef else None, acquired, np.zeros(0)))
         return
-    for tile in iter_tiles(path, tile_size, overlap):
+    placed = _bbox_georef(stac.bbox, info.width, info.height) if stac and info.georef is None and stac.bbox else None
+    for tile in iter_tiles(target, tile_size, overlap, bands=bands):
         if not tile.valid.any():  # all nodata (outside the scene): nothing to search for
             continue
         array = np.ascontiguousarray(tile.array)
-        footprint = tile.footprint
+        footprint = tile.footprint or (placed.footprint(tile.window) if placed else None)
         yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, bbox_of(footprint),
-                                   tile.georef.crs_name if tile.georef else None, tile.acquired, np.zeros(0)))
+                                   tile.georef.crs_name if tile.georef else None, acquired, np.zeros(0)))
+
+
+def _bbox_georef(bbox: tuple[float, float, float, float], width: int, height: int):
+    """A north-up WGS84 georeference spreading a ``width`` × ``height`` raster over a STAC item's bbox: where
+    the tiles of an item whose raster has no georeference of its own lie, as near as the item says."""
+    from affine import Affine
+    from pyproj import CRS
+
+    from terravl.io.georef import GeoReference
+
+    west, south, east, north = bbox
+    transform = Affine((east - west) / width, 0, west, 0, -(north - south) / height, north)
+    return GeoReference(CRS.from_epsg(4326).to_wkt(), transform, "EPSG:4326")
 
 
 def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_size: int = 256, overlap: int = 0,
                 whole_below: int | None = None, batch_size: int = 64,
                 progress: Callable[[int], None] | None = None) -> BuildReport:
-    """Index ``sources`` (files or folders) into ``out`` with ``encoder``; returns what was done.
+    """Index ``sources`` (files, folders, ``s3://`` objects and prefixes, STAC ``.json`` documents) into ``out``
+    with ``encoder``; returns what was done.
 
     Unreadable files are reported (in the returned report and the index's problem log) and skipped. A write
     that fails (disk full, read-only location) stops the build with :class:`IndexWriteError` saying how many tiles
@@ -101,6 +148,7 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
     """
     whole_below = whole_below or 2 * tile_size
     store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim)
+    vrt_dir = Path(out) / "stac"  # VRTs stacking STAC band assets live with the index that names them
     report = BuildReport()
     items: queue.Queue = queue.Queue(maxsize=4 * batch_size)
     done = object()
@@ -108,11 +156,17 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
 
     def produce() -> None:
         try:
-            for path in expand_sources(sources):
+            for path in index_sources(sources, vrt_dir):
                 if stop.is_set():
                     return
                 report.files += 1
-                if not is_utf8(os.path.abspath(path)):  # the index stores names as text, to open them again
+                if isinstance(path, Problem):  # a STAC document or item that names nothing readable
+                    items.put(Problem(shown(path.path), shown(path.error)))
+                    continue
+                # a STAC item is reported as catalog.json#item-id, with the asset's file in the message
+                name, about = (path.label, f"{path.href}: ") if isinstance(path, StacAsset) else (path, "")
+                local = not isinstance(path, StacAsset) and not is_remote(path)
+                if local and not is_utf8(os.path.abspath(path)):  # the index stores names as text, to reopen them
                     items.put(Problem(shown(path), "file name is not valid UTF-8; rename the file to index it"))
                     continue
                 try:
@@ -121,9 +175,9 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                             return
                         items.put(item)
                 except InputError as exc:
-                    items.put(Problem(shown(path), shown(exc.message)))
+                    items.put(Problem(shown(name), shown(about + exc.message)))
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
-                    items.put(Problem(shown(path), shown(f"{exc.__class__.__name__}: {exc}")))
+                    items.put(Problem(shown(name), shown(f"{about}{exc.__class__.__name__}: {exc}")))
         except Exception as exc:  # noqa: BLE001 - walking the sources failed: say so rather than end quietly
             items.put(Problem("sources", shown(f"{exc.__class__.__name__}: {exc}")))
         finally:

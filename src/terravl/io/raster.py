@@ -42,6 +42,7 @@ from terravl.io.formats import DRIVERS, PILLOW_FORMATS, check_file, sniff_format
 from terravl.io.gdalenv import acquire_block_cache, gdal_env, release_block_cache
 from terravl.io.georef import GeoReference, PixelWindow
 from terravl.io.metadata import acquisition_date
+from terravl.io.remote import gdal_path, is_remote, read_error, to_url
 
 log = logging.getLogger("terravl.io")
 
@@ -136,7 +137,10 @@ class RasterSource:
     as RGB, and why, are in ``bands_used`` (and ``info.bands_used``)."""
 
     def __init__(self, path: str | Path, bands="auto", stretch: str | Stretch = "auto", trusted: bool = True):
-        self.path = str(path)
+        self.remote = is_remote(path)  # s3:// or /vsis3/: read by GDAL over HTTP (terravl.io.remote)
+        self.path = to_url(path) if self.remote else str(path)
+        # GDAL's S3 settings for the reads too: a remote file, or a VRT (STAC bands) that may name remote files
+        self._s3 = self.remote or Path(self.path).suffix.lower() == ".vrt"
         self.trusted = trusted
         self._stack = ExitStack()
         self._pil_data: np.ndarray | None = None
@@ -150,9 +154,11 @@ class RasterSource:
         self._release_cache = weakref.finalize(self, release_block_cache)  # also if never closed
         self._release_cache.atexit = False
         try:
+            if self.remote and not trusted:
+                raise RasterReadError(self.path, "URLs are not accepted from untrusted sources; send the file")
             if trusted:
                 fmt = None
-                pillow = Path(self.path).suffix.lower() in PILLOW_SUFFIXES
+                pillow = not self.remote and Path(self.path).suffix.lower() in PILLOW_SUFFIXES
             else:
                 fmt = sniff_format(self.path)
                 pillow = fmt in PILLOW_FORMATS
@@ -162,7 +168,7 @@ class RasterSource:
                 self._driver = DRIVERS[fmt][0] if fmt else None
                 self.info = self._open_rasterio()
             choice = choose_bands(bands, self.info.count, self.path, self.info.colorinterp, self.info.descriptions)
-            with gdal_env(not trusted):
+            with gdal_env(not trusted, self._s3):
                 flags = self._ds.mask_flag_enums[0] if self._ds is not None else ()
         except BaseException:
             self.close()
@@ -200,13 +206,14 @@ class RasterSource:
 
     def _open_rasterio(self) -> RasterInfo:
         path = self.path
-        check_file(path, allow_dir=True)  # some GDAL formats are folders
+        if not self.remote:
+            check_file(path, allow_dir=True)  # some GDAL formats are folders
         ds = self._dataset()
         self._ds = ds
         georef = GeoReference.from_rasterio(ds.crs, ds.transform)
         colorinterp = tuple(ci.name for ci in ds.colorinterp)
         nodata = ds.nodata
-        with gdal_env(not self.trusted):
+        with gdal_env(not self.trusted, self._s3):
             tags = ds.tags()
         return RasterInfo(path, ds.driver, ds.width, ds.height, ds.count, ds.dtypes[0],
                           float(nodata) if nodata is not None else None, colorinterp, georef,
@@ -218,12 +225,15 @@ class RasterSource:
         ds = getattr(self._local, "ds", None)
         if ds is None:
             # an untrusted file is named by its absolute path, so GDAL never reads it as a /vsi… or URL recipe
-            target = self.path if self.trusted else os.path.abspath(self.path)
+            target = gdal_path(self.path) if self.remote else \
+                self.path if self.trusted else os.path.abspath(self.path)
             try:
-                with gdal_env(not self.trusted), warnings.catch_warnings():
+                with gdal_env(not self.trusted, self._s3), warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     ds = rasterio.open(target, driver=self._driver)
             except (RasterioError, OSError, ValueError) as exc:
+                if self.remote:  # what S3 answered: no such object, access denied…
+                    raise read_error(self.path, exc) from exc
                 raise RasterReadError(self.path, f"not a readable raster ({_first_line(exc)})") from exc
             self._local.ds = ds
             with self._handles_lock:
@@ -266,6 +276,9 @@ class RasterSource:
         ds = self._dataset()
         win = Window(window.col_off, window.row_off, window.width, window.height)
         unique = sorted(set(self.bands))
+        if self._s3:  # ranged HTTP reads: the endpoint and region settings apply to them too
+            with gdal_env(remote=True):
+                return self._read_window(ds, win, window, unique)
         if self.trusted:  # GDAL's settings matter when a file is opened (its sidecars are looked up then)
             return self._read_window(ds, win, window, unique)
         with gdal_env(untrusted=True):  # an upload: belt and braces, for any lookup a driver makes lazily
@@ -355,10 +368,12 @@ def open_raster(path: str | Path, bands="auto", stretch: str | Stretch = "auto",
 
 
 def raster_info(path: str | Path, trusted: bool = True) -> RasterInfo:
-    """Read a raster's header only, without decoding its pixels (``trusted=False``: as :func:`open_raster`)."""
-    path = str(path)
-    fmt = None if trusted else sniff_format(path)
-    if (fmt in PILLOW_FORMATS) if fmt else (trusted and Path(path).suffix.lower() in PILLOW_SUFFIXES):
+    """Read a raster's header only, without decoding its pixels (``trusted=False``: as :func:`open_raster`).
+    ``path`` may be an ``s3://`` URL or ``/vsis3/`` path (:mod:`terravl.io.remote`)."""
+    path = to_url(path) if is_remote(path) else str(path)
+    fmt = None if trusted or is_remote(path) else sniff_format(path)
+    if (fmt in PILLOW_FORMATS) if fmt else (trusted and not is_remote(path)
+                                            and Path(path).suffix.lower() in PILLOW_SUFFIXES):
         check_file(path)
         try:
             with open_pillow(path, (PILLOW_FORMATS[fmt],) if fmt else None) as img:
@@ -389,9 +404,10 @@ def read_image(path: str | Path, bands="auto", stretch: str | Stretch = "auto",
     as :func:`open_raster`. ``meta["bands_used"]`` says which bands are shown as RGB, and why.
     """
     limit = config.max_pixels() if max_pixels is None else max_pixels
-    path = str(path)
-    fmt = None if trusted else sniff_format(path)
-    if (fmt in PILLOW_FORMATS) if fmt else (trusted and Path(path).suffix.lower() in PILLOW_SUFFIXES):
+    path = to_url(path) if is_remote(path) else str(path)
+    fmt = None if trusted or is_remote(path) else sniff_format(path)
+    if (fmt in PILLOW_FORMATS) if fmt else (trusted and not is_remote(path)
+                                            and Path(path).suffix.lower() in PILLOW_SUFFIXES):
         _check_pixels(path, *_pillow_size(path, (PILLOW_FORMATS[fmt],) if fmt else None), limit=limit)
     with open_raster(path, bands=bands, stretch=stretch, trusted=trusted) as src:
         _check_pixels(path, src.info.width, src.info.height, limit=limit)

@@ -13,6 +13,7 @@ from terravl import config
 from terravl.errors import ImageTooLargeError, RasterReadError
 from terravl.paths import missing_reason
 from terravl.io.raster import PILLOW_SUFFIXES, open_pillow, read_image
+from terravl.io.remote import is_remote
 
 ImageInput = Any
 """str | Path | PIL.Image.Image | np.ndarray | GeoImage | Tile"""
@@ -39,7 +40,7 @@ def to_pil(item: ImageInput) -> Image.Image:
 
 
 def _open_path(path: Path) -> Image.Image:
-    if path.suffix.lower() not in PILLOW_SUFFIXES:
+    if path.suffix.lower() not in PILLOW_SUFFIXES or is_remote(path):  # s3:// objects: GDAL reads them
         return Image.fromarray(np.ascontiguousarray(read_image(path).with_data().array), "RGB")
     if not path.is_file():
         raise RasterReadError(path, missing_reason(path))

@@ -54,14 +54,18 @@ def iter_units(images: Iterable, tile_size: int, whole_below: int, bands="auto")
         raise InputError("images", "no image files found")
 
 
-def _units_of(path: Path, position: int, tile_size: int, whole_below: int, bands) -> Iterator[Unit | Problem]:
+def _units_of(path: Path | str, position: int, tile_size: int, whole_below: int, bands
+              ) -> Iterator[Unit | Problem]:
     from terravl.io import iter_tiles, raster_info
+    from terravl.io.remote import is_remote
 
     try:
         info = raster_info(path)
         shown = _bands_shown(info, bands)
         if info.width <= whole_below and info.height <= whole_below:
-            yield Unit(path if bands == "auto" else _WithBands(path, bands), {"path": str(path), **shown}, position)
+            # a plain path is decoded by the encoder's image loader; an s3:// object goes through terravl.io
+            plain = bands == "auto" and not is_remote(path)
+            yield Unit(path if plain else _WithBands(path, bands), {"path": str(path), **shown}, position)
             return
         tiles = 0
         for tile in iter_tiles(path, tile_size, 0, bands=bands):
@@ -90,7 +94,7 @@ def _bands_shown(info, bands) -> dict:
 class _WithBands:
     """A whole image read with chosen bands, decoded in the encoder's worker threads like a plain path."""
 
-    def __init__(self, path: Path, bands):
+    def __init__(self, path: Path | str, bands):
         self.path, self.bands = path, bands
 
     def __call__(self):

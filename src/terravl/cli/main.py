@@ -18,6 +18,7 @@ from terravl.cli.kb_cmd import kb
 from terravl.cli.info_cmd import info
 from terravl.cli.mcp_cmd import mcp
 from terravl.cli.models_cmd import models
+from terravl.cli.router_cmd import eval_router, train_router
 from terravl.cli.serve_cmd import serve
 from terravl.cli.tiles_cmd import tiles
 from terravl.cli.train_cmd import train
@@ -83,6 +84,8 @@ cli.add_command(change)
 cli.add_command(ground)
 cli.add_command(eval_group, name="eval")
 cli.add_command(train)
+eval_group.add_command(eval_router, name="router")
+train.add_command(train_router, name="router")
 cli.add_command(serve)
 cli.add_command(mcp)
 

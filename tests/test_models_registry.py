@@ -266,6 +266,18 @@ def test_captioner_registry_lists_the_shipped_captioner_apart_from_encoders():
         m.load_captioner("no-such-captioner")
 
 
+def test_models_list_names_every_kind_with_the_cli(capsys):
+    """`terravl models list` lists grounders and routers beside encoders, captioners and change detectors."""
+    import json
+
+    from terravl.cli.main import main
+
+    assert main(["models", "list", "--format", "json"]) == 0
+    kinds = {r["name"]: r["kind"] for r in json.loads(capsys.readouterr().out)}
+    assert kinds["terravl-grounder"] == "grounder" and kinds["terravl-router"] == "router"
+    assert {"encoder", "captioner", "change-detector"} <= set(kinds.values())
+
+
 def test_captioner_folders_in_terravl_home_join_the_registry_and_load_by_name_or_prefix(tmp_path):
     shipped = registry.config.packaged_models_dir() / "terravl-captioner"
     home = registry.config.models_dir()

@@ -21,7 +21,7 @@ def models() -> None:
 @models.command("list")
 @format_option()
 def list_cmd(fmt: str) -> None:
-    """Show every registered model (kind: encoder or captioner), its architecture, the file it needs and
+    """Show every registered model (kind: encoder, captioner, change detector, grounder or router), its architecture, the file it needs and
     whether that file is present.
 
     \b
@@ -36,8 +36,9 @@ def list_cmd(fmt: str) -> None:
       terravl models list --format json
     """
     from terravl.models import list_models
+    from terravl.router.model import routers
 
-    rows = list_models()
+    rows = list_models(tuple(routers().values()))
     if fmt == "json":
         emit_json([{k: r[k] for k in ("name", "kind", "family", "arch", "file", "present", "path")} for r in rows])
         return

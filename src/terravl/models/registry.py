@@ -261,11 +261,15 @@ def resolve_weights(cfg: AnyConfig, path: str | Path | None = None) -> Path:
                                          f"{cfg.source or 'its authors'}); TerraVL never downloads implicitly")
 
 
-def list_models() -> list[dict]:
-    """Every registered encoder, then every captioner and change detector, with ``kind``, ``present`` (weights found on disk) and the
-    path found."""
+def list_models(extra: tuple = ()) -> list[dict]:
+    """Every registered encoder, then every captioner, change detector and grounder (then the configs in
+    ``extra``: registries of higher layers, e.g. routers), with ``kind``, ``present`` (weights found on disk) and
+    the path found."""
+    from terravl.models.grounder import grounders
+
     out = []
-    for cfg in [*REGISTRY.values(), *captioners().values(), *CHANGE_DETECTORS.values()]:
+    for cfg in [*REGISTRY.values(), *captioners().values(), *CHANGE_DETECTORS.values(), *grounders().values(),
+                *extra]:
         found = find_weights(cfg)
         out.append({"name": cfg.name, "kind": cfg.kind, "arch": cfg.arch, "file": cfg.file,
                     "present": found is not None, "path": str(found) if found else None, "family": cfg.family,

@@ -268,7 +268,7 @@ def train(cfg: GrounderTrainConfig, resume: bool = False, log=print) -> dict:
                  "seconds": round(time.perf_counter() - train_started, 1)}
         history.append(entry)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}, val mIoU {scores['miou']:.4f}, "
-            f"negatives answered empty {scores['negatives_empty']}")
+            f"negatives answered empty {scores['negatives_empty']:.1%}")
         if best is None or scores["miou"] > best["miou"]:
             best = entry
             Grounder(arch, head, encoder).save(out / "model", None)

@@ -45,6 +45,7 @@ def eval(ctx: click.Context, compare: tuple[Path, Path] | None, fmt: str) -> Non
       vqa        RSVQA accuracy per question type, overall and average
       change     caption scores on LEVIR-CC, split into changed / unchanged pairs
       change-detection  precision, recall, F1, IoU of the change class on LEVIR-CD (pooled pixels)
+      describe   the composed description vs the plain caption: CIDEr…, object recall and precision
 
     \b
     Examples:

@@ -10,7 +10,9 @@ import click
 from terravl import __version__
 from terravl.cli.caption_cmd import ask, caption
 from terravl.cli.change_cmd import change
+from terravl.cli.chat_cmd import chat
 from terravl.cli.datasets_cmd import datasets
+from terravl.cli.describe_cmd import describe, eval_describe, train_objects
 from terravl.cli.eval_cmd import eval as eval_group
 from terravl.cli.ground_cmd import ground
 from terravl.cli.index_cmd import classify, index, localize, search
@@ -42,6 +44,7 @@ def cli(verbose: int) -> None:
       terravl localize scene.tif "a river" --out heat.tif
                                                    where in a large scene is the text? (heat map)
       terravl caption scene.jpg                    describe an image (large GeoTIFFs: per tile, with footprints)
+      terravl describe scene.jpg                   a detailed description: scene, objects, where, how many
       terravl ask scene.jpg "is there a bridge?"   answer a question about an image
       terravl kb build docs/ scenes/ --out site.kb a knowledge base of images and text (crash-safe, resumable)
       terravl ask --kb site.kb "when did it burn?" an answer with numbered citations (RS-RAG; + IMAGE too)
@@ -51,6 +54,7 @@ def cli(verbose: int) -> None:
                                                    a question about the change
       terravl ground scene.tif "the storage tanks" --out found/
                                                    find what an expression names (mask, boxes, GeoJSON)
+      terravl chat scene.tif                       talk to an image: caption, ask, count, locate, compare…
       terravl tiles scene.tif --size 256 --out chips
                                                    cut a raster into georeferenced chips
       terravl serve A.idx                          web map + HTTP API over an index (http://127.0.0.1:8000/)
@@ -79,13 +83,17 @@ cli.add_command(classify)
 cli.add_command(localize)
 cli.add_command(caption)
 cli.add_command(ask)
+cli.add_command(describe)
 cli.add_command(kb)
 cli.add_command(change)
 cli.add_command(ground)
+cli.add_command(chat)
 cli.add_command(eval_group, name="eval")
 cli.add_command(train)
 eval_group.add_command(eval_router, name="router")
 train.add_command(train_router, name="router")
+eval_group.add_command(eval_describe, name="describe")
+train.add_command(train_objects, name="objects")
 cli.add_command(serve)
 cli.add_command(mcp)
 

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from terravl import __version__
 from terravl.server import errors
 from terravl.server.guards import Guard, HostCheck
-from terravl.server.routes import archive, change, ground, kb, operations, page, understand
+from terravl.server.routes import archive, change, chat, ground, kb, operations, page, understand
 from terravl.server.service import Service
 
 log = logging.getLogger("terravl.server")
@@ -49,7 +49,7 @@ def create_app(indexes: list[str | Path], api_key: str | None = None, cors_origi
     app.state.service = service
     errors.install(app)
     for router in (operations.router, archive.router, understand.router, change.router, ground.router, kb.router,
-                   page.router):
+                   chat.router, page.router):
         app.include_router(router)
     page.mount_assets(app)
     return _middleware(app, api_key, cors_origins, max_upload_bytes, allowed_hosts)

@@ -312,6 +312,18 @@ class Service:
                 self._captioner.encoder  # noqa: B018 - load its image encoder now too
             return self._captioner
 
+    def describer(self):
+        """The description experts (scene, objects, where, counts) for chat's ``describe``, loaded on first use
+        and shared by every request after it."""
+        import terravl.models as m
+
+        with self._ground_lock:
+            if getattr(self, "_describer", None) is None:
+                from terravl.tasks.describe import Experts
+
+                self._describer = Experts(encoder=self.encoder(m.DEFAULT_MODEL), captioner=self.captioner())
+            return self._describer
+
     def detector(self):
         """The shipped change detector, loaded on the first ``trained`` change request (most deployments never
         compare dates, so it is not loaded at start-up) and shared by every request after it."""
@@ -862,6 +874,84 @@ class Service:
         base = f"/api/v1/groundings/{folder.name}"
         return {**result.model_dump(), "outputs": None, "ground_id": folder.name,
                 "links": {key: f"{base}/{name}" for key, name in GROUND_LINKS.items()}}
+
+    def chat(self, sessions, session_id: str | None, instruction: str, uploads: tuple = (None, None),
+             tiles: tuple[int | None, int | None] = (None, None), index: str | None = None,
+             kb: str | None = None) -> dict:
+        """One turn of a conversation (``POST /api/v1/chat``) in the session store ``sessions``
+        (:class:`~terravl.server.chat_sessions.ChatSessions`): a new session when ``session_id`` is None. Images
+        (uploads with the same hardening as every image route, or indexed tiles written out with their
+        georeference) start the conversation or replace its images; they stay in the session's folder until it
+        expires. The answer names images as "upload" or "tile N of …", never by the server's files."""
+        import terravl.models as m
+        from terravl.tasks.chat import ChatModels, Lazy, chat_turn
+
+        given = any(u is not None for u in uploads) or any(t is not None for t in tiles)
+        session = sessions.get(session_id) if session_id is not None else sessions.create()
+        try:
+            with session.lock:
+                if not sessions.alive(session):
+                    raise NotFound("session", "the conversation expired; start a new one by leaving session out")
+                state = session.state
+                if given or state is None:
+                    state = self._chat_state(session.folder, uploads, tiles, index)
+                index_name = self.index_name(index)
+                kb_name = self.kb_name(kb) if kb is not None else (
+                    None if state.kb is not None or not self.kb_paths else self.kb_name(None))
+                state = state.model_copy(update={"index": str(self.paths[index_name]),
+                                                 **({"kb": str(self.kb_paths[kb_name])} if kb_name else {})})
+                models = ChatModels(captioner=Lazy(self.captioner),
+                                    encoder=Lazy(lambda: self.encoder(m.DEFAULT_MODEL)),
+                                    grounder=Lazy(lambda: self.grounder("auto")), detector=Lazy(self.detector),
+                                    describer=Lazy(self.describer),
+                                    router=sessions.router, encoders=self.encoder,
+                                    max_pixels=self.max_change_pixels)
+                answer, session.state = chat_turn(state, instruction, models)
+                sessions.touch(session)
+        except BaseException:
+            if session_id is None:
+                sessions.discard(session)  # a conversation whose first turn failed has nothing to continue
+            raise
+        result = answer.to_dict()
+        result["evidence"] = [_public_evidence(e) for e in result["evidence"]]
+        result["hits"] = [{**h, "index": index_name, "thumbnail": f"/api/v1/tiles/{h['id']}?index={index_name}"}
+                          for h in result["hits"]]
+        names = dict(zip(state.images, state.labels))
+        return _scrub({"session": session.id, **result}, names, str(self.tmp))
+
+    def _chat_state(self, folder: Path, uploads: tuple, tiles: tuple, index: str | None):
+        """A conversation's images, saved in its ``folder``: uploads (sniffed, header-checked against the upload
+        limit, read as untrusted) or indexed tiles (as GeoTIFFs with their georeference); errors name the field."""
+        from terravl.tasks.chat import ChatState
+
+        fields = (("image", "id"), ("image2", "id2"))
+        if uploads[0] is None and tiles[0] is None:
+            raise InputError("image/id", "a new conversation needs an image: upload image (and image2 for a second "
+                                         "date) or give the id (and id2) of an indexed tile")
+        for (upload_field, id_field), upload, tile in zip(fields, uploads, tiles):
+            if upload is not None and tile is not None:
+                raise InputError(f"{upload_field}/{id_field}", "give an uploaded image or a tile id, not both")
+        for path in folder.iterdir():  # new images replace the conversation's
+            path.unlink(missing_ok=True)
+        images, labels, trusted = [], [], True
+        for n, ((upload_field, id_field), upload, tile) in enumerate(zip(fields, uploads, tiles), start=1):
+            if upload is not None:
+                try:
+                    saved = self.save_upload(upload.file)
+                    self.check_upload(saved)
+                except InputError as exc:
+                    raise _renamed(exc, upload_field, exc.message.replace(str(self.tmp), "…")) from None
+                path = saved.rename(folder / f"image{n}{saved.suffix}")
+                labels.append("upload" if uploads[1 - (n - 1)] is None else f"{upload_field} upload")
+                trusted = False
+            elif tile is not None:
+                made, label = self.tile_raster(index, ChangeSide(upload_field, id_field, tile_id=tile))
+                path = made.rename(folder / f"image{n}.tif")
+                labels.append(label)
+            else:
+                continue
+            images.append(str(path))
+        return ChatState.start(images, labels=labels, trusted=trusted, check=False)
 
     def _hits(self, results, index: str | None) -> list[dict]:
         name = self.index_name(index)

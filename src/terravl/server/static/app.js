@@ -424,6 +424,82 @@ api("/api/v1/kbs").then((list) => {
   $("kb-panel").hidden = false;
 }).catch(() => {});  // no knowledge base served: the panel stays hidden
 
+// Chat: a conversation about the selected tile (POST /api/v1/chat; one session per tile, a new tile starts a new
+// one); the regions, boxes and hits an answer refers to are drawn on the map. Server text is set as text only.
+const chatLayer = L.layerGroup().addTo(map);
+let chat = { session: null, tile: null };
+
+function chatLine(who, text, note) {
+  const li = document.createElement("li");
+  li.className = who;
+  const body = document.createElement("span");
+  body.textContent = text;
+  li.append(body);
+  if (note) {
+    const small = document.createElement("div");
+    small.className = "source";
+    small.textContent = note;
+    li.append(small);
+  }
+  $("chat-log").append(li);
+  li.scrollIntoView({ block: "nearest" });
+  return li;
+}
+
+function drawChat(result) {
+  chatLayer.clearLayers();
+  if (result.coordinates !== "wgs84" || !result.regions || !result.regions.features.length) return;
+  const shapes = L.geoJSON(result.regions, {
+    style: () => ({ color: "#f4a261", weight: 2, fillColor: "#f4a261", fillOpacity: 0.3, className: "chat-region" }),
+    onEachFeature: (feature, shape) => {
+      const p = feature.properties || {};
+      const tip = document.createElement("span");
+      tip.textContent = [p.rank ? `#${p.rank}` : "", p.pixels !== undefined ? area(p.area_m2, p.pixels) : "",
+                         p.position || "", p.score !== undefined ? `score ${Number(p.score).toFixed(2)}` : ""]
+        .filter(Boolean).join(" · ");
+      if (tip.textContent) shape.bindTooltip(tip);
+    },
+  }).addTo(chatLayer);
+  for (const b of result.boxes || []) {
+    if (b.box) L.geoJSON(b.box, { style: () => ({ color: "#ffffff", weight: 1, fill: false, dashArray: "4" }) }).addTo(chatLayer);
+  }
+  map.fitBounds(shapes.getBounds().pad(0.5));
+}
+
+$("chat-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("chat-instruction").value.trim();
+  if (!text) return;
+  if (!selected) { chatLine("note", "(select a tile first: search, then click a result)"); return; }
+  const key = `${selected.index}/${selected.id}`;
+  const form = new FormData();
+  form.append("instruction", text);
+  if (chat.session && chat.tile === key) {
+    form.append("session", chat.session);
+  } else {  // a new tile: a new conversation about it
+    chat = { session: null, tile: key };
+    $("chat-log").textContent = "";
+    chatLayer.clearLayers();
+    form.append("id", selected.id);
+    form.append("index", selected.index);
+    chatLine("note", `about tile ${selected.id}`);
+  }
+  chatLine("you", text);
+  $("chat-instruction").value = "";
+  const pending = chatLine("bot", "…");
+  try {
+    const result = await api("/api/v1/chat", { method: "POST", body: form });
+    chat.session = result.session;
+    pending.remove();
+    chatLine("bot", result.answer, `${result.task} · ${result.expert}` + (result.resolved ? ` · from ${result.resolved}` : ""));
+    drawChat(result);
+  } catch (e) {
+    pending.remove();
+    if (/^session/.test(e.message)) chat = { session: null, tile: null };  // expired: the next message starts afresh
+    chatLine("note", "(" + e.message + ")");
+  }
+});
+
 // Draw-a-box filter: press "Draw box", then drag on the map.
 let start = null;
 $("draw-box").addEventListener("click", () => {

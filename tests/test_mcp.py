@@ -19,7 +19,7 @@ from anyio.from_thread import start_blocking_portal
 from fakedata import write_png_bomb
 from serverfixture import free_port
 
-TOOLS = {"search", "classify", "caption", "ask", "localize", "ground", "change", "ask_change"}
+TOOLS = {"search", "classify", "caption", "describe", "ask", "localize", "ground", "change", "ask_change"}
 KB_TOOLS = {"kb_query", "ask_kb"}
 KB_SCENES = ("harbor00.jpg", "harbor01.jpg", "golfcourse00.jpg", "storagetanks00.jpg")
 API_KEY = "mcp-test-key-0123456789"
@@ -170,6 +170,11 @@ def test_classify_and_caption_an_image_sent_as_data(mcp, shared_data):
     assert labelled.structured_content["label"] == "a harbor"
     captioned = mcp.call("caption", {"image": port})
     assert not captioned.is_error and len(captioned.structured_content["caption"].split()) >= 3
+    described = mcp.call("describe", {"image": port, "max_objects": 2})
+    assert not described.is_error, described.content[0].text
+    found = described.structured_content
+    assert found["path"] == "upload" and found["caption"] and found["description"].lower().startswith(found["caption"][:10].lower())
+    assert found["scene"]["label"] and len(found["description"]) > len(found["caption"])
 
 
 def test_ground_an_indexed_tile_gives_a_georeferenced_answer_files_and_a_preview(mcp, index):

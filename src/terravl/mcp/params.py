@@ -70,6 +70,8 @@ Method = Annotated[Literal["trained", "cva", "embedding"],
 MinRegion = Annotated[int, Field(ge=1, le=MAX_REGION_PIXELS, description=f"Changed regions under this many pixels "
                                                                          f"are speckle (1–{MAX_REGION_PIXELS:,}).")]
 Describe = Annotated[bool, Field(description="Caption each date and classify the largest regions (slower).")]
+MaxObjects = Annotated[int, Field(ge=0, le=20, description="Most objects the description names, 0–20 (the parts "
+                                                           "list every one found).")]
 GroundMethod = Annotated[Literal["auto", "trained", "baseline"],
                          Field(description="trained: the shipped referring-segmentation head; baseline: "
                                            "training-free dense similarity of the dual encoder; auto: trained when "

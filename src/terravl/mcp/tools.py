@@ -1,5 +1,5 @@
-"""One MCP tool per capability: search, classify, caption, ask, localize, ground, change and ask_change; and, when the
-server was started with knowledge bases (``--kb``), kb_query and ask_kb.
+"""One MCP tool per capability: search, classify, caption, describe, ask, localize, ground, change and ask_change;
+and, when the server was started with knowledge bases (``--kb``), kb_query and ask_kb.
 
 Each tool is as thin as the HTTP route it mirrors (:mod:`terravl.server.routes`): it runs the same ``check_*``
 functions and calls the same :class:`~terravl.server.service.Service` method, which is the only place that calls
@@ -28,7 +28,8 @@ from terravl.mcp import params as p
 from terravl.results import ChangeResult, SearchHit
 from terravl.server.errors import Unavailable
 from terravl.server.routes.kb import MAX_EVIDENCE, KBAskResult, KBQueryResult
-from terravl.server.schemas import AskChangeResult, AskResult, CaptionResult, ClassifyResult, shaped
+from terravl.server.schemas import (AskChangeResult, AskResult, CaptionResult, ClassifyResult, DescribeResult,
+                                    shaped)
 from terravl.server.service import GROUND_LINKS, ChangeOptions, ChangeSide, ImageSource, Service
 from terravl.tasks.ground import GroundResult, check_expression
 from terravl.validation import (check_bands, check_bbox, check_beams, check_date_range, check_int, check_k,
@@ -207,6 +208,17 @@ def register_tools(server: MCPServer, service: Service, max_bytes: int) -> None:
         result = await service.on_image(source(id, index, bands), upload(image),
                                         lambda src: service.caption(src, beams, max_tokens))
         return answer(CaptionResult, result)
+
+    @server.tool(annotations=READ_ONLY)
+    async def describe(image: Image = None, id: p.TileId = None, index: Index = None, max_objects: p.MaxObjects = 4,
+                       bands: p.Bands = None) -> Annotated[CallToolResult, DescribeResult]:
+        """A detailed description (2–4 sentences) of an image (base64 data) or an indexed tile (id), composed by
+        small experts: the caption, the scene type with its probability, the objects present with where they are
+        and how many; the parts it rests on come with it (scene, objects with scores and positions, labels)."""
+        max_objects = check_int(max_objects, "max_objects", 0, 20)
+        result = await service.on_image(source(id, index, bands), upload(image),
+                                        lambda src: service.describe(src, max_objects))
+        return answer(DescribeResult, result)
 
     @server.tool(annotations=READ_ONLY)
     async def ask(question: p.Question, image: Image = None, id: p.TileId = None, index: Index = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from terravl.results import Answer, Caption, ChangeAnswer, ChangeResult, Classification, SearchHit
+from terravl.tasks.describe import Description
 
 
 class Hit(SearchHit):
@@ -30,6 +31,10 @@ class CaptionResult(Caption):
 
 
 class AskResult(Answer):
+    pass
+
+
+class DescribeResult(Description):
     pass
 
 

@@ -728,6 +728,14 @@ class Service:
         pixels, about = self.pixels(source)
         return {**_first(caption([pixels], self.captioner(), beams=beams, max_tokens=max_tokens)), **about}
 
+    def describe(self, source: ImageSource, max_objects: int) -> dict:
+        """A detailed description by the small experts (scene, objects, where, counts), with its parts."""
+        from terravl.tasks.describe import describe
+
+        pixels, about = self.pixels(source)
+        return {**_first(describe([pixels], experts=self.describer(), max_objects=max_objects, progress=False)),
+                **about}
+
     def ask(self, source: ImageSource, question: str) -> dict:
         from terravl.tasks import ask
 

@@ -1,4 +1,4 @@
-"""Understanding one image (an upload or an indexed tile): classify, caption, ask, localize, and the heat maps
+"""Understanding one image (an upload or an indexed tile): classify, caption, describe, ask, localize, and the heat maps
 that localize writes. Image-model work runs in the service's heavy pool."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 
 from terravl.server.deps import MAX_ID, ServiceDep
 from terravl.server.routes.kb import KBAskResult
-from terravl.server.schemas import AskResult, CaptionResult, ClassifyResult, LocalizeResult, shaped
+from terravl.server.schemas import AskResult, CaptionResult, ClassifyResult, DescribeResult, LocalizeResult, shaped
 from terravl.io import BAND_PROFILES
 from terravl.server.service import ImageSource
 from terravl.validation import (MAX_LABEL_CHARS, MAX_LABELS, MAX_QUERY_CHARS, check_bands, check_beams,
@@ -50,6 +50,20 @@ async def caption(request: Request, service: ServiceDep, image: UploadFile | Non
     result = await service.on_image(_source(id, index, bands), image,
                                     lambda src: service.caption(src, beams, max_tokens), request)
     return shaped(CaptionResult, result)
+
+
+@router.post("/api/v1/describe", response_model=DescribeResult)
+async def describe(request: Request, service: ServiceDep, image: UploadFile | None = IMAGE,
+                   id: int | None = TILE_ID, index: str | None = Form(None),
+                   max_objects: int = Form(4, description="Most objects the text names, 0–20 (the parts list "
+                                                          "every one found)."),
+                   bands: str | None = BANDS):
+    """A detailed description of an upload or an indexed tile, composed by small experts (the caption, the scene
+    type, the objects present with where they are and how many), with the parts it rests on."""
+    max_objects = check_int(max_objects, "max_objects", 0, 20)
+    result = await service.on_image(_source(id, index, bands), image,
+                                    lambda src: service.describe(src, max_objects), request)
+    return shaped(DescribeResult, result)
 
 
 @router.post("/api/v1/ask", response_model=AskResult | KBAskResult)

@@ -267,8 +267,9 @@ def train(cfg: GrounderTrainConfig, resume: bool = False, log=print) -> dict:
         entry = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else None, **scores,
                  "seconds": round(time.perf_counter() - train_started, 1)}
         history.append(entry)
+        empty = scores["negatives_empty"]
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}, val mIoU {scores['miou']:.4f}, "
-            f"negatives answered empty {scores['negatives_empty']:.1%}")
+            f"negatives answered empty {'—' if empty is None else f'{empty:.1%}'}")
         if best is None or scores["miou"] > best["miou"]:
             best = entry
             Grounder(arch, head, encoder).save(out / "model", None)

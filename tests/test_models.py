@@ -225,3 +225,19 @@ def test_pull_without_network_fails_with_one_clear_line_and_writes_nothing(tmp_p
     assert "could not download" in err and "Traceback" not in err
     assert str(tmp_path / "home" / "models" / "RemoteCLIP-ViT-B-32.pt") in err
     assert not (tmp_path / "home" / "models" / "RemoteCLIP-ViT-B-32.pt").exists()
+
+
+def test_the_caption_memory_is_stored_packed_and_loads_bit_identical(tmp_path):
+    """Identical caption prototypes are written once (with an index) and read back as the same rows."""
+    import torch
+
+    from terravl.models.terravl_encoder import pack_memory, unpack_memory
+
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [1.0, 2.0]], dtype=torch.float16)
+    state = {"memory_keys": torch.arange(8, dtype=torch.float16).reshape(4, 2), "memory_values": values}
+    packed = pack_memory(state)
+    assert "memory_values" not in packed and packed["memory_values_unique"].shape == (2, 2)
+    back = unpack_memory(packed)
+    assert torch.equal(back["memory_values"], values) and back["memory_values"].dtype == torch.float16
+    distinct = {"memory_values": torch.eye(3, dtype=torch.float16)}
+    assert pack_memory(distinct) is distinct and unpack_memory(distinct) is distinct  # nothing to share: as it was

@@ -98,7 +98,8 @@ class TerraVLModel(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
+        save_file(pack_memory({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}),
+                  str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config, **(extra or {})}, indent=2) + "\n")
         return folder
 
@@ -110,8 +111,33 @@ class TerraVLModel(nn.Module):
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(folder, f"unreadable {CONFIG_FILE} ({exc})") from exc
         model = cls({k: config[k] for k in (*DEFAULT_CONFIG, "memory") if k in config})
-        load_into(model, read_state_dict(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+        load_into(model, unpack_memory(read_state_dict(folder / WEIGHTS_FILE)), folder / WEIGHTS_FILE)
         return model.eval()
+
+
+def pack_memory(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state to write to disk: the caption memory's values stored once each plus an index (templated captions,
+    as UC Merced's, give many identical prototypes: a quarter of v2's rows), so the file stays small. Lossless:
+    :func:`unpack_memory` gives back the same tensors."""
+    values = state.get("memory_values")
+    if values is None:
+        return state
+    unique, index = torch.unique(values, dim=0, return_inverse=True)
+    if len(unique) == len(values):
+        return state
+    out = {k: v for k, v in state.items() if k != "memory_values"}
+    out["memory_values_unique"] = unique.contiguous()
+    out["memory_values_index"] = index.to(torch.int32).contiguous()
+    return out
+
+
+def unpack_memory(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state as the model holds it: a packed caption memory (:func:`pack_memory`) expanded to its rows."""
+    if "memory_values_index" not in state or "memory_values_unique" not in state:
+        return state
+    out = {k: v for k, v in state.items() if k not in ("memory_values_unique", "memory_values_index")}
+    out["memory_values"] = state["memory_values_unique"][state["memory_values_index"].long()].contiguous()
+    return out
 
 
 def blend_with_memory(image: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float,

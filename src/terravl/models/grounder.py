@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -285,32 +284,15 @@ class GrounderConfig:
 
 
 def grounders() -> dict[str, GrounderConfig]:
-    from terravl.models.registry import read_config_file
+    from terravl.models.registry import read_configs
 
-    found = {}
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        cfg = read_config_file(GrounderConfig, path)
-        found[cfg.name] = cfg
-    return found
+    return read_configs(GrounderConfig, CONFIG_DIR)
 
 
 def load_grounder(name_or_path: str | Path = DEFAULT_GROUNDER, encoder=None) -> Grounder:
     """A grounder by registered name (shipped folder, then ``$TERRAVL_HOME/models/<file>``) or by folder path.
     ``encoder`` overrides the encoder named in its settings (it must be the one it was trained on to be useful)."""
-    from terravl import config
-    from terravl.models.registry import WeightsNotFoundError, resolve_weights
+    from terravl.models.registry import model_folder
 
-    text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if os.sep in text or text.startswith(".") or path.exists():
-        if not (path / SETTINGS_FILE).is_file():
-            raise WeightsNotFoundError(text, f"no grounder folder here (it needs {SETTINGS_FILE})")
-        return Grounder.load(path, encoder)
-    registered = grounders()
-    if text in registered:
-        return Grounder.load(resolve_weights(registered[text]), encoder)
-    folder = config.models_dir() / text
-    if (folder / SETTINGS_FILE).is_file():
-        return Grounder.load(folder, encoder)
-    raise WeightsNotFoundError(text, f"no grounder named {text!r}: registered: {', '.join(sorted(registered)) or 'none'}"
-                                     f", or a folder with {SETTINGS_FILE}; train one with `terravl train grounder`")
+    return Grounder.load(model_folder(name_or_path, grounders(), SETTINGS_FILE, "grounder",
+                                      "terravl train grounder"), encoder)

@@ -22,7 +22,6 @@ file per head in ``models/configs/objects/``.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,30 +284,16 @@ class ObjectHeadConfig:
 
 
 def object_heads() -> dict[str, ObjectHeadConfig]:
-    from terravl.models.registry import read_config_file
+    from terravl.models.registry import read_configs
 
-    return {cfg.name: cfg for cfg in (read_config_file(ObjectHeadConfig, p) for p in sorted(CONFIG_DIR.glob("*.json")))}
+    return read_configs(ObjectHeadConfig, CONFIG_DIR)
 
 
 def load_object_head(name_or_path: str | Path = DEFAULT_OBJECTS, encoder=None) -> ObjectHead:
     """An object head by registered name (shipped folder, then ``$TERRAVL_HOME/models/<file>``), by the name of a
     folder in ``$TERRAVL_HOME/models``, or by folder path. ``encoder`` is the dual encoder it reads (default: the
     one named in its settings; another one is refused by dimension and warned about by checksum)."""
-    from terravl import config
-    from terravl.models.registry import WeightsNotFoundError, resolve_weights
+    from terravl.models.registry import model_folder
 
-    text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if os.sep in text or text.startswith(".") or path.exists():
-        if not (path / SETTINGS_FILE).is_file():
-            raise WeightsNotFoundError(text, f"no object-head folder here (it needs {SETTINGS_FILE})")
-        return ObjectHead.load(path, encoder)
-    registered = object_heads()
-    if text in registered:
-        return ObjectHead.load(resolve_weights(registered[text]), encoder)
-    folder = config.models_dir() / text
-    if (folder / SETTINGS_FILE).is_file():
-        return ObjectHead.load(folder, encoder)
-    raise WeightsNotFoundError(text, f"no object head named {text!r}: registered: "
-                                     f"{', '.join(sorted(registered)) or 'none'}, or a folder with {SETTINGS_FILE}; "
-                                     "train one with `terravl train objects`")
+    return ObjectHead.load(model_folder(name_or_path, object_heads(), SETTINGS_FILE, "object head",
+                                        "terravl train objects", "object-head"), encoder)

@@ -12,6 +12,7 @@ join the captioner registry under their folder name.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar, TypeVar, Union
@@ -124,6 +125,32 @@ def read_config_file(cls: type[C], path: Path) -> C:
     if not isinstance(data, dict):
         raise InputError(path, "a model config must be a JSON object")
     return config_from_dict(cls, data, path)
+
+
+def read_configs(cls: type[C], folder: Path) -> dict[str, C]:
+    """Every named config of one registry folder (``models/configs/<kind>/*.json``), by name: the registries of
+    grounders, object heads and routers."""
+    return {cfg.name: cfg for cfg in (read_config_file(cls, p) for p in sorted(folder.glob("*.json")))}
+
+
+def model_folder(name_or_path: str | Path, registered: dict, settings_file: str, kind: str, train: str,
+                 folder_kind: str | None = None) -> Path:
+    """The folder of a small trained model (grounder, object head, router): a folder path, a registered name
+    (shipped folder, then ``$TERRAVL_HOME/models/<file>``) or the name of a folder in ``$TERRAVL_HOME/models``;
+    a clear error naming what there is otherwise (``train``: the command that makes one)."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if os.sep in text or text.startswith(".") or path.exists():
+        if not (path / settings_file).is_file():
+            raise WeightsNotFoundError(text, f"no {folder_kind or kind} folder here (it needs {settings_file})")
+        return path
+    if text in registered:
+        return resolve_weights(registered[text])
+    folder = config.models_dir() / text
+    if (folder / settings_file).is_file():
+        return folder
+    raise WeightsNotFoundError(text, f"no {kind} named {text!r}: registered: {', '.join(sorted(registered)) or 'none'}"
+                                     f", or a folder with {settings_file}; train one with `{train}`")
 
 
 def register(cfg: ModelConfig) -> ModelConfig:

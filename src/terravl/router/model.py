@@ -14,7 +14,6 @@ one JSON file per router in ``models/configs/routers/``; weights shipped in the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -89,9 +88,9 @@ class RouterConfig:
 
 
 def routers() -> dict[str, RouterConfig]:
-    from terravl.models.registry import read_config_file
+    from terravl.models.registry import read_configs
 
-    return {cfg.name: cfg for cfg in (read_config_file(RouterConfig, p) for p in sorted(CONFIG_DIR.glob("*.json")))}
+    return read_configs(RouterConfig, CONFIG_DIR)
 
 
 # ---------------------------------------------------------------------------------------------------- features
@@ -177,23 +176,10 @@ def load_router(name_or_path: str | Path = DEFAULT_ROUTER, encoder=None) -> Rout
     """A router by registered name (shipped folder, then ``$TERRAVL_HOME/models/<file>``), by the name of a
     folder in ``$TERRAVL_HOME/models``, or by folder path. ``encoder`` overrides the encoder named in its settings
     (pass the one already loaded to share it; it must be the one the router was trained on)."""
-    from terravl import config
-    from terravl.models.registry import WeightsNotFoundError, resolve_weights
+    from terravl.models.registry import model_folder
 
-    text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if os.sep in text or text.startswith(".") or path.exists():
-        if not (path / SETTINGS_FILE).is_file():
-            raise WeightsNotFoundError(text, f"no router folder here (it needs {SETTINGS_FILE})")
-        return Router.load(path, encoder)
-    registered = routers()
-    if text in registered:
-        return Router.load(resolve_weights(registered[text]), encoder)
-    folder = config.models_dir() / text
-    if (folder / SETTINGS_FILE).is_file():
-        return Router.load(folder, encoder)
-    raise WeightsNotFoundError(text, f"no router named {text!r}: registered: {', '.join(sorted(registered)) or 'none'}"
-                                     f", or a folder with {SETTINGS_FILE}; train one with `terravl train router`")
+    return Router.load(model_folder(name_or_path, routers(), SETTINGS_FILE, "router", "terravl train router"),
+                       encoder)
 
 
 def default_router() -> Router:

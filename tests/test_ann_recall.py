@@ -1,0 +1,129 @@
+"""Approximate search recall is measured at build time and kept with the cache (issue 20, item 2), and IVF-PQ
+above a size threshold with its memory estimate (item 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from terravl.index.vectors import (CACHE_FILE, IVFIndex, describe, estimate_bytes, exact_search, pq_subquantizers,
+                                   resolve_kind)
+
+
+def clustered(n: int = 20_000, dim: int = 64, centres: int = 50, noise: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Weakly clustered unit vectors: hard enough that the smallest nprobe misses most neighbours."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(centres, dim))[rng.integers(0, centres, n)] + noise * rng.normal(size=(n, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return clustered()
+
+
+def held_out_recall(ann: IVFIndex, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    hits = [len(set(exact_search(vectors, q, k)[0].tolist()) & set(ann.search(q, k)[0].tolist())) / k
+            for q in queries]
+    return float(np.mean(hits))
+
+
+def test_nprobe_is_raised_until_recall_reaches_the_target_and_survives_save_load(vectors, tmp_path):
+    ids = np.arange(len(vectors)) + 100
+    fixed = IVFIndex.build(vectors, ids, nprobe=8, tune_queries=300)
+    assert fixed.nprobe == 8 and fixed.recall < 0.9  # the smallest setting is not enough on this set
+    ann = IVFIndex.build(vectors, ids, tune_queries=300)
+    assert ann.kind == "flat" and ann.recall >= 0.95 and 8 < ann.nprobe <= ann.nlist
+    assert ann.info()["recall_target"] == 0.95
+    # queries that are not in the index (new points around the same centres) get about the measured recall
+    centres = np.random.default_rng(0).normal(size=(50, 64))
+    rng = np.random.default_rng(9)
+    q = centres[rng.integers(0, 50, 200)] + 2.0 * rng.normal(size=(200, 64))
+    queries = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    assert held_out_recall(ann, vectors, queries) >= 0.93
+
+    ann.save(tmp_path, version=3)
+    assert IVFIndex.load(tmp_path, version=4) is None  # a stale cache is never used
+    loaded = IVFIndex.load(tmp_path, version=3)
+    assert (loaded.nprobe, loaded.recall, loaded.kind, loaded.nlist) == (ann.nprobe, ann.recall, "flat", ann.nlist)
+    assert np.array_equal(loaded.ids, ids)
+    info = describe(tmp_path)
+    assert info["nprobe"] == ann.nprobe and info["recall_at_10"] == pytest.approx(ann.recall)
+    assert info["vectors"] == len(vectors) and info["store_version"] == 3 and info["kind"] == "flat"
+
+
+def test_a_query_sample_far_from_the_vectors_raises_nprobe_until_it_too_reaches_the_target(tmp_path):
+    easy = clustered(10_000, noise=1.0, seed=4)  # leave-one-out rows find their neighbours in a few cells
+    far = np.random.default_rng(5).normal(size=(150, 64)).astype(np.float32)  # queries off the data, like text
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    rows_only = IVFIndex.build(easy, np.arange(10_000), tune_queries=300)
+    with_sample = IVFIndex.build(easy, np.arange(10_000), tune_queries=300, query_sample=far)
+    assert rows_only.recall >= 0.95 and with_sample.nprobe > rows_only.nprobe
+    assert held_out_recall(rows_only, easy, far) < 0.95 <= held_out_recall(with_sample, easy, far)
+    assert with_sample.recall == min(with_sample.recall_rows, with_sample.recall_sample) >= 0.95
+    with_sample.save(tmp_path, version=2)
+    loaded = IVFIndex.load(tmp_path, 2)
+    assert (loaded.recall_sample, loaded.sample_queries, loaded.nprobe) == (with_sample.recall_sample, 150,
+                                                                            with_sample.nprobe)
+    assert describe(tmp_path)["recall_sample"] == pytest.approx(with_sample.recall_sample)
+    calls = []
+    lazy = IVFIndex.cached(tmp_path / "x", 1, easy, np.arange(10_000), persist=False,  # made only to build
+                           query_sample=lambda: calls.append(1) or far)
+    assert calls == [1] and lazy.sample_queries == 150
+    assert IVFIndex.cached(tmp_path / "x", 1, easy, np.arange(10_000), query_sample=lambda: calls.append(1)) is lazy
+    assert calls == [1]
+
+
+def test_a_cache_from_before_measured_recall_is_rebuilt(vectors, tmp_path):
+    import faiss
+
+    ids = np.arange(3000)
+    old = IVFIndex.build(vectors[:3000], ids, nprobe=32, tune_queries=0)
+    with open(tmp_path / CACHE_FILE, "wb") as fh:  # exactly what the previous release wrote
+        np.savez(fh, index=faiss.serialize_index(old.index), ids=ids, meta=np.array([7, 32], dtype=np.int64))
+    assert describe(tmp_path)["recall_at_10"] is None and describe(tmp_path)["nprobe"] == 32
+    assert IVFIndex.load(tmp_path, version=7) is None
+    rebuilt = IVFIndex.cached(tmp_path, 7, vectors[:3000], ids)
+    assert rebuilt.recall is not None and rebuilt.recall >= 0.95
+    assert describe(tmp_path)["recall_at_10"] == pytest.approx(rebuilt.recall)
+    (tmp_path / CACHE_FILE).write_bytes(b"not an npz")  # a damaged cache is rebuilt too, not an error
+    assert IVFIndex.load(tmp_path, version=7) is None and describe(tmp_path) is None
+
+
+def test_pq_finds_the_exact_top1_on_easy_queries_and_reranks_to_exact_scores(vectors, tmp_path):
+    ids = np.arange(len(vectors))
+    ann = IVFIndex.build(vectors, ids, kind="pq", tune_queries=300)
+    assert ann.kind == "pq" and ann.recall >= 0.95
+    rng = np.random.default_rng(3)
+    easy = vectors[:100] + 0.01 * rng.normal(size=(100, 64)).astype(np.float32)
+    for q in easy:
+        pos, scores = ann.search(q, 10)
+        best, best_score = exact_search(vectors, q, 1)
+        assert pos[0] == best[0] and scores[0] == pytest.approx(best_score[0], abs=1e-5)
+    ann.save(tmp_path, version=1)
+    loaded = IVFIndex.load(tmp_path, 1, vectors)  # re-ranks from the vectors it is given
+    assert (loaded.kind, loaded.nprobe, loaded.refine, loaded.recall) == ("pq", ann.nprobe, ann.refine, ann.recall)
+    assert np.array_equal(loaded.search(easy[0], 5)[0], ann.search(easy[0], 5)[0])
+    assert IVFIndex.load(tmp_path, 1, vectors[:10]) is None  # vectors that do not match: rebuilt, not misused
+
+
+def test_auto_kind_switches_to_pq_above_the_threshold(vectors):
+    assert resolve_kind(10, "auto") == "flat" and resolve_kind(3_000_000, "auto") == "pq"
+    assert resolve_kind(10, "auto", pq_threshold=5) == "pq" and resolve_kind(3_000_000, "flat") == "flat"
+    with pytest.raises(ValueError, match="kind"):
+        resolve_kind(10, "hnsw")
+    small = IVFIndex.build(vectors[:5000], np.arange(5000), pq_threshold=4000, tune_queries=0)
+    assert small.kind == "pq"
+    assert pq_subquantizers(512) == 64 and pq_subquantizers(384) == 48 and 300 % pq_subquantizers(300) == 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_memory_estimate_matches_the_serialized_index(vectors, kind):
+    import faiss
+
+    ann = IVFIndex.build(vectors[:4000], np.arange(4000), kind=kind, tune_queries=0)
+    actual = len(faiss.serialize_index(ann.index)) + ann.ids.nbytes
+    estimate = estimate_bytes(4000, 64, kind, nlist=ann.nlist)
+    assert 0.9 < estimate / actual < 1.1
+    assert estimate_bytes(10_000_000, 512, "pq") < estimate_bytes(10_000_000, 512, "flat") / 20
+    assert estimate_bytes(10_000_000, 512, "pq", rerank_vectors=True) > 20e9

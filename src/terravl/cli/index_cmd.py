@@ -27,15 +27,23 @@ def index() -> None:
     """Build, extend and inspect an archive index (vectors + footprints in one crash-safe SQLite file)."""
 
 
-def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist: bool):
+def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist: bool, shards: int | None = None,
+           ray: dict | None = None):
     from terravl.index import IndexStore, build_index
+    from terravl.index.shards import is_sharded
 
-    if must_exist:
-        with IndexStore(out, readonly=True) as store:
-            model = model or store.model
-    encoder = _load_model(model)
-    with tqdm(desc="indexing", unit="tile", file=sys.stderr, disable=None) as bar:
-        report = build_index(sources, encoder, out, tile_size, overlap, batch_size=batch_size, progress=bar.update)
+    if ray is not None:
+        report = _build_ray(sources, out, model, tile_size, overlap, batch_size, ray, shards or is_sharded(out))
+    elif shards is not None or is_sharded(out):
+        report = _build_sharded(sources, out, model, tile_size, overlap, batch_size, shards)
+    else:
+        if must_exist:
+            with IndexStore(out, readonly=True) as store:
+                model = model or store.model
+        encoder = _load_model(model)
+        with tqdm(desc="indexing", unit="tile", file=sys.stderr, disable=None) as bar:
+            report = build_index(sources, encoder, out, tile_size, overlap, batch_size=batch_size,
+                                 progress=bar.update)
     result = {"index": str(out), **report.to_dict()}
     if fmt == "json":
         emit_json(result)
@@ -44,6 +52,63 @@ def _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist:
                      f"{len(report.problems)} problem(s) → {out}")
     report_problems(report.problems)
     return 2 if report.problems and report.tiles_seen == 0 else 0
+
+
+def _build_sharded(sources, out, model, tile_size, overlap, batch_size, shards):
+    """Build (or resume, or extend) the sharded index ``out``: each shard in a process of its own that loads the
+    model by name (the index's own model when it exists and none is given)."""
+    import terravl.models as m
+    from terravl.index.shards import build_sharded, is_sharded, read_manifest
+
+    if model is None and is_sharded(out):
+        model = read_manifest(out)["model"]
+    with tqdm(desc="indexing", unit="tile", file=sys.stderr, disable=None) as bar:
+        return build_sharded(sources, model or m.DEFAULT_MODEL, out, shards, tile_size, overlap,
+                             batch_size=batch_size, progress=bar.update)
+
+
+def _build_ray(sources, out, model, tile_size, overlap, batch_size, ray: dict, sharded: bool):
+    """The build on a Ray cluster: decoding tasks, an actor pool embedding, this process the one writer."""
+    import terravl.models as m
+    from terravl.errors import InputError
+    from terravl.index import IndexStore
+    from terravl.index.ray_build import RaySettings, build_index_ray
+
+    if sharded:
+        raise InputError("--ray", "a Ray build writes one index (one writer); it cannot build or extend a sharded "
+                                  "index: leave out --shards, or build the shards without --ray")
+    settings = RaySettings(**ray)  # checks the numbers before any cluster starts
+    if model is None and (Path(out) / "index.sqlite").exists():
+        with IndexStore(out, readonly=True) as store:
+            model = store.model
+    with tqdm(desc="indexing (ray)", unit="tile", file=sys.stderr, disable=None) as bar:
+        return build_index_ray(sources, model or m.DEFAULT_MODEL, out, tile_size, overlap, batch_size=batch_size,
+                               settings=settings, progress=bar.update)
+
+
+_ray_options = [
+    click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
+                 help="Build on a Ray cluster: decoding as Ray tasks, embedding in a pool of actors (one model each), "
+                      "this process the single writer. 'auto' joins $RAY_ADDRESS or a cluster running here, else "
+                      "starts a local one; 'local' always starts one; or ray://HOST:10001. Needs terravl[ray]."),
+    click.option("--num-actors", default=None, type=int,
+                 help="Embedding actors (one model each). Default: one per 2 CPUs of the cluster."),
+    click.option("--cpus-per-actor", default=1.0, show_default=True, type=float,
+                 help="CPUs (torch threads) per embedding actor."),
+    click.option("--gpus-per-actor", default=0.0, show_default=True, type=float,
+                 help="GPU share per embedding actor (e.g. 0.5: two actors per GPU); >0 embeds on CUDA."),
+]
+
+
+def _ray_settings(ray_address, num_actors, cpus_per_actor, gpus_per_actor) -> dict | None:
+    if ray_address is None:
+        for name, value, default in (("--num-actors", num_actors, None), ("--cpus-per-actor", cpus_per_actor, 1.0),
+                                     ("--gpus-per-actor", gpus_per_actor, 0.0)):
+            if value != default:
+                raise click.UsageError(f"{name} needs --ray")
+        return None
+    return {"address": ray_address, "num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor}
 
 
 _build_options = [
@@ -69,8 +134,13 @@ def _with(options):
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Index folder.")
 @_model_option
 @_with(_build_options)
+@click.option("--shards", default=None, type=click.IntRange(min=1),
+              help="Build a sharded index of N shards, each by a process of its own (one writer each); searched "
+                   "and served as one index. A re-run resumes each shard.")
+@_with(_ray_options)
 @format_option()
-def build(sources, out, model, tile_size, overlap, batch_size, fmt) -> int:
+def build(sources, out, model, tile_size, overlap, batch_size, shards, ray_address, num_actors, cpus_per_actor,
+          gpus_per_actor, fmt) -> int:
     """Index SOURCES (image files, GeoTIFFs, folders walked recursively, s3:// objects and prefixes, STAC catalog,
     collection or item JSON files) into OUT.
 
@@ -83,8 +153,12 @@ def build(sources, out, model, tile_size, overlap, batch_size, fmt) -> int:
       terravl index build ../shared/data/aid_150px --out aid.idx
       terravl index build scenes/*.tif --tile-size 256 --overlap 32 --out scenes.idx --model remoteclip-vit-b-32
       terravl index build s3://imagery/scenes/ catalog/catalog.json --out archive.idx
+      terravl index build scenes/ --out archive.idx --shards 4
+      terravl index build scenes/ --out archive.idx --ray auto --num-actors 2
+      RAY_ADDRESS=ray://head:10001 terravl index build s3://imagery/ --out archive.idx --ray --gpus-per-actor 0.5
     """
-    return _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist=False)
+    ray = _ray_settings(ray_address, num_actors, cpus_per_actor, gpus_per_actor)
+    return _build(sources, out, model, tile_size, overlap, batch_size, fmt, must_exist=False, shards=shards, ray=ray)
 
 
 @index.command()
@@ -103,10 +177,11 @@ def add(idx, sources, tile_size, overlap, batch_size, fmt) -> int:
 @format_option()
 def remove(idx, sources, fmt) -> None:
     """Remove every tile of SOURCES (files or folders, as indexed) from IDX."""
-    from terravl.index import IndexStore, expand_sources
+    from terravl.index import expand_sources
     from terravl.index.build import source_name
+    from terravl.index.shards import open_index
 
-    with IndexStore(idx) as store:
+    with open_index(idx, readonly=None) as store:
         removed = {str(p): store.remove_source(source_name(p)) for p in expand_sources(sources)}
         # a tile whose pixels are also in a file not removed stays, under that file's name
         result = {"index": str(idx), "removed": sum(removed.values()), "files": removed, "count": store.count()}
@@ -117,15 +192,26 @@ def remove(idx, sources, fmt) -> None:
 @click.argument("idx", type=click.Path(path_type=Path, file_okay=False))
 @format_option()
 def info(idx, fmt) -> None:
-    """Count, model, dimensions, sources, date range and bounding box of IDX."""
-    from terravl.index import IndexStore
+    """Count, model, dimensions, sources, date range and bounding box of IDX (of a sharded index: of the whole,
+    and each shard's count)."""
+    from terravl.index.shards import open_index
+    from terravl.index.vectors import describe
 
-    with IndexStore(idx, readonly=True) as store:
+    with open_index(idx, readonly=True) as store:
         result = store.info()
+        if "shards" not in result:  # the saved approximate index: kind, nprobe and its measured recall@10
+            result["approximate"] = describe(store.path)
     if fmt == "json":
         emit_json(result)
     else:
-        table(str(idx), ["", "value"], [[k, v] for k, v in result.items()])
+        ann = result.get("approximate")
+        shown = result if "approximate" not in result else {**result, "approximate": "none (exact search)" if not ann else
+                 f"IVF-{ann['kind']}, nprobe {ann['nprobe']} of {ann['nlist'] or '?'} cells, recall@10 "
+                 f"{'unmeasured' if ann['recall_at_10'] is None else format(ann['recall_at_10'], '.3f')}"}
+        table(str(idx), ["", "value"], [[k, v] for k, v in shown.items() if k != "shards"])
+        if "shards" in result:
+            table(f"{len(result['shards'])} shards", ["shard", "tiles", "sources", "problems"],
+                  [[s["name"], s["count"], s["sources"], s["problems"]] for s in result["shards"]])
 
 
 @index.command()
@@ -138,8 +224,9 @@ def check(idx, fmt) -> int:
     Opening an index only checks its structure cheaply; run this after a crash, a disk error or a copy.
     """
     from terravl.index import check_index
+    from terravl.index.shards import check_shards, is_sharded
 
-    result = check_index(idx)
+    result = check_shards(idx) if is_sharded(idx) else check_index(idx)
     if fmt == "json":
         emit_json(result)
     elif result["ok"]:
@@ -183,10 +270,10 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
     if captions is not None:
         if image is None:
             raise click.UsageError("--captions needs --image")
-        from terravl.index import IndexStore
+        from terravl.index.shards import open_index
         from terravl.tasks import search_captions
 
-        with IndexStore(idx, readonly=True) as store:
+        with open_index(idx, readonly=True) as store:
             encoder = _load_model(store.model)
         matches = search_captions(image, _read_captions(captions), encoder, k)
         if fmt == "table":
@@ -197,9 +284,9 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
         return
     if (text is None) == (image is None):
         raise click.UsageError("give a TEXT query or --image, not both")
-    from terravl.index import IndexStore
+    from terravl.index.shards import open_index
 
-    with IndexStore(idx, readonly=True) as store:  # read-only: works on a read-only mount, writes nothing
+    with open_index(idx, readonly=True) as store:  # read-only: works on a read-only mount, writes nothing
         hits = [h.to_dict() for h in search_task(store, text=text, image=image, k=k, bbox=bbox,
                                                  date_from=date_from, date_to=date_to)]
     if fmt == "json":

@@ -87,9 +87,12 @@ def source_name(path: Path | str | StacAsset) -> str:
 def index_sources(sources: Iterable[str | Path], vrt_dir: str | Path) -> Iterator[Path | str | StacAsset | Problem]:
     """What ``index build`` reads: :func:`expand_sources`, and each STAC document (a ``.json`` catalog,
     collection, item collection or item) as its items' assets or the problems found walking it
-    (:func:`terravl.io.stac.iter_stac`; band-stacking VRTs go to ``vrt_dir``)."""
+    (:func:`terravl.io.stac.iter_stac`; band-stacking VRTs go to ``vrt_dir``). Items already expanded (a STAC
+    asset, a problem: a sharded build splits them among its shards) pass through as they are."""
     for source in sources:
-        if is_stac_file(source):
+        if isinstance(source, (StacAsset, Problem)):
+            yield source
+        elif is_stac_file(source):
             yield from iter_stac(source, vrt_dir)
         else:
             yield from expand_sources([source])
@@ -121,6 +124,28 @@ def items_of(path: Path | str | StacAsset, tile_size: int, overlap: int, whole_b
         footprint = tile.footprint or (placed.footprint(tile.window) if placed else None)
         yield _Item(array, TileRow(content_hash(array), source, tile.window.to_dict(), footprint, bbox_of(footprint),
                                    tile.georef.crs_name if tile.georef else None, acquired, np.zeros(0)))
+
+
+def source_items(path: Path | str | StacAsset | Problem, tile_size: int, overlap: int,
+                 whole_below: int) -> Iterator[_Item | Problem]:
+    """:func:`items_of` one source, ending in a :class:`Problem` instead of an exception when the source cannot be
+    read (after the items already read): one bad file never stops a build. Shared by the threaded build and the
+    Ray tasks (:mod:`terravl.index.ray_build`)."""
+    if isinstance(path, Problem):  # a STAC document or item that names nothing readable
+        yield Problem(shown(path.path), shown(path.error))
+        return
+    # a STAC item is reported as catalog.json#item-id, with the asset's file in the message
+    name, about = (path.label, f"{path.href}: ") if isinstance(path, StacAsset) else (path, "")
+    local = not isinstance(path, StacAsset) and not is_remote(path)
+    if local and not is_utf8(os.path.abspath(path)):  # the index stores names as text, to reopen them
+        yield Problem(shown(path), "file name is not valid UTF-8; rename the file to index it")
+        return
+    try:
+        yield from items_of(path, tile_size, overlap, whole_below)
+    except InputError as exc:
+        yield Problem(shown(name), shown(about + exc.message))
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
+        yield Problem(shown(name), shown(f"{about}{exc.__class__.__name__}: {exc}"))
 
 
 def _bbox_georef(bbox: tuple[float, float, float, float], width: int, height: int):
@@ -160,24 +185,10 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                 if stop.is_set():
                     return
                 report.files += 1
-                if isinstance(path, Problem):  # a STAC document or item that names nothing readable
-                    items.put(Problem(shown(path.path), shown(path.error)))
-                    continue
-                # a STAC item is reported as catalog.json#item-id, with the asset's file in the message
-                name, about = (path.label, f"{path.href}: ") if isinstance(path, StacAsset) else (path, "")
-                local = not isinstance(path, StacAsset) and not is_remote(path)
-                if local and not is_utf8(os.path.abspath(path)):  # the index stores names as text, to reopen them
-                    items.put(Problem(shown(path), "file name is not valid UTF-8; rename the file to index it"))
-                    continue
-                try:
-                    for item in items_of(path, tile_size, overlap, whole_below):
-                        if stop.is_set():
-                            return
-                        items.put(item)
-                except InputError as exc:
-                    items.put(Problem(shown(name), shown(about + exc.message)))
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the build
-                    items.put(Problem(shown(name), shown(f"{about}{exc.__class__.__name__}: {exc}")))
+                for item in source_items(path, tile_size, overlap, whole_below):
+                    if stop.is_set():
+                        return
+                    items.put(item)
         except Exception as exc:  # noqa: BLE001 - walking the sources failed: say so rather than end quietly
             items.put(Problem("sources", shown(f"{exc.__class__.__name__}: {exc}")))
         finally:

@@ -144,6 +144,9 @@ class IndexStore:
         self.path = Path(path)
         db = self.path / DB_FILE
         if not db.is_file():
+            if (self.path / "shards.json").is_file():  # terravl.index.shards: opened with open_index
+                raise IndexOpenError(self.path, "is a sharded index (shards.json): this needs a single index; give "
+                                                "one of its shard folders, or use a command that takes shards")
             if not create:
                 raise IndexOpenError(self.path, "no index here (build one with `terravl index build`)")
             if readonly:

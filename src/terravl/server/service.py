@@ -95,7 +95,7 @@ class Service:
                  queue: int = 64, max_upload_pixels: int = 40_000_000, preload: bool = True,
                  light_workers: int = 2, max_windows: int = 20_000, max_change_pixels: int = 16_000_000,
                  kbs: list[str | Path] | None = None):
-        from terravl.index.store import IndexStore
+        from terravl.index.shards import open_index
 
         self.paths: dict[str, Path] = {}
         self.damaged: dict[str, tuple[str, tuple]] = {}
@@ -104,7 +104,7 @@ class Service:
         self._generation: dict[str, int] = {}
         for path in indexes:
             path = Path(path)
-            store = IndexStore(path, readonly=True)  # fails early, naming the folder, if it is not a sound index
+            store = open_index(path, readonly=True)  # fails early, naming the folder, if it is not a sound index
             store.close()
             name, n = path.name or "index", 2
             while name in self.paths:
@@ -182,13 +182,14 @@ class Service:
 
     def index_problem(self, name: str) -> str | None:
         """Why index ``name`` cannot be served now, or None. A damaged index stays so until its file changes."""
-        from terravl.index.store import IndexOpenError, IndexStore
+        from terravl.index.shards import open_index
+        from terravl.index.store import IndexOpenError
 
         known = self.damaged.get(name)
         if known is not None and known[1] == self._identity(name):
             return known[0]
         try:
-            IndexStore(self.paths[name], readonly=True).close()
+            open_index(self.paths[name], readonly=True).close()
         except IndexOpenError as exc:
             return self._mark_damaged(name, exc)
         if known is not None:  # restored or rebuilt: serve it again, from fresh connections
@@ -198,13 +199,17 @@ class Service:
         return None
 
     def _identity(self, name: str) -> tuple:
-        from terravl.index.store import DB_FILE
+        from terravl.index.shards import index_files
 
-        try:
-            st = (self.paths[name] / DB_FILE).stat()
-        except OSError:
-            return ()
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        identity = []
+        for file in index_files(self.paths[name]):  # its database; of a sharded index, every shard's
+            try:
+                st = file.stat()
+            except OSError:
+                identity.append(())
+                continue
+            identity.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(identity) if len(identity) > 1 else identity[0]
 
     def _mark_damaged(self, name: str, exc: Exception) -> str:
         """Record index ``name`` as unavailable; the reason given to clients names no server path (the log does)."""
@@ -228,7 +233,8 @@ class Service:
         """This thread's open store of index ``name``, read-only (reopened when the index has changed on disk).
         An index found damaged, now or by an earlier request or probe, is :class:`Unavailable` (503), never a 500;
         a store that finds damage later (mid-search) marks the index through its ``on_damage``."""
-        from terravl.index.store import IndexOpenError, IndexStore
+        from terravl.index.shards import open_index
+        from terravl.index.store import IndexOpenError
 
         name = self.index_name(name)
         known = self.damaged.get(name)
@@ -244,7 +250,7 @@ class Service:
                 if store is not None:
                     stores.pop(name, None)
                     store.close()
-                store = IndexStore(self.paths[name], readonly=True)
+                store = open_index(self.paths[name], readonly=True)  # an IndexStore, or a ShardSet
                 store.on_damage = lambda exc, name=name: self._mark_damaged(name, exc)
                 stores[name] = (store, store.version, self._generation.get(name, 0))
         except IndexOpenError as exc:

@@ -644,11 +644,11 @@ def _change(state, args, base, models):
 
 
 def _search(state, args, base, models):
-    from terravl.index.store import IndexStore
+    from terravl.index.shards import open_index
     from terravl.tasks.retrieve import search
 
     query = args.get("query")
-    with IndexStore(state.index, readonly=True) as store:
+    with open_index(state.index, readonly=True) as store:  # a single index or a sharded one
         encoder = models.encoder_for(store.model)
         if query:
             hits = search(store, text=query, k=SEARCH_K, encoder=encoder)

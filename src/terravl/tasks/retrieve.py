@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from terravl.errors import InputError
+from terravl.index.shards import ShardSet, global_id, open_index
 from terravl.index.store import IndexStore
 from terravl.results import CaptionMatch, SearchHit
 from terravl.validation import check_bbox, check_date_range, check_k, check_text
-from terravl.index.vectors import ANN_THRESHOLD, IVFIndex, exact_search
+from terravl.index.vectors import ANN_THRESHOLD, TUNING_PROMPTS, IVFIndex, exact_search
 
 
-def _encoder_for(store: IndexStore, encoder=None):
+def _encoder_for(store: IndexStore | ShardSet, encoder=None):
     if encoder is not None:
         if (encoder.source or encoder.name) != store.model:
             raise InputError(store.path, f"index was built with {store.model!r}; the query encoder is "
@@ -25,14 +26,19 @@ def _encoder_for(store: IndexStore, encoder=None):
     return m.load(store.model)
 
 
-def search(index: str | Path | IndexStore, text: str | None = None, image=None, k: int = 10,
+def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, image=None, k: int = 10,
            bbox: str | tuple[float, float, float, float] | None = None, date_from: str | None = None,
            date_to: str | None = None, encoder=None, approximate: bool | None = None) -> list[SearchHit]:
     """Top-``k`` tiles for a text or an example image, best first, each a :class:`~terravl.results.SearchHit`
     (id, source path, window, footprint, CRS, acquisition date, score).
 
     Exact search below :data:`ANN_THRESHOLD` vectors or when filters are given; FAISS IVF above (``approximate``
-    forces either). An index given by path is opened and closed here; an open :class:`IndexStore` stays open."""
+    forces either). An index given by path is opened and closed here; an open :class:`IndexStore` stays open.
+
+    A sharded index (:mod:`terravl.index.shards`, by path or as an open :class:`ShardSet`) is searched shard by
+    shard, each exactly or approximately by its own size as above, and the shards' top ``k`` merged by score:
+    the same hits as one index over the same tiles, with ids that name shard and tile
+    (:func:`~terravl.index.shards.global_id`)."""
     if (text is None) == (image is None):
         raise InputError("query", "give exactly one of a text or an image")
     if text is not None:
@@ -40,32 +46,80 @@ def search(index: str | Path | IndexStore, text: str | None = None, image=None, 
     k = check_k(k)
     bbox = check_bbox(bbox)
     date_from, date_to = check_date_range(date_from, date_to)
-    if isinstance(index, IndexStore):
+    if isinstance(index, (IndexStore, ShardSet)):
         return _search(index, text, image, k, bbox, date_from, date_to, encoder, approximate)
-    with IndexStore(index) as store:
+    with open_index(index, readonly=None) as store:
         return _search(store, text, image, k, bbox, date_from, date_to, encoder, approximate)
 
 
-def _search(store: IndexStore, text, image, k, bbox, date_from, date_to, encoder, approximate) -> list[SearchHit]:
+def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
+            approximate) -> list[SearchHit]:
     encoder = _encoder_for(store, encoder)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
-    ids, vectors = store.vectors()
+    # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
+    sample = lambda: encoder.encode_texts(list(TUNING_PROMPTS))  # noqa: E731 - called only when a cache is built
+    if isinstance(store, ShardSet):
+        return _search_shards(store, query, k, bbox, date_from, date_to, approximate, sample)
+    hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample)
+    rows = store.rows(hit_ids)
+    return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores)]
+
+
+def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date_to, approximate,
+             sample=None) -> tuple[np.ndarray, np.ndarray]:
+    """(tile ids, scores) of the ``k`` best tiles of one index, best first.
+
+    The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-flat), so a search
+    of a large index neither reads every vector from SQLite nor holds them twice; the vectors are read when the
+    cache must be built (its ``nprobe`` tuned on a sample of text queries, ``sample``) or an IVF-PQ index
+    re-ranks with them."""
     allowed = store.filter_ids(bbox, date_from, date_to)
+    use_ann = allowed is None and (approximate if approximate is not None else store.count() >= ANN_THRESHOLD)
+    if use_ann:
+        ann = IVFIndex.load(store.path, store.version)
+        if ann is None or ann.kind == "pq":
+            ids, vectors = store.vectors()
+            ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly,
+                                  query_sample=sample)
+        if ann.nprobe <= ann.nlist // 2:  # else the vectors have no cluster structure IVF could use: go exact
+            pos, scores = ann.search(query, k)
+            return ann.ids[pos], scores
+    ids, vectors = store.vectors()
     if allowed is not None:
         mask = np.isin(ids, allowed)
         ids, vectors = ids[mask], vectors[mask]
-        use_ann = False
-    else:
-        use_ann = approximate if approximate is not None else len(ids) >= ANN_THRESHOLD
-    if use_ann:
-        ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly)
-        pos, scores = ann.search(query, k)
-        hit_ids = ann.ids[pos]
-    else:
-        pos, scores = exact_search(vectors, query, k)
-        hit_ids = ids[pos]
-    rows = store.rows(hit_ids)
-    return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores)]
+    pos, scores = exact_search(vectors, query, k)
+    return ids[pos], scores
+
+
+def _search_shards(shards: ShardSet, query: np.ndarray, k: int, bbox, date_from, date_to,
+                   approximate, sample=None) -> list[SearchHit]:
+    """Every shard's top ``want`` merged by score (ties by global id, so the order never depends on the shards'
+    timing), keeping the first hit of each content hash: identical pixels in files of two shards are indexed in
+    both, but one index holds them once. Should that leave fewer than ``k`` while a shard may hold more, each
+    shard is asked again for twice as many."""
+    want = k
+    while True:
+        candidates: list[tuple[float, int]] = []
+        more = False
+        for no, store in enumerate(shards.stores):
+            ids, scores = _nearest(store, query, want, bbox, date_from, date_to, approximate, sample)
+            more |= len(ids) == want
+            candidates += [(-float(s), global_id(no, int(i))) for i, s in zip(ids, scores)]
+        candidates.sort()
+        rows = shards.rows(gid for _, gid in candidates)
+        hits, seen = [], set()
+        for negative, gid in candidates:
+            row = rows[gid]
+            if row.content_hash in seen:
+                continue
+            seen.add(row.content_hash)
+            hits.append(SearchHit(**row.to_dict(), score=-negative))
+            if len(hits) == k:
+                return hits
+        if not more:
+            return hits
+        want *= 2
 
 
 def search_captions(image, captions: list[str], encoder, k: int = 5) -> list[CaptionMatch]:

@@ -292,6 +292,13 @@ def test_train_grounder_end_to_end_on_tiny_data(tmp_path, capsys):
     assert g.arch.resolution == 64 and g.arch.encoder == str(encoder)
     info = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
     assert len(info["history"]) == 2 and "train" in info["data"]
+    # the pixel threshold is chosen on the validation composites, written into the model and used by the task
+    sweep = info["threshold"]
+    best = max(s["miou"] for s in sweep["by_threshold"].values())
+    assert sweep["by_threshold"][str(sweep["chosen"])]["miou"] == best and g.arch.threshold == sweep["chosen"]
+    from terravl.tasks.ground_methods import TrainedMethod
+
+    assert TrainedMethod(g).threshold(None, None, 1.0) == sweep["chosen"]
     # a second run reuses the cached features
     code = main(["train", "grounder", "--config", "configs/terravl-grounder.yaml", "--data-root", str(root),
                  "--encoder", str(encoder), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8",

@@ -55,6 +55,7 @@ class GrounderArch:
     top_channels: int = 256         # channels of the tower's last stage (1/16)
     match_dim: int = 64             # width of the learned location–expression match
     encoder_sha256: str = ""        # checksum of the encoder's weights the head was trained on
+    threshold: float = 0.5          # pixel probability above which a pixel matches (chosen on validation data)
 
     @classmethod
     def from_dict(cls, data: dict) -> "GrounderArch":

@@ -83,13 +83,17 @@ class GroundMethod:
 
 
 class TrainedMethod(GroundMethod):
-    """The trained head: its sigmoid probability, threshold 0.5."""
+    """The trained head: its sigmoid probability, thresholded at the model's own threshold (chosen on validation
+    composites when it was trained; 0.5 for older heads)."""
 
     name = "trained"
 
     def __init__(self, grounder):
         self.grounder = grounder
         self.warnings = list(grounder.warnings)
+
+    def threshold(self, hist: np.ndarray, edges: np.ndarray, best: float) -> float:
+        return float(self.grounder.arch.threshold)
 
     def prepare(self, expression: str):
         return self.grounder.encoder.encode_texts([expression])[0]

@@ -146,10 +146,14 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, negative: torch.Tensor, di
     return bce
 
 
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+"""Pixel thresholds tried on the validation composites after training; the best one is the model's."""
+
+
 @torch.no_grad()
-def validate(head, cache: FeatureCache, dense, device, res: int, batch: int = 64) -> dict:
-    """mIoU of the thresholded (0.5) full-size mask on the positives, and the share of negatives answered with
-    nothing (no pixel over 0.5)."""
+def validate(head, cache: FeatureCache, dense, device, res: int, batch: int = 64, threshold: float = 0.5) -> dict:
+    """mIoU of the thresholded full-size mask on the positives, and the share of negatives answered with
+    nothing (no pixel over the threshold)."""
     head.eval()
     n = cache["text"].shape[0]
     ious, empty_ok = [], []
@@ -158,7 +162,7 @@ def validate(head, cache: FeatureCache, dense, device, res: int, batch: int = 64
         mid, top, sim, low, text, _, negative = _batch(cache, idx, dense, device)
         logits = head(mid, top, sim, low, text)
         prob = torch.sigmoid(F.interpolate(logits, size=(res, res), mode="bilinear", align_corners=False))[:, 0]
-        pred = (prob > 0.5).cpu().numpy()
+        pred = (prob > threshold).cpu().numpy()
         full = np.asarray(cache["full"][idx])
         for p, t, neg in zip(pred, full, negative.cpu().numpy()):
             if neg:
@@ -169,6 +173,22 @@ def validate(head, cache: FeatureCache, dense, device, res: int, batch: int = 64
     head.train()
     return {"miou": float(np.mean(ious)) if ious else 0.0,
             "negatives_empty": float(np.mean(empty_ok)) if empty_ok else None}
+
+
+def calibrate(folder: Path, encoder, val_cache: FeatureCache, dense, device, res: int, log=print) -> dict:
+    """Choose the best epoch's pixel threshold by validation mIoU over :data:`THRESHOLDS` (validation composites
+    come from the kept-apart train scenes, never a test split) and write it into the model's settings: a head
+    trained with a weighted loss is not calibrated at 0.5."""
+    from terravl.models.grounder import Grounder
+
+    model = Grounder.load(folder, encoder)
+    model.head.to(device)
+    scores = {t: validate(model.head, val_cache, dense, device, res, threshold=t) for t in THRESHOLDS}
+    chosen = max(THRESHOLDS, key=lambda t: (scores[t]["miou"], -abs(t - 0.5)))
+    model.arch.threshold = chosen
+    model.save(folder, None)
+    log(f"pixel threshold {chosen} (validation mIoU {scores[chosen]['miou']:.4f}; at 0.5: {scores[0.5]['miou']:.4f})")
+    return {"chosen": chosen, "by_threshold": {str(t): s for t, s in scores.items()}}
 
 
 def train(cfg: GrounderTrainConfig, resume: bool = False, log=print) -> dict:
@@ -277,7 +297,9 @@ def train(cfg: GrounderTrainConfig, resume: bool = False, log=print) -> dict:
                     "epoch": epoch + 1, "step": step, "history": history, "best": best}, checkpoint)
         if step >= total:
             break
+    sweep = calibrate(out / "model", encoder, val_cache, dense, device, cfg.resolution, log)
     info = {"config": asdict(cfg), "encoder_sha256": checksum, "best_epoch": best, "history": history,
+            "threshold": sweep,
             "parameters": sum(p.numel() for p in head.parameters()), "steps": step,
             "feature_seconds": round(feature_seconds, 1),
             "train_seconds": round(time.perf_counter() - train_started, 1),

@@ -141,6 +141,12 @@ def test_cli_ray_build_json(cluster, tmp_path, archive, tiny_model, capsys):
     assert "--num-actors" in capsys.readouterr().err
 
 
+def test_actors_that_would_leave_no_cpu_for_decoding_are_refused(cluster, tmp_path, archive, tiny_model):
+    with pytest.raises(InputError) as err:  # 2 actors × 1 CPU on a 2-CPU cluster: decoding could never run
+        build_index_ray([archive], str(tiny_model), tmp_path / "idx", settings=RaySettings(num_actors=2))
+    assert err.value.source == "--num-actors" and "decoding needs" in err.value.message
+
+
 def test_a_model_the_actors_cannot_load_is_named(cluster, tmp_path, archive):
     with pytest.raises(InputError) as err:
         build_index_ray([archive], str(tmp_path / "missing.pt"), tmp_path / "idx",

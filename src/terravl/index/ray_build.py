@@ -16,6 +16,7 @@ committed batch in place for a re-run to resume from. Ray is optional (``pip ins
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +147,13 @@ class RayBuild:
         device = "cuda" if s.gpus_per_actor > 0 else "cpu"
         actor = ray.remote(_Embedder).options(num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor,
                                               max_restarts=s.max_restarts, max_task_retries=s.max_task_retries)
-        self.actors = [actor.remote(self.model, device, max(1, int(s.cpus_per_actor))) for _ in range(n)]
-        free = max(0.0, cpus - n * s.cpus_per_actor)
+        free = cpus - n * s.cpus_per_actor
+        if free < s.decode_cpus:  # Ray would wait for ever for a CPU to decode on
+            raise InputError("--num-actors", f"{n} embedding actor(s) × {s.cpus_per_actor:g} CPUs leave "
+                                             f"{max(free, 0):g} of the cluster's {cpus:g} CPUs, and decoding needs "
+                                             f"{s.decode_cpus:g}: use fewer actors or fewer CPUs per actor")
+        threads = max(1, math.ceil(s.cpus_per_actor))
+        self.actors = [actor.remote(self.model, device, threads) for _ in range(n)]
         self.max_files = s.max_files or max(1, int(free // s.decode_cpus))
         self.decode = ray.remote(_decode).options(num_cpus=s.decode_cpus, num_returns="streaming",
                                                   _generator_backpressure_num_objects=8)

@@ -90,7 +90,9 @@ _ray_options = [
     click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
                  help="Build on a Ray cluster: decoding as Ray tasks, embedding in a pool of actors (one model each), "
                       "this process the single writer. 'auto' joins $RAY_ADDRESS or a cluster running here, else "
-                      "starts a local one; 'local' always starts one; or ray://HOST:10001. Needs terravl[ray]."),
+                      "starts a local one; 'local' always starts one; or ray://HOST:10001. A bare --ray means auto; write "
+                      "--ray auto before SOURCES (a bare --ray would take the first source as its address). "
+                      "Needs terravl[ray]."),
     click.option("--num-actors", default=None, type=int,
                  help="Embedding actors (one model each). Default: one per 2 CPUs of the cluster."),
     click.option("--cpus-per-actor", default=1.0, show_default=True, type=float,

@@ -47,6 +47,7 @@ class BuildReport:
 class _Item:
     array: np.ndarray
     row: TileRow
+    pixels: object = None   # the encoder's input tensor, prepared by the reading thread (build_index)
 
 
 def expand_sources(sources: Iterable[str | Path]) -> Iterator[Path | str]:
@@ -175,7 +176,7 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
     store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim)
     vrt_dir = Path(out) / "stac"  # VRTs stacking STAC band assets live with the index that names them
     report = BuildReport()
-    items: queue.Queue = queue.Queue(maxsize=4 * batch_size)
+    items: queue.Queue = queue.Queue(maxsize=2 * batch_size)  # prepared tiles: ~0.6 MB each at 224²
     done = object()
     stop = threading.Event()
 
@@ -188,6 +189,11 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
                 for item in source_items(path, tile_size, overlap, whole_below):
                     if stop.is_set():
                         return
+                    if isinstance(item, _Item):  # resize and normalise here, beside the encoder's forward pass
+                        try:
+                            item.pixels = encoder.prepare(item.array)
+                        except Exception:  # noqa: BLE001 - _commit prepares it again and reports what fails
+                            item.pixels = None
                     items.put(item)
         except Exception as exc:  # noqa: BLE001 - walking the sources failed: say so rather than end quietly
             items.put(Problem("sources", shown(f"{exc.__class__.__name__}: {exc}")))
@@ -241,7 +247,10 @@ def _commit(store: IndexStore, encoder, batch: list[_Item], report: BuildReport,
         seen.add(item.row.content_hash)
         fresh.append(item)
     if fresh:
-        vectors = encoder.encode_images([i.array for i in fresh], batch_size=len(fresh), progress=False)
+        if all(i.pixels is not None for i in fresh):
+            vectors = encoder.encode_prepared([i.pixels for i in fresh])
+        else:
+            vectors = encoder.encode_images([i.array for i in fresh], batch_size=len(fresh), progress=False)
         for item, vector in zip(fresh, vectors):
             item.row.vector = vector
     added = store.add([i.row for i in fresh], also_at=duplicates)

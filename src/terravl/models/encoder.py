@@ -130,6 +130,17 @@ class Encoder:
         mean = sum(_normalise(self._forward_images(view(pixels))) for view in DIHEDRAL_VIEWS[views]) / views
         return _normalise(mean)
 
+    def prepare(self, item: ImageInput) -> torch.Tensor:
+        """One image as the model's input tensor (decoded, resized, normalised): the CPU work before the forward
+        pass, which a caller may do in its own thread ahead of :meth:`encode_prepared`."""
+        return self.preprocess(to_pil(item))
+
+    def encode_prepared(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings of images already made model input by :meth:`prepare`: the
+        index build prepares tiles in its reading thread, so the forward pass never waits for them."""
+        with torch.inference_mode(), self._autocast():
+            return self._embed(torch.stack(pixels).to(self.device), 1).cpu().numpy()
+
     # -- pipeline -------------------------------------------------------------------------------------
     def _load_one(self, item: ImageInput):
         try:

@@ -47,11 +47,17 @@ def _say(browser, wait, text: str) -> str:
     browser.find_element(By.ID, "chat-instruction").send_keys(text)
     browser.find_element(By.ID, "chat-button").click()
 
-    def answered(b):
-        lines = b.find_elements(By.CSS_SELECTOR, "#chat-log li")
-        return len(lines) > before + 1 and lines[-1].text not in ("…", "") and lines[-1]
+    from selenium.common.exceptions import StaleElementReferenceException
 
-    return wait.until(answered).text
+    def answered(b):
+        try:  # the page replaces the "…" line by the answer: a line read mid-update is stale, so look again
+            lines = b.find_elements(By.CSS_SELECTOR, "#chat-log li")
+            text = lines[-1].text if len(lines) > before + 1 else ""
+        except StaleElementReferenceException:
+            return False
+        return text if text not in ("…", "") else False
+
+    return wait.until(answered)
 
 
 def test_talk_to_a_tile_and_ask_the_knowledge_base_with_citations(browser, server):

@@ -73,12 +73,13 @@ def _build_ray(sources, out, model, tile_size, overlap, batch_size, ray: dict, s
     from terravl.errors import InputError
     from terravl.index import IndexStore
     from terravl.index.ray_build import RaySettings, build_index_ray
+    from terravl.index.store import DB_FILE
 
     if sharded:
         raise InputError("--ray", "a Ray build writes one index (one writer); it cannot build or extend a sharded "
                                   "index: leave out --shards, or build the shards without --ray")
     settings = RaySettings(**ray)  # checks the numbers before any cluster starts
-    if model is None and (Path(out) / "index.sqlite").exists():
+    if model is None and (Path(out) / DB_FILE).exists():
         with IndexStore(out, readonly=True) as store:
             model = store.model
     with tqdm(desc="indexing (ray)", unit="tile", file=sys.stderr, disable=None) as bar:

@@ -26,10 +26,19 @@ def samples() -> Path:
     return config.samples_dir()
 
 
+@pytest.fixture(scope="session")
+def onnx_graphs(tmp_path_factory) -> Path:
+    """One folder of exported ONNX text towers for the whole run: the export (a few seconds) happens once, in the
+    first test that encodes a text, not in every test's fresh home."""
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
+def _isolated_home(tmp_path_factory, monkeypatch, onnx_graphs):
     """Every test gets its own empty TERRAVL_HOME, so nothing on the developer's machine leaks in."""
     monkeypatch.setenv("TERRAVL_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("TERRAVL_ONNX_DIR", str(onnx_graphs))
+    monkeypatch.delenv("TERRAVL_TEXT_BACKEND", raising=False)
     monkeypatch.delenv("TERRAVL_MAX_PIXELS", raising=False)
 
 

@@ -191,9 +191,9 @@ class TerraVLEncoder(Encoder):
     @property
     def text_tower(self):
         if self._text is None:
-            from terravl.models.text_towers import shared_sentence_encoder
+            from terravl.models.text_towers import text_tower
 
-            self._text = shared_sentence_encoder().to(self.device)
+            self._text = text_tower(self.device)
         return self._text
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""The ONNX Runtime text tower: same embeddings as PyTorch's, chosen by default on the CPU, and a clear fallback when
+it cannot be used."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import terravl.models as m
+from terravl.models import text_onnx
+from terravl.models.text_onnx import OnnxSentenceEncoder, OnnxUnavailable, onnx_text_tower
+from terravl.models.text_towers import SentenceEncoder, text_tower
+
+
+def _captions(shared_data, n: int) -> list[str]:
+    data = json.loads((shared_data / "rsicd_aid" / "dataset_rsicd_aid.json").read_text())
+    return [s["raw"] for image in data["images"] if image["split"] == "test" for s in image["sentences"]][:n]
+
+
+def test_default_encoder_uses_onnx_with_the_same_embeddings(shared_data, monkeypatch):
+    captions = _captions(shared_data, 64) + ["an airport", "x", "storage tanks " * 60]  # 1 token, over 128 tokens
+    fast = m.load("terravl-default")
+    assert isinstance(fast.text_tower, OnnxSentenceEncoder)
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "torch")
+    slow = m.load("terravl-default")
+    assert isinstance(slow.text_tower, SentenceEncoder)
+    a, b = fast.encode_texts(captions, batch_size=16), slow.encode_texts(captions, batch_size=16)
+    assert a.shape == b.shape == (len(captions), fast.embed_dim)
+    assert (a * b).sum(1).min() >= 0.999
+    # the rankings a search makes are the ones PyTorch makes
+    images = fast.encode_images([shared_data / "aid_150px" / "images" / "Airport" / "airport_1.jpg",
+                                 shared_data / "aid_150px" / "images" / "Forest" / "forest_1.jpg"])
+    assert np.array_equal(np.argsort(-(a @ images.T), axis=0), np.argsort(-(b @ images.T), axis=0))
+
+
+def test_one_graph_per_model_kept_for_later_processes(onnx_graphs):
+    first = onnx_text_tower()
+    assert first is onnx_text_tower()  # one session per process
+    graph = first.path
+    assert graph.parent == onnx_graphs and graph.exists()
+    parity = json.loads(graph.with_suffix(".json").read_text())
+    assert parity["parity_cosine"] >= text_onnx.PARITY_MIN
+    assert not list(onnx_graphs.glob(".export-*"))  # no half-written file left beside it
+
+
+def test_backend_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "tensorrt")
+    with pytest.raises(ValueError, match="TERRAVL_TEXT_BACKEND must be one of auto, onnx, torch"):
+        text_tower("cpu")
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "torch")
+    assert isinstance(text_tower("cpu"), SentenceEncoder)
+
+
+def test_without_onnxruntime_auto_falls_back_and_onnx_says_why(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when it is not installed
+    monkeypatch.setattr(text_onnx, "_LOADED", {})
+    monkeypatch.setattr("terravl.models.text_towers._FELL_BACK", set())
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(text_tower("cpu"), SentenceEncoder)
+    assert "onnxruntime is not installed" in caplog.text
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "onnx")
+    with pytest.raises(OnnxUnavailable, match="onnxruntime is not installed"):
+        text_tower("cpu")
+
+
+def test_a_damaged_graph_is_named_and_not_used(tmp_path, onnx_graphs, monkeypatch):
+    good = onnx_text_tower().path
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    (folder / good.name).write_bytes(good.read_bytes()[: 1000])  # truncated, as by a full disk
+    (folder / good.with_suffix(".json").name).write_text(good.with_suffix(".json").read_text())
+    monkeypatch.setenv("TERRAVL_ONNX_DIR", str(folder))
+    with pytest.raises(OnnxUnavailable, match=f"could not load .*{good.name}.*delete it to export again"):
+        onnx_text_tower()
+    monkeypatch.setattr("terravl.models.text_towers._FELL_BACK", set())
+    assert isinstance(text_tower("cpu"), SentenceEncoder)  # auto: PyTorch, with the reason logged
+
+
+def test_an_export_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(text_onnx, "PARITY_MIN", 1.5)  # no graph can pass: the check must refuse it
+    with pytest.raises(OnnxUnavailable, match="differs from PyTorch's"):
+        onnx_text_tower(folder=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_devices_keep_pytorch():
+    tower = onnx_text_tower()
+    with pytest.raises(OnnxUnavailable, match="runs on the CPU"):
+        tower.to("cuda")
+    assert tower.to(torch.device("cpu")) is tower

@@ -127,3 +127,28 @@ def test_memory_estimate_matches_the_serialized_index(vectors, kind):
     assert 0.9 < estimate / actual < 1.1
     assert estimate_bytes(10_000_000, 512, "pq") < estimate_bytes(10_000_000, 512, "flat") / 20
     assert estimate_bytes(10_000_000, 512, "pq", rerank_vectors=True) > 20e9
+
+
+def test_a_saved_index_is_memory_mapped_by_later_processes_and_old_files_go(vectors, tmp_path, monkeypatch):
+    from terravl.index import vectors as vec
+
+    ids = np.arange(3000) + 100
+    built = IVFIndex.cached(tmp_path, 3, vectors[:3000], ids)
+    monkeypatch.setattr(vec, "_UNSAVED", {})  # as a fresh process
+    loaded = IVFIndex.load(tmp_path, 3)
+    assert loaded is not built and (loaded.nprobe, loaded.recall, loaded.kind) == (built.nprobe, built.recall, "flat")
+    for q in vectors[3000:3020]:
+        assert np.array_equal(loaded.search(q, 10)[0], built.search(q, 10)[0])
+    first = sorted(p.name for p in tmp_path.glob("ann-3-*.faiss"))
+    assert len(first) == 1
+    assert describe(tmp_path)["bytes"] == (tmp_path / CACHE_FILE).stat().st_size + (tmp_path / first[0]).stat().st_size
+    # a new store version writes a new data file and removes the old one; a process that mapped it keeps working
+    IVFIndex.cached(tmp_path, 4, vectors[:3000], ids)
+    second = sorted(p.name for p in tmp_path.glob("ann-*.faiss"))
+    assert len(second) == 1 and second[0].startswith("ann-4-")
+    assert np.array_equal(loaded.search(vectors[3000], 10)[0], built.search(vectors[3000], 10)[0])
+    # the data file gone (deleted by hand): the cache is rebuilt on the next search, not an error
+    monkeypatch.setattr(vec, "_UNSAVED", {})
+    (tmp_path / second[0]).unlink()
+    assert IVFIndex.load(tmp_path, 4) is None
+    assert IVFIndex.cached(tmp_path, 4, vectors[:3000], ids).recall >= 0.95

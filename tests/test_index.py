@@ -111,7 +111,8 @@ def test_ann_cache_is_built_once_and_written_whole_under_concurrent_searches(tmp
     for t in threads:
         t.join()
     assert len(builds) == 1 and len(found) == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_FILE]  # one file, no temporary left behind
+    names = sorted(p.name for p in tmp_path.iterdir())  # one cache (settings + FAISS file), no temporary left
+    assert len(names) == 2 and names[0].startswith("ann-5-") and names[0].endswith(".faiss") and names[1] == CACHE_FILE
     assert np.array_equal(IVFIndex.load(tmp_path, 5).ids, ids)
     memory_only = tmp_path / "ro"
     memory_only.mkdir()

@@ -278,16 +278,22 @@ class IVFIndex:
                 "sample_queries": self.sample_queries}
 
     def save(self, folder: Path, version: int) -> None:
-        """Save the cache next to the store as one file, written under a unique temporary name and renamed into
-        place, so concurrent writers and readers (server threads, a CLI run) never see a mix of two builds. Best
-        effort: on a read-only or full folder it is kept in memory for this process instead (it is derived data;
-        search must not fail for want of a cache)."""
+        """Save the cache next to the store: the FAISS index in its own file (``ann-*.faiss``, FAISS's format, so a
+        reader memory-maps it instead of reading and copying it: a cold search of a million-vector index touches
+        only the cells it probes), and ids, settings and measured recall in :data:`CACHE_FILE`, which names that
+        file. Both are written under unique names and the small file renamed into place last, so concurrent
+        writers and readers (server threads, a CLI run) never see a mix of two builds. Best effort: on a read-only
+        or full folder it is kept in memory for this process instead (it is derived data; search must not fail
+        for want of a cache)."""
         import faiss
 
-        tmp = folder / f"{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        token = f"{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
+        tmp = folder / f"{CACHE_FILE}.{token}.tmp"
+        data = folder / f"{ANN_PREFIX}{int(version)}-{token}.faiss"
         try:
+            faiss.write_index(self.index, str(data))
             with open(tmp, "wb") as fh:
-                np.savez(fh, index=faiss.serialize_index(self.index), ids=self.ids,
+                np.savez(fh, faiss_file=np.array(data.name), ids=self.ids,
                          meta=np.array([int(version), self.nprobe, _FORMAT, self.nlist, self.refine,
                                         int(self.index.ntotal), self.tune_queries, self.sample_queries],
                                        dtype=np.int64),
@@ -295,13 +301,15 @@ class IVFIndex:
                                           _nan(self.recall_sample)], dtype=np.float64),
                          kind=np.array(self.kind))
             os.replace(tmp, folder / CACHE_FILE)
+            _remove_stale(folder, keep=data.name, version=int(version))
         except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError for I/O errors
             log.warning("%s: approximate-search cache not saved (%s); kept in memory", folder, exc)
             self.keep(folder, version)
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            for leftover in (tmp, data):
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
     def keep(self, folder: Path, version: int) -> None:
         """Keep the cache in this process's memory only (a read-only index is never written to)."""
@@ -322,25 +330,36 @@ class IVFIndex:
                 log.warning("%s: approximate-search cache does not match the vectors (%s); rebuilding", folder, exc)
                 return None
         path = folder / CACHE_FILE
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                meta = [int(x) for x in saved["meta"]]
-                if meta[0] != version:
-                    return None
-                if len(meta) < 8 or "recall" not in saved.files:
-                    log.info("%s: approximate-search cache predates measured recall; rebuilding", folder)
-                    return None
-                recall, target, rows, sample = (_none(x) for x in saved["recall"][:4])
-                found = cls(faiss.deserialize_index(saved["index"]), saved["ids"], meta[1], str(saved["kind"]),
-                            recall, target, refine=meta[4], tune_queries=meta[6], recall_rows=rows,
-                            recall_sample=sample, sample_queries=meta[7])
-            found.keep(folder, version)  # read the file once per process, not once per search
-            return found._attach(vectors)
-        except (OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:  # damaged cache: rebuild it
-            log.warning("%s: approximate-search cache unreadable (%s); rebuilding", folder, exc)
-            return None
+        for attempt in range(2):  # a writer may replace the cache (and remove its old data file) as we read it
+            if not path.is_file():
+                return None
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    meta = [int(x) for x in saved["meta"]]
+                    if meta[0] != version:
+                        return None
+                    if len(meta) < 8 or "recall" not in saved.files:
+                        log.info("%s: approximate-search cache predates measured recall; rebuilding", folder)
+                        return None
+                    recall, target, rows, sample = (_none(x) for x in saved["recall"][:4])
+                    if "faiss_file" in saved.files:  # memory-mapped: pages are read as searches touch them
+                        data = folder / Path(str(saved["faiss_file"])).name
+                        index = faiss.read_index(str(data), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+                    else:  # the format before, index bytes inside this file
+                        index = faiss.deserialize_index(saved["index"])
+                    found = cls(index, saved["ids"], meta[1], str(saved["kind"]), recall, target, refine=meta[4],
+                                tune_queries=meta[6], recall_rows=rows, recall_sample=sample,
+                                sample_queries=meta[7])
+                if int(found.index.ntotal) != len(found.ids):
+                    raise ValueError(f"index holds {found.index.ntotal} vectors, ids {len(found.ids)}")
+                found.keep(folder, version)  # read the file once per process, not once per search
+                return found._attach(vectors)
+            except (OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:  # damaged cache: rebuild it
+                if attempt == 0 and isinstance(exc, RuntimeError):
+                    continue
+                log.warning("%s: approximate-search cache unreadable (%s); rebuilding", folder, exc)
+                return None
+        return None
 
     def _attach(self, vectors: np.ndarray | None) -> "IVFIndex":
         if self.kind == "pq" and vectors is not None:
@@ -384,6 +403,9 @@ def describe(folder: Path) -> dict | None:
                    "refine": None, "recall_at_10": None, "recall_target": None, "tune_queries": 0,
                    "recall_rows": None, "recall_sample": None, "sample_queries": 0,
                    "store_version": meta[0], "bytes": path.stat().st_size}
+            if "faiss_file" in saved.files:
+                data = Path(folder) / Path(str(saved["faiss_file"])).name
+                out["bytes"] += data.stat().st_size if data.is_file() else 0
             if len(meta) >= 8 and "recall" in saved.files:
                 recall, target, rows, sample = (_none(x) for x in saved["recall"][:4])
                 out.update(kind=str(saved["kind"]), vectors=meta[5], nlist=meta[3], recall_at_10=recall,
@@ -426,8 +448,27 @@ def _drop_self(found: np.ndarray, row: int, k: int) -> np.ndarray:
 
 
 CACHE_FILE = "vectors.ann.npz"
-"""The approximate-search cache beside an index's database: FAISS index, ids, the store version and the measured
-recall, in one file."""
+"""The approximate-search cache beside an index's database: ids, the store version, the measured recall and the
+name of the FAISS index file (``ann-<version>-<token>.faiss``) beside it."""
+ANN_PREFIX = "ann-"
+STALE_AFTER_S = 600
+
+
+def _remove_stale(folder: Path, keep: str, version: int) -> None:
+    """Remove FAISS files of older caches (a process that memory-mapped one keeps its pages). A file of the same
+    version written in the last :data:`STALE_AFTER_S` seconds is left: another process may be about to name it."""
+    import time
+
+    now = time.time()
+    for file in Path(folder).glob(f"{ANN_PREFIX}*.faiss"):
+        if file.name == keep:
+            continue
+        try:
+            file_version = int(file.name[len(ANN_PREFIX):].split("-", 1)[0])
+            if file_version < version or now - file.stat().st_mtime > STALE_AFTER_S:
+                file.unlink()
+        except (OSError, ValueError):
+            pass
 _BUILD_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 

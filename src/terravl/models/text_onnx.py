@@ -13,6 +13,7 @@ passes, else PyTorch), ``onnx`` (fail loudly when it cannot be used) or ``torch`
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -194,7 +195,7 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
     parity-checked on first use, then read from ``folder`` (default :func:`onnx_dir`); one per process. Raises
     :class:`OnnxUnavailable` with the reason when it cannot be used."""
     try:
-        import onnxruntime  # noqa: F401
+        importlib.import_module("onnxruntime")
     except ImportError as exc:
         raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime onnx)") from exc
     from terravl.models.text_towers import minilm_path, shared_sentence_encoder

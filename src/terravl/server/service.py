@@ -708,9 +708,9 @@ class Service:
     def search_text(self, index: str | None, text: str, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search
 
-        store = self.store(index)
+        store = self.store(index)  # query embeddings cached: popular queries skip the text tower
         return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
-                                 encoder=self.encoder(store.model)), index)
+                                 encoder=self.text_cached(store.model)), index)
 
     def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search

@@ -285,8 +285,8 @@ def test_captioner_folders_in_terravl_home_join_the_registry_and_load_by_name_or
     (home / "my-captioner").symlink_to(shipped, target_is_directory=True)
     entry = next(r for r in m.list_models() if r["name"] == "my-captioner")
     assert entry["kind"] == "captioner" and entry["present"] and not entry["shipped"]
-    # the shipped captioner reads the encoder it was trained on (v1) until it is retrained on v2
-    assert m.get_captioner_config("my-captioner").encoder == "terravl-default-v1"
+    # the shipped captioner reads the encoder it was trained on (the default model, v2)
+    assert m.get_captioner_config("my-captioner").encoder == "terravl-default"
     by_name = m.load_captioner("terravl:my-captioner")
     assert (by_name.name, by_name.source) == ("my-captioner", "my-captioner")
     by_file = m.load_captioner(f"file:{shipped}")

@@ -151,8 +151,7 @@ def test_code_defaults_equal_the_shipped_config(cls, name):
 
 
 PER_DATASET = ("data", "train_split", "eval_split", "encoder")
-"""The recipe's own: where the data is and its splits per dataset, and (the shipped captioner) the encoder whose
-features it reads — terravl-default-v1 until it is retrained on v2, while a new run defaults to terravl-default."""
+"""The recipe's own: where the data is and its splits per dataset, and the encoder whose features a captioner reads."""
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, CaptionTrainConfig])

@@ -116,6 +116,11 @@ def main() -> None:
     for kind, r in rows.items():
         rate = r["pixels"] / r["seconds"] / 1e6
         print(f"| {labels[kind]:<44} | {rate:>7.1f} | {rate / base_rate:>9.2f}× | {r['peak_rss_mib']:>12.0f} |")
+    # the spread: each back-to-back pair (baseline run, then terravl run) gives one ratio
+    ratios = sorted(b["seconds"] / t["seconds"] * t["pixels"] / b["pixels"]
+                    for b, t in zip(runs["baseline"], runs["terravl"]))
+    print(f"\nratio of each back-to-back pair ({len(ratios)}): " + ", ".join(f"{r:.2f}" for r in ratios) +
+          f"; min {ratios[0]:.2f}, median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,9 @@ class IndexStore:
         """Called with the error whenever this store finds its database damaged (the server marks the index
         unavailable)."""
         self._vectors: np.ndarray | None = None
+        self._count: tuple[int, int] | None = None
+        """(store version, tile count): COUNT(*) walks a whole index b-tree (tens of ms at a million tiles), and
+        every search asks; the version (one row of ``meta``) says when to count again."""
         self._ids: np.ndarray | None = None
         try:
             self.db, self.immutable = _connect(db, self.readonly)
@@ -286,7 +289,10 @@ class IndexStore:
 
     @_sqlite_errors()
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM tiles").fetchone()[0])
+        version = self.version
+        if self._count is None or self._count[0] != version:
+            self._count = (version, int(self.db.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]))
+        return self._count[1]
 
     @_sqlite_errors()
     def info(self) -> dict:

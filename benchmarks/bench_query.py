@@ -1,0 +1,272 @@
+"""The query path on a million-tile index: text encoding, the whole `search` call, a cold `terravl search`
+process, the server's memory and its HTTP throughput — PyTorch's text tower against ONNX Runtime's, same run.
+
+    python benchmarks/bench_query.py                   # 1M × 384 index under runs/bench_query (built once, ~10 min)
+    python benchmarks/bench_query.py --n 200000 --seconds 5 --format json
+
+The index: N rows whose vectors are real default-model embeddings of image crops (the crop archive of
+bench_index.py: ~24,600 distinct crops of the RSICD-train and UCM-train images) each copied with small Gaussian
+noise (σ = 0.02 per dimension, cosine ≈ 0.93 to its origin) and renormalised, so the IVF cells are shaped like an
+archive's, not isotropic. It is written through `IndexStore.add` and its approximate index built as `search`
+builds it (nprobe tuned to recall@10 0.95 on rows and the text-prompt sample). Queries are distinct RSICD
+*test* captions, each sent once ("uncached"), then again through the server's query-embedding cache ("cached").
+
+Targets (issue 20): whole `search` call p50 ≤ 5 ms uncached and ≤ 1 ms cached; a cold `terravl search` process
+(start to answer) ≤ 1.5 s; the server's resident memory ≤ 1.3× the vector bytes (N × dim × 4) — shown as the
+growth over the same server on a 2,000-row index (the models and runtime, about 1 GB, do not grow with the index)
+and as the total; HTTP search at 8 clients ≥ 2× the old path (PyTorch text tower, every query encoded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared"
+CACHE = ROOT / "runs" / "bench_query"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def p50(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def captions(n: int) -> list[str]:
+    data = json.loads((SHARED / "data" / "rsicd_aid" / "dataset_rsicd_aid.json").read_text())["images"]
+    seen, out = set(), []
+    for image in sorted(data, key=lambda im: im["split"] != "test"):  # test captions first, then train ones
+        for sentence in image["sentences"]:
+            text = sentence["raw"].strip()
+            if text.lower() not in seen:
+                seen.add(text.lower())
+                out.append(text)
+    return out[:n]
+
+
+def build(n: int, seed: int = 0) -> Path:
+    """The N-row index (reused when it exists with the same N)."""
+    from bench_index import crop_archive
+
+    from terravl.index.store import IndexStore, TileRow
+    from terravl.index.vectors import TUNING_PROMPTS, IVFIndex
+    import terravl.models as m
+
+    folder = CACHE / f"idx-{n}"
+    done = folder / "built.json"
+    if done.is_file() and json.loads(done.read_text()).get("n") == n:
+        return folder
+    base = crop_archive(SHARED)["base"]
+    encoder = m.load("terravl-default")
+    if base.shape[1] != encoder.embed_dim:
+        raise SystemExit(f"crop archive is {base.shape[1]}-d, the default model {encoder.embed_dim}-d")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    with IndexStore(folder, create=True, model="terravl-default", dim=encoder.embed_dim) as store:
+        for first in range(0, n, 20_000):
+            rows = np.arange(first, min(n, first + 20_000))
+            vectors = base[rows % len(base)] + 0.02 * rng.standard_normal((len(rows), base.shape[1]), np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.add([TileRow(f"{i:032x}", f"archive/{i // 1000:04d}/{i}.tif", {"col": 0, "row": 0, "width": 256,
+                                                                           "height": 256}, None, None, None, None, v)
+                       for i, v in zip(rows.tolist(), vectors)])
+            log(f"  rows: {first + len(rows):,}/{n:,} ({(first + len(rows)) / (time.perf_counter() - start):.0f}/s)")
+        written = time.perf_counter() - start
+        ids, vectors = store.vectors()
+        t = time.perf_counter()
+        IVFIndex.cached(store.path, store.version, vectors, ids, query_sample=encoder.encode_texts(list(TUNING_PROMPTS)))
+        ann_s = time.perf_counter() - t
+    done.write_text(json.dumps({"n": n, "rows_s": written, "ann_s": ann_s}))
+    return folder
+
+
+def in_process(index: Path, queries: list[str]) -> list[dict]:
+    """Text encoding alone and the whole `search` call, per text tower; then cached queries."""
+    import terravl.models as m
+    from terravl.index.store import IndexStore
+    from terravl.models.text_onnx import onnx_text_tower
+    from terravl.models.text_towers import shared_sentence_encoder
+    from terravl.server.textcache import CachedTextEncoder, TextCache
+    from terravl.tasks import search
+
+    store = IndexStore(index, readonly=True)
+    rows = []
+    half = len(queries) // 2
+    for label, tower in (("PyTorch", shared_sentence_encoder()), ("ONNX Runtime", onnx_text_tower())):
+        encoder = m.load("terravl-default")
+        encoder._text = tower
+        search(store, text="warm-up", encoder=encoder)
+        encode = []
+        for q in queries[:half]:
+            t = time.perf_counter()
+            encoder.encode_texts([q])
+            encode.append(1000 * (time.perf_counter() - t))
+        whole = []
+        for q in queries[half:]:
+            t = time.perf_counter()
+            search(store, text=q, k=10, encoder=encoder)
+            whole.append(1000 * (time.perf_counter() - t))
+        rows.append({"what": f"text tower: {label}", "encode_p50_ms": p50(encode), "search_p50_ms": p50(whole),
+                     "queries": len(whole)})
+    cached = CachedTextEncoder(encoder, TextCache(), "terravl-default")
+    for q in queries[half:]:
+        cached.encode_texts([q])
+    hits = []
+    for q in queries[half:]:
+        t = time.perf_counter()
+        search(store, text=q, k=10, encoder=cached)
+        hits.append(1000 * (time.perf_counter() - t))
+    rows.append({"what": "query embedding cached", "encode_p50_ms": None, "search_p50_ms": p50(hits),
+                 "queries": len(hits)})
+    store.close()
+    return rows
+
+
+def cold(index: Path, runs: int = 3) -> list[dict]:
+    """Wall time of a fresh `terravl search` process, start to answer, per text tower (page cache warm)."""
+    out = []
+    for label, backend in (("python -c 'import torch' (floor)", None), ("cold search, PyTorch", "torch"),
+                           ("cold search, ONNX Runtime", "onnx")):
+        times = []
+        for i in range(runs + 1):
+            env = {**os.environ, "TERRAVL_TEXT_BACKEND": backend or "auto"}
+            cmd = ([sys.executable, "-c", "import torch"] if backend is None else
+                   [sys.executable, "-m", "terravl.cli.main", "search", str(index), f"a river through farmland {i}",
+                    "--k", "10", "--format", "json"])
+            t = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr[-2000:]}")
+            if i:  # the first run only warms the page cache
+                times.append(time.perf_counter() - t)
+        out.append({"what": label, "p50_s": p50(times), "min_s": min(times), "max_s": max(times)})
+    return out
+
+
+def server(index: Path, queries: list[str], seconds: float, n: int, dim: int) -> list[dict]:
+    """Resident memory after serving distinct searches, and requests/s at 8 clients: old path (PyTorch tower,
+    every query new), ONNX tower with every query new, and ONNX with 10 repeated queries (cache hits)."""
+    from bench_server import rss_mib, start_server
+
+    import httpx
+
+    async def hammer(url: str, pool: list[str], repeat: bool, clients: int = 8) -> tuple[float, int, float]:
+        sent = failures = 0
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def loop(client, c):
+            nonlocal sent, failures
+            i = c
+            while time.perf_counter() < deadline and (repeat or i < len(pool)):
+                sent += 1
+                t = time.perf_counter()
+                r = await client.get("/api/v1/search", params={"q": pool[i % len(pool)], "k": 10})
+                if r.status_code == 200:
+                    latencies.append(1000 * (time.perf_counter() - t))
+                else:
+                    failures += 1
+                i += clients
+
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            t = time.perf_counter()
+            await asyncio.gather(*(loop(client, c) for c in range(clients)))
+            elapsed = time.perf_counter() - t
+        return len(latencies) / elapsed, failures, p50(latencies)
+
+    rows = []
+    used = 0
+    for label, backend, pool in (("8 clients, PyTorch tower, every query new (old path)", "torch", None),
+                                 ("8 clients, ONNX tower, every query new", "onnx", None),
+                                 ("8 clients, ONNX tower, 10 repeated queries (cache)", "onnx", queries[:10])):
+        os.environ["TERRAVL_TEXT_BACKEND"] = backend  # the server process inherits it
+        proc, url = start_server(index, CACHE / f"serve-{backend}.log")
+        try:
+            repeat = pool is not None
+            if pool is None:  # a fresh slice of distinct captions for every server, none sent before
+                pool, used = queries[used:used + 8000], used + 8000
+            rate, failures, lat = asyncio.run(hammer(url, pool, repeat))
+            rows.append({"what": label, "requests_s": rate, "p50_ms": lat, "failures": failures,
+                         "rss_mib": rss_mib(proc.pid)})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            os.environ.pop("TERRAVL_TEXT_BACKEND", None)
+    # the same server over a 2,000-row index: the models' and runtime's memory, which does not grow with the index
+    proc, url = start_server(build(2_000), CACHE / "serve-small.log")
+    try:
+        asyncio.run(hammer(url, queries[:200], False))
+        floor = rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    vector_mib = n * dim * 4 / 2**20
+    for row in rows:
+        row["rss_over_small_index_mib"] = row["rss_mib"] - floor
+        row["index_rss_vs_vectors"] = row["rss_over_small_index_mib"] / vector_mib
+    rows.append({"what": f"same server, 2,000-row index (floor); vectors of the big one: {vector_mib:.0f} MiB",
+                 "requests_s": None, "p50_ms": None, "failures": None, "rss_mib": floor,
+                 "rss_over_small_index_mib": 0.0, "index_rss_vs_vectors": None})
+    return rows
+
+
+def table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    if not rows:
+        return
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000, help="rows in the index")
+    parser.add_argument("--queries", type=int, default=400, help="distinct text queries in process")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per HTTP level")
+    parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    args = parser.parse_args()
+
+    index = build(args.n)
+    info = json.loads((index / "built.json").read_text())
+    pool = captions(20_000)
+    result = {"n": args.n, "build": info, "in_process": in_process(index, pool[:args.queries]),
+              "cold": cold(index)}
+    if not args.skip_server:
+        result["server"] = server(index, pool[args.queries:], args.seconds, args.n, 384)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return
+    print(f"index: {args.n:,} × 384 (rows written in {info['rows_s']:.0f} s, approximate index {info['ann_s']:.0f} s)")
+    table("in process (ms, p50)", result["in_process"])
+    table("fresh process, start to answer (s)", result["cold"])
+    if "server" in result:
+        table("terravl serve (requests/s, ms, resident MiB, × vector bytes)", result["server"])
+        base = result["server"][0]["requests_s"]
+        for row in result["server"][1:3]:
+            print(f"  {row['what']}: {row['requests_s'] / base:.2f}× the old path")
+
+
+if __name__ == "__main__":
+    main()

@@ -93,3 +93,25 @@ def test_cuda_devices_keep_pytorch():
     with pytest.raises(OnnxUnavailable, match="runs on the CPU"):
         tower.to("cuda")
     assert tower.to(torch.device("cpu")) is tower
+
+
+def test_the_tokenizer_without_transformers_gives_transformers_ids(shared_data):
+    from transformers import AutoTokenizer
+
+    from terravl.models.text_onnx import load_tokenizer
+    from terravl.models.text_towers import minilm_path
+
+    texts = _captions(shared_data, 500) + ["", "Ünïcödé façade — 東京 tower!!", "storage tanks " * 100, "x"]
+    reference = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    expected = reference(texts, padding=True, truncation=True, max_length=128)
+    got = load_tokenizer(minilm_path(), 128).encode_batch(texts)
+    assert [e.ids for e in got] == expected["input_ids"]
+    assert [e.attention_mask for e in got] == expected["attention_mask"]
+    assert max(sum(e.attention_mask) for e in got) == 128  # the long text is cut at 128 tokens
+
+
+def test_a_folder_without_a_fast_tokenizer_is_refused_with_the_reason(tmp_path):
+    from terravl.models.text_onnx import load_tokenizer
+
+    with pytest.raises(OnnxUnavailable, match="tokenizer.json not found"):
+        load_tokenizer(tmp_path, 128)

@@ -96,10 +96,28 @@ def graph_name(model_path: str | Path, max_length: int) -> str:
     return f"minilm-{digest.hexdigest()[:16]}.onnx"
 
 
+def load_tokenizer(model_path: str | Path, max_length: int):
+    """The model's own ``tokenizer.json`` read by the ``tokenizers`` library directly: the same token ids as
+    transformers' fast tokenizer (the parity check compares the two towers end to end) without importing
+    transformers, which costs a cold process about 2 s. Truncated to ``max_length``; padded to the longest text of
+    a batch."""
+    from tokenizers import Tokenizer
+
+    file = Path(model_path) / "tokenizer.json"
+    if not file.is_file():
+        raise OnnxUnavailable(f"{file} not found: the ONNX text tower needs the model's fast tokenizer file")
+    tokenizer = Tokenizer.from_file(str(file))
+    tokenizer.enable_truncation(max_length)
+    pad = tokenizer.padding or {}
+    tokenizer.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
+                             pad_token=pad.get("pad_token", "[PAD]"))
+    return tokenizer
+
+
 class OnnxSentenceEncoder:
     """(texts) → (N, 384) mean-pooled MiniLM embeddings, like
-    :class:`~terravl.models.text_towers.SentenceEncoder`, run by ONNX Runtime. ``run`` is thread-safe (one
-    session serves every thread)."""
+    :class:`~terravl.models.text_towers.SentenceEncoder`, run by ONNX Runtime. Thread-safe (one session and one
+    tokenizer serve every thread)."""
 
     def __init__(self, tokenizer, path: str | Path, max_length: int, output_dim: int, threads: int | None = None):
         import onnxruntime as ort
@@ -116,11 +134,12 @@ class OnnxSentenceEncoder:
         self.path = Path(path)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="np")
-        feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in INPUTS if name in batch}
-        if "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        texts = [str(t) for t in texts]
+        # one text (a query): no thread pool; several: the tokenizer's own parallel batch
+        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
+        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
     forward = __call__
@@ -140,7 +159,7 @@ class OnnxSentenceEncoder:
         return self
 
 
-def export(source, path: Path) -> float:
+def export(source, path: Path, tokenizer) -> float:
     """Export ``source`` to ``path`` (atomically: a partly written graph is never seen) after checking that
     ONNX Runtime reproduces it on :data:`PARITY_TEXTS`; returns the lowest cosine. Raises
     :class:`OnnxUnavailable` when it does not."""
@@ -160,7 +179,7 @@ def export(source, path: Path) -> float:
             torch.onnx.export(pooled, args, tmp, input_names=list(INPUTS), output_names=["pooled"],
                               dynamic_axes={name: {0: "batch", 1: "tokens"} for name in INPUTS},
                               opset_version=17, dynamo=False)
-        candidate = OnnxSentenceEncoder(source.tokenizer, tmp, source.max_length, source.output_dim)
+        candidate = OnnxSentenceEncoder(tokenizer, tmp, source.max_length, source.output_dim)
         cosine = parity(source, candidate)
         if cosine < PARITY_MIN:
             raise OnnxUnavailable(f"ONNX Runtime output differs from PyTorch's (cosine {cosine:.5f} < {PARITY_MIN})")
@@ -207,10 +226,11 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
+        tokenizer = load_tokenizer(model_path, max_length)
         if not (path.exists() and path.with_suffix(".json").exists()):
             source = shared_sentence_encoder(None if default else str(model_path))
             try:
-                cosine = export(source, path)
+                cosine = export(source, path, tokenizer)
             except OnnxUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - any export failure means "use PyTorch", said once
@@ -218,9 +238,6 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
                     from exc
             log.info("exported the text tower to %s (parity cosine %.6f)", path, cosine)
         try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
             hidden = json.loads((model_path / "config.json").read_text())["hidden_size"]
             tower = OnnxSentenceEncoder(tokenizer, path, max_length, int(hidden))
         except Exception as exc:  # noqa: BLE001 - a damaged cached graph: say so and let the caller fall back

@@ -222,3 +222,23 @@ def test_kill_9_during_build_loses_nothing_and_rerun_completes(tmp_path, tiny_mo
     assert store.count() == 120
     sources = [r[0] for r in store.db.execute("SELECT source FROM tiles")]
     assert len(sources) == len(set(sources)) == 120
+
+
+def test_count_is_remembered_until_this_or_another_handle_changes_the_index(tmp_path):
+    from terravl.index.store import IndexStore, TileRow
+
+    def row(n: int, source: str) -> TileRow:
+        vector = np.zeros(4, dtype=np.float32)
+        vector[n % 4] = 1
+        return TileRow(f"hash{n}", source, None, None, None, None, None, vector)
+
+    reader = IndexStore(tmp_path / "idx", create=True, model="m", dim=4)
+    reader.add([row(0, "a.tif"), row(1, "a.tif")])
+    assert reader.count() == 2
+    writer = IndexStore(tmp_path / "idx")  # a second handle, as a build beside a running server
+    writer.add([row(2, "b.tif")])
+    assert reader.count() == 3
+    writer.remove_source("a.tif")
+    assert reader.count() == 1 and writer.count() == 1
+    writer.close()
+    reader.close()

@@ -164,33 +164,10 @@ def cold(index: Path, runs: int = 3) -> list[dict]:
 def server(index: Path, queries: list[str], seconds: float, n: int, dim: int) -> list[dict]:
     """Resident memory after serving distinct searches, and requests/s at 8 clients: old path (PyTorch tower,
     every query new), ONNX tower with every query new, and ONNX with 10 repeated queries (cache hits)."""
-    from bench_server import rss_mib, start_server
+    from bench_server import load, rss_mib, start_server
 
-    import httpx
-
-    async def hammer(url: str, pool: list[str], repeat: bool, clients: int = 8) -> tuple[float, int, float]:
-        sent = failures = 0
-        latencies: list[float] = []
-        deadline = time.perf_counter() + seconds
-
-        async def loop(client, c):
-            nonlocal sent, failures
-            i = c
-            while time.perf_counter() < deadline and (repeat or i < len(pool)):
-                sent += 1
-                t = time.perf_counter()
-                r = await client.get("/api/v1/search", params={"q": pool[i % len(pool)], "k": 10})
-                if r.status_code == 200:
-                    latencies.append(1000 * (time.perf_counter() - t))
-                else:
-                    failures += 1
-                i += clients
-
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-            t = time.perf_counter()
-            await asyncio.gather(*(loop(client, c) for c in range(clients)))
-            elapsed = time.perf_counter() - t
+    def hammer(url: str, pool: list[str], repeat: bool) -> tuple[float, int, float]:
+        latencies, failures, elapsed = asyncio.run(load(url, 8, seconds, 10**9, pool, cycle=repeat))
         return len(latencies) / elapsed, failures, p50(latencies)
 
     rows = []
@@ -204,7 +181,7 @@ def server(index: Path, queries: list[str], seconds: float, n: int, dim: int) ->
             repeat = pool is not None
             if pool is None:  # a fresh slice of distinct captions for every server, none sent before
                 pool, used = queries[used:used + 8000], used + 8000
-            rate, failures, lat = asyncio.run(hammer(url, pool, repeat))
+            rate, failures, lat = hammer(url, pool, repeat)
             rows.append({"what": label, "requests_s": rate, "p50_ms": lat, "failures": failures,
                          "rss_mib": rss_mib(proc.pid)})
         finally:
@@ -214,7 +191,7 @@ def server(index: Path, queries: list[str], seconds: float, n: int, dim: int) ->
     # the same server over a 2,000-row index: the models' and runtime's memory, which does not grow with the index
     proc, url = start_server(build(2_000), CACHE / "serve-small.log")
     try:
-        asyncio.run(hammer(url, queries[:200], False))
+        hammer(url, queries[:200], False)
         floor = rss_mib(proc.pid)
     finally:
         proc.terminate()

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 QUERIES = ["green farmland with fields", "a river", "a road through a forest", "buildings in a town", "a lake",
            "bare land", "a harbor with boats", "circular irrigated fields", "dense residential area", "a highway"]
@@ -63,7 +64,11 @@ def in_process(index: Path, n: int) -> list[float]:
     return times
 
 
-async def load(url: str, clients: int, seconds: float, max_requests: int) -> tuple[list[float], int, float]:
+async def load(url: str, clients: int, seconds: float, max_requests: int, queries: Sequence[str] = QUERIES,
+               cycle: bool = True) -> tuple[list[float], int, float]:
+    """Text searches from ``clients`` concurrent clients for ``seconds`` or ``max_requests``: (latencies in ms of
+    the 200s, failures, elapsed s). Client ``c`` sends ``queries[c]``, ``queries[c + clients]``, …; ``cycle=False``
+    sends each query at most once (every query new to the server's cache)."""
     import httpx
 
     latencies: list[float] = []
@@ -74,10 +79,10 @@ async def load(url: str, clients: int, seconds: float, max_requests: int) -> tup
     async def client_loop(client, c):
         nonlocal failures, sent
         i = c
-        while time.perf_counter() < deadline and sent < max_requests:
+        while time.perf_counter() < deadline and sent < max_requests and (cycle or i < len(queries)):
             sent += 1
             start = time.perf_counter()
-            response = await client.get("/api/v1/search", params={"q": QUERIES[i % len(QUERIES)], "k": 10})
+            response = await client.get("/api/v1/search", params={"q": queries[i % len(queries)], "k": 10})
             if response.status_code == 200:
                 latencies.append(1000 * (time.perf_counter() - start))
             else:

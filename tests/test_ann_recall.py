@@ -147,8 +147,11 @@ def test_a_saved_index_is_memory_mapped_by_later_processes_and_old_files_go(vect
     second = sorted(p.name for p in tmp_path.glob("ann-*.faiss"))
     assert len(second) == 1 and second[0].startswith("ann-4-")
     assert np.array_equal(loaded.search(vectors[3000], 10)[0], built.search(vectors[3000], 10)[0])
-    # the data file gone (deleted by hand): the cache is rebuilt on the next search, not an error
+    # the data file cut short (a full disk) or gone (deleted by hand): rebuilt on the next search, not an error
     monkeypatch.setattr(vec, "_UNSAVED", {})
-    (tmp_path / second[0]).unlink()
+    data = tmp_path / second[0]
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    assert IVFIndex.load(tmp_path, 4) is None
+    data.unlink()
     assert IVFIndex.load(tmp_path, 4) is None
     assert IVFIndex.cached(tmp_path, 4, vectors[:3000], ids).recall >= 0.95

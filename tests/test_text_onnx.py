@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import terravl.models as m
 from terravl.models import text_onnx
@@ -88,11 +87,19 @@ def test_an_export_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cuda_devices_keep_pytorch():
-    tower = onnx_text_tower()
-    with pytest.raises(OnnxUnavailable, match="runs on the CPU"):
-        tower.to("cuda")
-    assert tower.to(torch.device("cpu")) is tower
+def test_other_devices_keep_pytorch(monkeypatch):
+    from terravl.models import text_towers
+
+    moved = []
+
+    class Tower:
+        def to(self, device):
+            moved.append(str(device))
+            return self
+
+    monkeypatch.setattr(text_towers, "shared_sentence_encoder", lambda: Tower())  # no GPU here: a stand-in
+    assert isinstance(text_tower("cuda"), Tower) and moved == ["cuda"]
+    assert isinstance(text_tower("cpu"), OnnxSentenceEncoder)
 
 
 def test_the_tokenizer_without_transformers_gives_transformers_ids(shared_data):

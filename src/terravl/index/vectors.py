@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -457,8 +458,6 @@ STALE_AFTER_S = 600
 def _remove_stale(folder: Path, keep: str, version: int) -> None:
     """Remove FAISS files of older caches (a process that memory-mapped one keeps its pages). A file of the same
     version written in the last :data:`STALE_AFTER_S` seconds is left: another process may be about to name it."""
-    import time
-
     now = time.time()
     for file in Path(folder).glob(f"{ANN_PREFIX}*.faiss"):
         if file.name == keep:

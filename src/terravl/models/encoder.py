@@ -144,7 +144,7 @@ class Encoder:
     # -- pipeline -------------------------------------------------------------------------------------
     def _load_one(self, item: ImageInput):
         try:
-            return self.preprocess(to_pil(item))
+            return self.prepare(item)
         except (InputError, ValueError, TypeError, OSError) as exc:
             return exc
 

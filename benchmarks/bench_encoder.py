@@ -3,6 +3,10 @@ bare model forward on ready tensors, in the same run.
 
     python benchmarks/bench_encoder.py                     # 2,000 tiles, ViT-B-32 (random weights) [+ terravl-default]
     python benchmarks/bench_encoder.py --n 256 --models vit-b-32
+    python benchmarks/bench_encoder.py --models terravl-default,terravl-default-v2 --backends torch,onnx
+
+TerraVL's own models run once per image backend asked for (``TERRAVL_IMAGE_BACKEND``: PyTorch, or the ONNX
+Runtime twin of the image tower that is the default on the CPU), so the two are compared in the same run.
 
 Tiles are the AID JPEGs in ../shared/data/aid_150px when present, else 256-px JPEG chips cut from the shipped
 sample rasters. Target (issue 4): encode_images ≥ 0.9× the bare forward rate.
@@ -79,7 +83,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", default="vit-b-32,terravl-default",
                         help="comma list: vit-b-32 (open_clip ViT-B-32, random weights) and/or registry names")
+    parser.add_argument("--backends", default="onnx",
+                        help="image backends for TerraVL's own models, comma list of torch and onnx (default: onnx, "
+                             "what runs by default on the CPU)")
     args = parser.parse_args()
+    import os
+
     import terravl.models as m
 
     rows = []
@@ -94,25 +103,31 @@ def main() -> None:
                            ckpt)
                 encoder = m.load(ckpt, arch="ViT-B-32")
                 label = "open_clip ViT-B-32"
-            else:
+                rows.append((label, bench(encoder, files, args.batch_size)))
+                continue
+            for backend in args.backends.split(","):
+                os.environ["TERRAVL_IMAGE_BACKEND"] = backend
                 try:
                     encoder = m.load(name)
                 except m.WeightsNotFoundError as exc:
                     print(f"skipping {name}: {exc}", file=sys.stderr)
-                    continue
-                label = name
-            r = bench(encoder, files, args.batch_size)
-            rows.append((label, r))
-            print(f"{label}: done", file=sys.stderr)
-    if "terravl-default" in args.models.split(",") and any(label == "terravl-default" for label, _ in rows):
+                    break
+                own = encoder.__class__.__name__ == "TerraVLEncoder"
+                label = f"{name} [{backend}]" if own else name
+                rows.append((label, bench(encoder, files, args.batch_size)))
+                print(f"{label}: done", file=sys.stderr)
+                if not own:
+                    break
+            os.environ.pop("TERRAVL_IMAGE_BACKEND", None)
+    if "terravl-default" in args.models.split(","):
         print(f"\nstart-up to the first embedding with terravl-default (fresh process, median of 3): "
               f"{startup_seconds(files[0]):.2f} s", file=sys.stderr)
     print(f"\nencode_images over {len(files)} JPEG tiles, batch {args.batch_size}, {torch.get_num_threads()} torch "
           f"threads\n")
-    print(f"| {'model':<22} | {'bare forward img/s':>18} | {'encode_images img/s':>19} | {'ratio':>6} |")
-    print(f"|{'-' * 24}|{'-' * 20}|{'-' * 21}|{'-' * 8}|")
+    print(f"| {'model':<30} | {'bare forward img/s':>18} | {'encode_images img/s':>19} | {'ratio':>6} |")
+    print(f"|{'-' * 32}|{'-' * 20}|{'-' * 21}|{'-' * 8}|")
     for label, r in rows:
-        print(f"| {label:<22} | {r['bare']:>18.1f} | {r['full']:>19.1f} | {r['full'] / r['bare']:>5.2f}× |")
+        print(f"| {label:<30} | {r['bare']:>18.1f} | {r['full']:>19.1f} | {r['full'] / r['bare']:>5.2f}× |")
 
 
 if __name__ == "__main__":

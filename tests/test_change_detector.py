@@ -187,12 +187,13 @@ def test_shipped_weights_detect_an_obvious_pasted_change():
 
 
 def test_tower_backbone_is_frozen_and_not_saved(tmp_path):
-    """backbone=terravl-default: the shipped encoder's frozen tower encodes; only fusion + decoder train, and the
-    folder holds only those (the tower comes back from the encoder by name, with its own normalisation)."""
+    """backbone=terravl-default-v2: that encoder's frozen CNN tower encodes; only fusion + decoder train, and the
+    folder holds only those (the tower comes back from the encoder by name, with its own normalisation). The v3
+    default's EfficientNet is refused by name, with the reason."""
     import torch
     from safetensors.torch import load_file
 
-    det = ChangeDetector.build(backbone="terravl-default", tower_stages=2, decoder=8)
+    det = ChangeDetector.build(backbone="terravl-default-v2", tower_stages=2, decoder=8)
     assert det.arch.normalise == "dataset" and det.arch.widths == [32, 64]
     assert 0 < det.n_params(trainable=True) < det.n_params()
     tower_before = {k: v.clone() for k, v in det.net.stages.state_dict().items()}
@@ -215,4 +216,6 @@ def test_tower_backbone_is_frozen_and_not_saved(tmp_path):
     a, b = _rgb(40, 40, 3), _rgb(40, 40, 4)
     assert np.allclose(again.predict(a, b), det.predict(a, b), atol=1e-6)
     with pytest.raises(InputError, match="tower_stages"):
-        ChangeDetector.build(backbone="terravl-default", tower_stages=9)
+        ChangeDetector.build(backbone="terravl-default-v2", tower_stages=9)
+    with pytest.raises(InputError, match="'terravl-default' has no TerraVL CNN image tower"):
+        ChangeDetector.build(backbone="terravl-default", tower_stages=2)

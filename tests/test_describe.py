@@ -318,7 +318,7 @@ def test_shipped_head_scores_a_real_ucm_image(shared_data):
     from terravl.models.object_head import load_object_head
 
     head = load_object_head()
-    assert head.encoder_name == "terravl-default"
+    assert head.encoder_name == "terravl-default-v2"  # the encoder it was trained on, not the v3 default
     image = shared_data / "ucm_captions" / "images" / "harbor" / "harbor05.jpg"
     probs = head.scores(head.encoder.encode_images([image]))[0]
     assert probs.shape == (len(head.labels),) and ((probs >= 0) & (probs <= 1)).all()

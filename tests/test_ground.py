@@ -413,13 +413,17 @@ def test_cli_refiner_option(tmp_path, cli_models, tiny_sam, capsys):
 
 
 def test_the_shipped_head_beats_the_baseline_on_held_apart_composites(shared_data):
-    """The shipped terravl-grounder with the real default encoder, on 30 composites of the fixed benchmark (held-apart
-    images only): far better masks than the training-free baseline (600 composites: mIoU 62.9 against 20.0)."""
+    """The shipped terravl-grounder with the real encoder it was trained on (terravl-default-v2, the one front ends
+    share with it), on 30 composites of the fixed benchmark (held-apart images only): far better masks than the
+    training-free baseline (600 composites: mIoU 62.9 against 20.0). The v3 default has no CNN tower: refused."""
     import terravl.models as m
     from terravl.eval.grounding import evaluate_grounding
+    from terravl.model_versions import HEADS_ENCODER
     from terravl.tasks.ground_methods import make_method
 
-    encoder = m.load(m.DEFAULT_MODEL)
+    with pytest.raises(InputError, match="grounding needs one of TerraVL's own encoders"):
+        make_method("auto", encoder=m.load(m.DEFAULT_MODEL))
+    encoder = m.load(HEADS_ENCODER)
     trained = make_method("auto", encoder=encoder)
     assert trained.name == "trained" and not trained.warnings  # installed, on the weights it was trained on
     result = evaluate_grounding({"trained": trained, "baseline": make_method("baseline", encoder=encoder)},

@@ -36,6 +36,7 @@ PINNED = {
                         "open_clip_pytorch_model.bin"),
     "terravl-default": ("terravl", "terravl-default", "terravl-default", False, None, None),
     "terravl-default-v1": ("terravl", "terravl-default", "terravl-default-v1", False, None, None),
+    "terravl-default-v2": ("terravl", "terravl-default", "terravl-default-v2", False, None, None),
 }
 TEXTS = ["a harbor with many boats", "dense residential area"]
 

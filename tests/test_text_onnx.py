@@ -31,10 +31,12 @@ def test_default_encoder_uses_onnx_with_the_same_embeddings(shared_data, monkeyp
     a, b = fast.encode_texts(captions, batch_size=16), slow.encode_texts(captions, batch_size=16)
     assert a.shape == b.shape == (len(captions), fast.embed_dim)
     assert (a * b).sum(1).min() >= 0.999
-    # the rankings a search makes are the ones PyTorch makes
+    # the scores a search ranks by are PyTorch's to a few thousandths, and the best caption is the same (an exact
+    # rank-for-rank match cannot be asked of floats: captions whose scores differ by 1e-4 may swap)
     images = fast.encode_images([shared_data / "aid_150px" / "images" / "Airport" / "airport_1.jpg",
                                  shared_data / "aid_150px" / "images" / "Forest" / "forest_1.jpg"])
-    assert np.array_equal(np.argsort(-(a @ images.T), axis=0), np.argsort(-(b @ images.T), axis=0))
+    assert np.abs(a @ images.T - b @ images.T).max() < 2e-3
+    assert np.array_equal((a @ images.T).argmax(0), (b @ images.T).argmax(0))
 
 
 def test_one_graph_per_model_kept_for_later_processes(onnx_graphs):
@@ -58,7 +60,7 @@ def test_backend_setting_is_validated(monkeypatch):
 def test_without_onnxruntime_auto_falls_back_and_onnx_says_why(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when it is not installed
     monkeypatch.setattr(text_onnx, "_LOADED", {})
-    monkeypatch.setattr("terravl.models.text_towers._FELL_BACK", set())
+    monkeypatch.setattr("terravl.models.text_onnx._FELL_BACK", set())
     with caplog.at_level(logging.WARNING):
         assert isinstance(text_tower("cpu"), SentenceEncoder)
     assert "onnxruntime is not installed" in caplog.text
@@ -76,7 +78,7 @@ def test_a_damaged_graph_is_named_and_not_used(tmp_path, onnx_graphs, monkeypatc
     monkeypatch.setenv("TERRAVL_ONNX_DIR", str(folder))
     with pytest.raises(OnnxUnavailable, match=f"could not load .*{good.name}.*delete it to export again"):
         onnx_text_tower()
-    monkeypatch.setattr("terravl.models.text_towers._FELL_BACK", set())
+    monkeypatch.setattr("terravl.models.text_onnx._FELL_BACK", set())
     assert isinstance(text_tower("cpu"), SentenceEncoder)  # auto: PyTorch, with the reason logged
 
 

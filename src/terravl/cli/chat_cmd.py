@@ -107,21 +107,23 @@ def _models(model, router_name, method, change_method):
     """Every model the conversation may need, each loaded on its first use and kept (a conversation that never
     compares dates never loads the change detector)."""
     import terravl.models as m
+    from terravl.model_versions import HEADS_ENCODER
     from terravl.tasks.chat import ChatModels, Lazy
 
     encoders = _Encoders()
     encoder = Lazy(lambda: encoders(m.DEFAULT_MODEL))
+    heads_encoder = Lazy(lambda: encoders(HEADS_ENCODER))  # what the shipped router, grounder, object head read
 
     def router():
         from terravl.router import DEFAULT_ROUTER, load_router
 
         name = router_name or DEFAULT_ROUTER
-        return load_router(name, encoder.get() if name == DEFAULT_ROUTER else None)
+        return load_router(name, heads_encoder.get() if name == DEFAULT_ROUTER else None)
 
     def grounder():
         from terravl.tasks.ground_methods import make_method
 
-        return make_method(method, encoder=encoder.get())
+        return make_method(method, encoder=heads_encoder.get())
 
     def detector():
         from terravl.models.change_detector import load_change_detector
@@ -133,7 +135,7 @@ def _models(model, router_name, method, change_method):
     def describer():
         from terravl.tasks.describe import Experts
 
-        return Experts(encoder=encoder.get(), captioner=captioner.get())
+        return Experts(encoder=heads_encoder.get(), captioner=captioner.get())
 
     return ChatModels(captioner=captioner, encoder=encoder, grounder=Lazy(grounder), detector=Lazy(detector),
                       router=Lazy(router), describer=Lazy(describer), encoders=encoders, change_method=change_method)

@@ -123,7 +123,7 @@ def _emit_run(out: str, info: dict, extra: dict, fmt: str) -> None:
 
 @train.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="YAML file of settings (see configs/terravl-default-v2.yaml); options below override it.")
+              help="YAML file of settings (see configs/terravl-default-v3.yaml); options below override it.")
 @click.option("--data", help="Karpathy caption JSON or class folders (class names become captions). Required, here "
                              "or in --config. Several datasets: a YAML list in --config or --set 'data=[A, B]' "
                              "(with --set 'eval_split=[test, val]').")
@@ -132,9 +132,10 @@ def _emit_run(out: str, info: dict, extra: dict, fmt: str) -> None:
 @_loop_options("jitter=0.1")
 def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, device, threads, max_steps, resume,
          overrides, fmt) -> None:
-    """Contrastive training (symmetric InfoNCE, learnable temperature) of TerraVL's dual encoder: a CNN image
-    tower from scratch (or from an existing TerraVL model: init=NAME) against the frozen MiniLM text tower (its
-    features are computed once and cached).
+    """Contrastive training (symmetric InfoNCE, learnable temperature) of TerraVL's dual encoder against the frozen
+    MiniLM text tower (its features are computed once and cached). The image tower: EfficientNet-Lite0 from its
+    ImageNet weights (model=terravl-lite0, the shipped v3; frozen_stages=N keeps its first N of 7 stages fixed), a
+    small CNN from scratch (model=terravl-cnn, v1/v2), an existing TerraVL model (init=NAME), or an OpenCLIP model.
 
     Evaluates retrieval (mR) and zero-shot accuracy on each dataset's evaluation split after every epoch, checkpoints every
     epoch, and writes the final model with its config, data checksums and scores to OUT/model. Runs on the CPU (fp32,
@@ -142,10 +143,10 @@ def clip(config_file, data, out, epochs, batch_size, lr, resolution, seed, devic
 
     \b
     Examples:
-      terravl train clip --config configs/terravl-default-v2.yaml
-      terravl train clip --config configs/terravl-default-v2.yaml --device cuda --out runs/gpu
-      terravl train clip --config configs/terravl-default-v2.yaml --out runs/try2 --set jitter=0.3 --epochs 40
-      terravl train clip --config configs/terravl-default-v2.yaml --resume
+      terravl train clip --config configs/terravl-default-v3.yaml
+      terravl train clip --config configs/terravl-default-v3.yaml --device cuda --out runs/gpu
+      terravl train clip --config configs/terravl-default-v3.yaml --out runs/try2 --set frozen_stages=4 --epochs 12
+      terravl train clip --config configs/terravl-default-v3.yaml --resume
       terravl train clip --data my_captions.json --set init=terravl-default --epochs 10 --out runs/mine
     """
     from terravl.train.clip import TrainConfig, train as run

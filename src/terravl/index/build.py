@@ -173,7 +173,10 @@ def build_index(sources: Iterable[str | Path], encoder, out: str | Path, tile_si
     of this run were committed (they stay readable, and a re-run resumes); its ``report`` counts only those.
     """
     whole_below = whole_below or 2 * tile_size
-    store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim)
+    from terravl.models.feature_cache import encoder_fingerprint
+
+    store = IndexStore(out, create=True, model=encoder.source or encoder.name, dim=encoder.embed_dim,
+                       weights=encoder_fingerprint(encoder))
     vrt_dir = Path(out) / "stac"  # VRTs stacking STAC band assets live with the index that names them
     report = BuildReport()
     items: queue.Queue = queue.Queue(maxsize=2 * batch_size)  # prepared tiles: ~0.6 MB each at 224²

@@ -107,8 +107,10 @@ class _Embedder:
 
         self.encoder = m.load(model, device=device, threads=threads)
 
-    def identity(self) -> tuple[str, int]:
-        return self.encoder.source or self.encoder.name, int(self.encoder.embed_dim)
+    def identity(self) -> tuple[str, int, str]:
+        from terravl.models.feature_cache import encoder_fingerprint
+
+        return self.encoder.source or self.encoder.name, int(self.encoder.embed_dim), encoder_fingerprint(self.encoder)
 
     def pid(self) -> int:
         return os.getpid()
@@ -166,11 +168,11 @@ class RayBuild:
         try:
             self._start_actors(ray)
             try:
-                name, dim = ray.get(self.actors[0].identity.remote())
+                name, dim, weights = ray.get(self.actors[0].identity.remote())
             except ray.exceptions.RayError as exc:
                 raise InputError("--model", f"the embedding actors could not load {self.model!r}: "
                                             f"{_cause(exc)}") from None
-            with IndexStore(self.out, create=True, model=name, dim=dim) as store:
+            with IndexStore(self.out, create=True, model=name, dim=dim, weights=weights) as store:
                 try:
                     self._drive(ray, store)
                 except IndexWriteError as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from terravl.errors import InputError, OutputError, TerraVLError
+from terravl.model_versions import pinned_model
 from terravl.index.build import BuildReport, build_index, index_sources, source_name
 from terravl.index.store import (DB_FILE, IndexCorruptError, IndexOpenError, IndexStore, IndexWriteError, TileRow,
                                  check_index)
@@ -164,7 +165,8 @@ class ShardSet:
                                                  f"`terravl index build` into {shown(self.path)} to complete it")
                 self.stores.append(IndexStore(folder, readonly=readonly))
             first = self.stores[0]
-            self._model = manifest["model"] or first.model
+            self._model = (pinned_model(manifest["model"], first.meta().get("weights")) if manifest["model"]
+                           else first.model)
             self._dim = manifest["dim"] or first.dim
             for name, store in zip(self.names, self.stores):
                 if store.model != self._model or store.dim != self._dim:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from terravl.errors import InputError, OutputError, TerraVLError
+from terravl.model_versions import DEFAULT_NAME, pinned_model
 
 SCHEMA_VERSION = 2
 """2 added the ``locations`` table; a version-1 index is upgraded when first opened for writing (and read as it
@@ -140,7 +141,7 @@ class IndexStore:
     """
 
     def __init__(self, path: str | Path, create: bool = False, model: str | None = None, dim: int | None = None,
-                 readonly: bool | None = None):
+                 readonly: bool | None = None, weights: str = ""):
         self.path = Path(path)
         db = self.path / DB_FILE
         if not db.is_file():
@@ -172,13 +173,13 @@ class IndexStore:
         except sqlite3.DatabaseError as exc:
             raise self._error(exc, writing=create) or exc from exc
         try:
-            self._open(create, model, dim)
+            self._open(create, model, dim, weights)
         except (sqlite3.DatabaseError, IndexOpenError):
             self.db.close()
             raise
 
     @_sqlite_errors()
-    def _open(self, create: bool, model: str | None, dim: int | None) -> None:
+    def _open(self, create: bool, model: str | None, dim: int | None, weights: str = "") -> None:
         if not self.readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -186,10 +187,10 @@ class IndexStore:
             self.db.execute("PRAGMA query_only=1")  # a second lock: no statement of this connection writes
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not self.readonly:
-            self._init(create, model, dim, tables)
+            self._init(create, model, dim, tables, weights)
         elif "meta" not in tables or not self.meta():
             raise IndexOpenError(self.path, "index has no metadata (model, dimensions); it is not a TerraVL index")
-        self._check_meta(model)
+        self._check_meta(model, weights)
         self.has_locations = "locations" in tables or not self.readonly
         for sql in _OPEN_PROBES + (_LOCATION_PROBES if self.has_locations else ()):
             rows = self.db.execute(sql).fetchall()
@@ -197,7 +198,7 @@ class IndexStore:
                 raise self._damaged(rows[0][0] if rows else "quick_check failed")
 
     @_sqlite_errors(writing=True)
-    def _init(self, create: bool, model: str | None, dim: int | None, tables: set[str]) -> None:
+    def _init(self, create: bool, model: str | None, dim: int | None, tables: set[str], weights: str = "") -> None:
         c = self.db
         c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         c.execute("""CREATE TABLE IF NOT EXISTS tiles (
@@ -213,7 +214,7 @@ class IndexStore:
                 raise IndexOpenError(self.path, "index has no metadata (model, dimensions); it is not a TerraVL index")
             with self.transaction():
                 self._create_locations(fill=False)
-                for key, value in {"schema": SCHEMA_VERSION, "model": model, "dim": dim,
+                for key, value in {"schema": SCHEMA_VERSION, "model": model, "dim": dim, "weights": weights,
                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}.items():
                     c.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         elif "locations" not in tables and int(meta.get("schema", 0)) in READABLE_SCHEMAS:
@@ -232,13 +233,32 @@ class IndexStore:
             self.db.execute("INSERT OR IGNORE INTO locations (tile_id, source, window, footprint, crs, acquired) "
                             "SELECT id, source, COALESCE(window, ''), footprint, crs, acquired FROM tiles ORDER BY id")
 
-    def _check_meta(self, model: str | None) -> None:
+    def _check_meta(self, model: str | None, weights: str = "") -> None:
         meta = self.meta()
         if int(meta.get("schema", 0)) not in READABLE_SCHEMAS:
             raise IndexOpenError(self.path, f"index schema {meta.get('schema')} is not supported (expected "
                                             f"{SCHEMA_VERSION})")
-        if model is not None and meta["model"] != model:
-            raise IndexOpenError(self.path, f"index was built with model {meta['model']!r}, not {model!r}")
+        if model is not None:
+            self._check_model(model, weights)
+
+    def _check_model(self, model: str, weights: str) -> None:
+        """Refuse another model, or other weights under the same name (``terravl-default`` after a new default
+        shipped; a model retrained in place): their vectors are not comparable with the index's."""
+        recorded, built = self.model, self.meta().get("weights") or ""
+        wanted = pinned_model(model, weights) if weights else model
+        if recorded != wanted:
+            raise IndexOpenError(self.path, f"index was built with model {recorded!r}; the encoder given is {wanted!r}"
+                                 + (f" (give --model {recorded} to use it)" if wanted == DEFAULT_NAME else ""))
+        if built and weights and built != weights:
+            raise IndexOpenError(self.path, f"index was built with other weights of {model!r} (fingerprint {built}, "
+                                            f"installed now {weights}): its vectors do not match this model; "
+                                            f"rebuild it into a new folder")
+
+    def check_encoder(self, encoder) -> None:
+        """The query encoder must be the model and weights the vectors came from."""
+        from terravl.models.feature_cache import encoder_fingerprint
+
+        self._check_model(encoder.source or encoder.name, encoder_fingerprint(encoder))
 
     def _error(self, exc: sqlite3.DatabaseError, writing: bool) -> TerraVLError | None:
         """The typed error for a SQLite error: damage → :class:`IndexCorruptError` (and ``on_damage``), a failed
@@ -281,7 +301,10 @@ class IndexStore:
 
     @property
     def model(self) -> str:
-        return self.meta()["model"]
+        """The registry name (or path) whose weights made the vectors: ``terravl-default`` recorded before v3 reads
+        as the version it was (:func:`terravl.model_versions.pinned_model`)."""
+        meta = self.meta()
+        return pinned_model(meta["model"], meta.get("weights"))
 
     @property
     def dim(self) -> int:

@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from terravl.errors import InputError, OutputError
+from terravl.model_versions import pinned_model
 from terravl.index.store import _connect, _Transaction
 
 SCHEMA_VERSION = 1
@@ -152,8 +153,8 @@ class KBStore:
         meta = self.meta()
         if int(meta.get("schema", 0)) != SCHEMA_VERSION or meta.get("kind") != "terravl-kb":
             raise KBOpenError(self.path, f"not a TerraVL knowledge base of schema {SCHEMA_VERSION}")
-        if model is not None and meta["model"] != model:
-            raise KBOpenError(self.path, f"was built with model {meta['model']!r}, not {model!r}")
+        if model is not None and self.model != (pinned_model(model, weights) if weights else model):
+            raise KBOpenError(self.path, f"was built with model {self.model!r}, not {model!r}")
         if c.execute("PRAGMA quick_check(meta)").fetchone()[0] != "ok":
             raise KBOpenError(self.path, "damaged knowledge base; rebuild it with `terravl kb build`")
 
@@ -180,11 +181,11 @@ class KBStore:
     def check_encoder(self, encoder) -> None:
         """Refuse an encoder other than the one the vectors came from: another model, or other weights under the
         same name (a model retrained and reinstalled), whose vectors would not be comparable."""
-        name = encoder.source or encoder.name
         meta = self.meta()
-        if name != meta["model"]:
-            raise KBOpenError(self.path, f"was built with model {meta['model']!r}; the encoder given is {name!r}")
         built, now = meta.get("weights") or "", encoder_weights(encoder)
+        name = pinned_model(encoder.source or encoder.name, now)  # terravl-default holding v2 is terravl-default-v2
+        if name != self.model:
+            raise KBOpenError(self.path, f"was built with model {self.model!r}; the encoder given is {name!r}")
         if built and now and built != now:
             raise KBOpenError(self.path, f"was built with other weights of {name!r} (fingerprint {built}, installed "
                                          f"now {now}): its vectors do not match this model; rebuild it with "
@@ -202,7 +203,10 @@ class KBStore:
 
     @property
     def model(self) -> str:
-        return self.meta()["model"]
+        """The registry name (or path) whose weights made the vectors; ``terravl-default`` built with an earlier
+        default reads as that version's name (:func:`terravl.model_versions.pinned_model`)."""
+        meta = self.meta()
+        return pinned_model(meta["model"], meta.get("weights"))
 
     @property
     def dim(self) -> int:
@@ -421,16 +425,6 @@ class KBStore:
 def encoder_weights(encoder) -> str:
     """A fingerprint of the encoder's weights ('' for an encoder without a torch model), computed once per
     encoder object (about 40 ms for terravl-default)."""
-    cached = getattr(encoder, "_terravl_kb_weights", None)
-    if cached is None:
-        from terravl.models.feature_cache import weights_fingerprint
+    from terravl.models.feature_cache import encoder_fingerprint
 
-        try:
-            cached = weights_fingerprint(encoder)
-        except Exception:  # noqa: BLE001 - a model that cannot be fingerprinted is simply not checked
-            cached = ""
-        try:
-            encoder._terravl_kb_weights = cached
-        except AttributeError:
-            pass
-    return cached
+    return encoder_fingerprint(encoder)

@@ -59,6 +59,22 @@ def weights_fingerprint(encoder) -> str:
     return digest.hexdigest()[:16]
 
 
+def encoder_fingerprint(encoder) -> str:
+    """:func:`weights_fingerprint`, computed once per encoder object ('' for one that cannot be fingerprinted,
+    which is then simply not checked): indexes and knowledge bases record it to refuse other weights later."""
+    cached = getattr(encoder, "_terravl_weights_fingerprint", None)
+    if cached is None:
+        try:
+            cached = weights_fingerprint(encoder)
+        except Exception:  # noqa: BLE001 - a model that cannot be fingerprinted is simply not checked
+            cached = ""
+        try:
+            encoder._terravl_weights_fingerprint = cached
+        except AttributeError:
+            pass
+    return cached
+
+
 class _Lazy:
     """An image decoded and transformed in the encoder's worker threads (keeps memory flat)."""
 

@@ -46,7 +46,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "grounders"
 class GrounderArch:
     """Everything needed to rebuild a head before loading its weights."""
 
-    encoder: str = "terravl-default"
+    encoder: str = "terravl-default-v2"  # the last default with a CNN tower (v3's EfficientNet is not read here)
     resolution: int = 224           # side of the square input the tower sees (tiles are resized to it)
     hidden: int = 48
     rgb_channels: int = 8
@@ -141,7 +141,7 @@ class Tower:
         from terravl.models.terravl_encoder import TerraVLModel
 
         model = getattr(encoder, "model", None)
-        if not isinstance(model, TerraVLModel):
+        if not isinstance(model, TerraVLModel) or "widths" not in model.config["image"]:
             raise InputError("model", f"grounding needs one of TerraVL's own encoders (a CNN image tower whose "
                                       f"feature maps keep location); {getattr(encoder, 'name', encoder)!r} is not one")
         self.encoder = encoder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from terravl.models.encoder import Encoder
 from terravl.models.image_towers import SmallResNet
 
 CONFIG_FILE = "terravl_config.json"
+_RUNNER_LOCK = threading.Lock()
 WEIGHTS_FILE = "model.safetensors"
 
 DEFAULT_CONFIG = {
@@ -31,6 +33,23 @@ DEFAULT_CONFIG = {
 }
 
 
+LITE0_IMAGE = {"arch": "efficientnet-lite0", "head": "mlp", "hidden": 1024, "resolution": 112, "dropout": 0.0,
+               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def build_image_tower(image: dict, dim: int) -> nn.Module:
+    """The image tower a config names: ``arch`` "small-resnet" (the default, trained from scratch; v1 and v2) or
+    "efficientnet-lite0" (ImageNet-pretrained trunk + projection head)."""
+    arch = image.get("arch", "small-resnet")
+    if arch == "small-resnet":
+        return SmallResNet(tuple(image["widths"]), tuple(image["depths"]), dim, image.get("dropout", 0.0))
+    if arch == "efficientnet-lite0":
+        from terravl.models.efficientnet_lite import LiteTower
+
+        return LiteTower(dim, image.get("head", "mlp"), int(image.get("hidden", 1024)), image.get("dropout", 0.0))
+    raise ValueError(f"image tower: unknown arch {arch!r} (small-resnet or efficientnet-lite0)")
+
+
 class TerraVLModel(nn.Module):
     """Image tower + text projection over frozen sentence features + learnable temperature."""
 
@@ -38,7 +57,7 @@ class TerraVLModel(nn.Module):
         super().__init__()
         self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
         image, text, dim = self.config["image"], self.config["text"], int(self.config["embed_dim"])
-        self.image_tower = SmallResNet(tuple(image["widths"]), tuple(image["depths"]), dim, image.get("dropout", 0.0))
+        self.image_tower = build_image_tower(image, dim)
         if text["projection"] == "linear":
             self.text_projection: nn.Module = nn.Linear(int(text["features"]), dim)
         elif text["projection"] == "mlp":
@@ -59,7 +78,10 @@ class TerraVLModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image embedding; with a caption memory, blended with the captions of the nearest training images."""
-        base = self.encode_image_base(pixels)
+        return self.apply_memory(self.encode_image_base(pixels))
+
+    def apply_memory(self, base: torch.Tensor) -> torch.Tensor:
+        """The tower's output blended with the caption memory (unchanged when the model has none)."""
         memory = self.config.get("memory")
         if not memory:
             return base
@@ -98,8 +120,10 @@ class TerraVLModel(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(pack_memory({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}),
-                  str(folder / WEIGHTS_FILE))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.config.get("storage") == "float16":  # half the file; loading casts back to float32
+            state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+        save_file(pack_memory(state), str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config, **(extra or {})}, indent=2) + "\n")
         return folder
 
@@ -110,7 +134,7 @@ class TerraVLModel(nn.Module):
             config = json.loads((folder / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(folder, f"unreadable {CONFIG_FILE} ({exc})") from exc
-        model = cls({k: config[k] for k in (*DEFAULT_CONFIG, "memory") if k in config})
+        model = cls({k: config[k] for k in (*DEFAULT_CONFIG, "memory", "storage") if k in config})
         load_into(model, unpack_memory(read_state_dict(folder / WEIGHTS_FILE)), folder / WEIGHTS_FILE)
         return model.eval()
 
@@ -197,9 +221,33 @@ class TerraVLEncoder(Encoder):
         return self._text
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not self.use_memory:
-            return self.model.encode_image_base(pixels)
-        return self.model.encode_image(pixels)
+        runner = self._onnx_images()
+        base = runner(pixels).to(pixels.device) if runner is not None else self.model.encode_image_base(pixels)
+        return self.model.apply_memory(base) if self.use_memory else base
+
+    def _onnx_images(self):
+        """The ONNX Runtime twin of the image tower (:mod:`terravl.models.image_onnx`) for fp32 on the CPU, found
+        once per encoder; None means PyTorch (asked for, another device, or unavailable: one warning says why)."""
+        decided = self.__dict__.get("_image_runner", False)
+        if decided is not False:
+            return decided
+        with _RUNNER_LOCK:
+            if "_image_runner" not in self.__dict__:
+                self.__dict__["_image_runner"] = self._find_onnx_images()
+        return self.__dict__["_image_runner"]
+
+    def _find_onnx_images(self):
+        from terravl.models.image_onnx import image_backend, onnx_image_tower
+        from terravl.models.text_onnx import OnnxUnavailable, fall_back
+
+        backend = image_backend()
+        if backend == "torch" or self.device.type != "cpu" or self.precision != "fp32":
+            return None
+        try:
+            return onnx_image_tower(self.model.image_tower, int(self.model.config["image"]["resolution"]))
+        except OnnxUnavailable as exc:
+            fall_back(backend, "image tower", exc)
+            return None
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text_features(self.text_tower(texts))

@@ -114,24 +114,42 @@ def load_tokenizer(model_path: str | Path, max_length: int):
     return tokenizer
 
 
+_FELL_BACK: set[str] = set()
+
+
+def fall_back(backend: str, what: str, exc: OnnxUnavailable) -> None:
+    """The ONNX twin of ``what`` cannot be used: raise when ONNX was asked for (``backend`` "onnx"), else say why
+    once per process and reason, and let the caller use PyTorch."""
+    if backend == "onnx":
+        raise exc
+    if str(exc) not in _FELL_BACK:
+        _FELL_BACK.add(str(exc))
+        log.warning("%s on PyTorch: %s", what, exc)
+
+
+def cpu_session(path: str | Path):
+    """An ONNX Runtime CPU session with torch's thread count, full graph optimisation and no busy-waiting between
+    runs: a query's encoding is followed by numpy/BLAS work on the same cores (dense retrieval, FAISS, memory
+    blending), which spinning ONNX threads slow down (bench_kb.py end to end p50: 75.3 -> 41.9 ms)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxSentenceEncoder:
     """(texts) → (N, 384) mean-pooled MiniLM embeddings, like
     :class:`~terravl.models.text_towers.SentenceEncoder`, run by ONNX Runtime. Thread-safe (one session and one
     tokenizer serve every thread)."""
 
     def __init__(self, tokenizer, path: str | Path):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # no busy-waiting between runs: a query's encoding is followed by numpy/BLAS work on the same two cores
-        # (dense retrieval, FAISS), which spinning ONNX threads slow down (bench_kb.py end to end p50: 75.3 -> 41.9 ms)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
         self.tokenizer = tokenizer  # truncation and padding set by load_tokenizer
         self.path = Path(path)
 

@@ -4,7 +4,6 @@ does for this model."""
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,25 +52,20 @@ class SentenceEncoder(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, self.output_dim)
 
 
-_FELL_BACK: set[str] = set()
 
 
 def text_tower(device="cpu"):
     """The text tower for queries on ``device``: the ONNX Runtime twin on the CPU
     (:mod:`terravl.models.text_onnx`, same outputs, several times faster for short queries) unless
     ``TERRAVL_TEXT_BACKEND=torch`` or it cannot be used here (then PyTorch, with one warning saying why)."""
-    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower, text_backend
+    from terravl.models.text_onnx import OnnxUnavailable, fall_back, onnx_text_tower, text_backend
 
     backend = text_backend()
     if backend != "torch" and torch.device(device).type == "cpu":
         try:
             return onnx_text_tower()
         except OnnxUnavailable as exc:
-            if backend == "onnx":
-                raise
-            if str(exc) not in _FELL_BACK:
-                _FELL_BACK.add(str(exc))
-                logging.getLogger(__name__).warning("text tower on PyTorch: %s", exc)
+            fall_back(backend, "text tower", exc)
     return shared_sentence_encoder().to(device)
 
 

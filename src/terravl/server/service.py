@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from terravl.errors import InputError, RasterReadError, WorkBudgetError
+from terravl.model_versions import HEADS_ENCODER
 from terravl.server.errors import NotFound, Unavailable
 from terravl.server.textcache import CachedTextEncoder, TextCache
 from terravl.server.work import WorkPool
@@ -321,13 +322,11 @@ class Service:
     def describer(self):
         """The description experts (scene, objects, where, counts) for chat's ``describe``, loaded on first use
         and shared by every request after it."""
-        import terravl.models as m
-
         with self._ground_lock:
             if getattr(self, "_describer", None) is None:
                 from terravl.tasks.describe import Experts
 
-                self._describer = Experts(encoder=self.encoder(m.DEFAULT_MODEL), captioner=self.captioner())
+                self._describer = Experts(encoder=self.encoder(HEADS_ENCODER), captioner=self.captioner())
             return self._describer
 
     def detector(self):
@@ -848,10 +847,8 @@ class Service:
 
         with self._ground_lock:
             if method not in self.ground_methods:
-                import terravl.models as m
-
                 try:
-                    self.ground_methods[method] = make_method(method, encoder=self.encoder(m.DEFAULT_MODEL))
+                    self.ground_methods[method] = make_method(method, encoder=self.encoder(HEADS_ENCODER))
                 except WeightsNotFoundError:
                     # the registry's message names folders on this server: not for the caller
                     raise Unavailable("the trained grounder is not installed on this server (use method "

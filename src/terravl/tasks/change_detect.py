@@ -341,11 +341,15 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
 
 # -- public ------------------------------------------------------------------------------------------------------
 
+EMBEDDING_MODEL = "terravl-default-v2"
+"""The encoder the embedding baseline was calibrated and measured with (README: change detection)."""
+
+
 def make_method(name: str = "trained", encoder=None, detector=None, **options) -> ChangeMethod:
     """The change method ``name`` (one of :data:`METHODS`).
 
     ``trained`` uses ``detector`` or loads the shipped one (:func:`terravl.models.change_detector.
-    load_change_detector`); ``embedding`` uses ``encoder`` or loads :data:`terravl.models.DEFAULT_MODEL`; other
+    load_change_detector`); ``embedding`` uses ``encoder`` or loads :data:`EMBEDDING_MODEL`; other
     keyword ``options`` go to the method's constructor (e.g. ``sigma`` for ``cva``, ``window`` for ``embedding``)."""
     if name == "trained":
         if detector is None:
@@ -359,7 +363,7 @@ def make_method(name: str = "trained", encoder=None, detector=None, **options) -
         if encoder is None:
             import terravl.models as m
 
-            encoder = m.load(m.DEFAULT_MODEL)
+            encoder = m.load(EMBEDDING_MODEL)
         return EmbeddingMethod(encoder, **options)
     raise InputError("method", f"unknown change method {name!r}; choose one of {', '.join(METHODS)}")
 

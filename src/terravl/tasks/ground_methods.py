@@ -204,8 +204,9 @@ def make_method(method: str, encoder=None, grounder=None) -> GroundMethod:
     if method == "baseline":
         if encoder is None:
             import terravl.models as m
+            from terravl.models.grounder import GrounderArch
 
-            encoder = m.load(m.DEFAULT_MODEL)
+            encoder = m.load(GrounderArch.encoder)  # a CNN tower's feature maps (terravl-default-v2)
         return BaselineMethod(encoder)
     if grounder is None:
         from terravl.models.grounder import load_grounder

@@ -17,9 +17,8 @@ from terravl.index.vectors import ANN_THRESHOLD, TUNING_PROMPTS, IVFIndex, exact
 
 def _encoder_for(store: IndexStore | ShardSet, encoder=None):
     if encoder is not None:
-        if (encoder.source or encoder.name) != store.model:
-            raise InputError(store.path, f"index was built with {store.model!r}; the query encoder is "
-                                         f"{encoder.source or encoder.name!r}")
+        # the same model and weights (shards share them; the first stands for all)
+        (store.stores[0] if isinstance(store, ShardSet) else store).check_encoder(encoder)
         return encoder
     import terravl.models as m
 

@@ -53,7 +53,7 @@ class CaptionTrainConfig:
     val_fraction: float = 0.05
     vqa: bool = True                      # derived questions (caption datasets) or the dataset's own (RSVQA)
     questions_per_image: float = 1.0      # question samples per caption sample in an epoch
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01

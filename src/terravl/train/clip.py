@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from terravl.eval.retrieval import retrieval_metrics
 from terravl.eval.zeroshot import classification_metrics
-from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
+from terravl.models.terravl_encoder import DEFAULT_CONFIG, LITE0_IMAGE, TerraVLModel
 from terravl.train.augment import augment
 from terravl.train.data import TextTable, decode_split, describe_data, load_records, text_features
 from terravl.train.loop import fit, start, total_steps
@@ -34,7 +34,8 @@ class TrainConfig:
     ``data``, which has none."""
 
     data: str | list[str] | None = None  # required: a caption JSON or class folders, or a list of them
-    model: str = "terravl-cnn"
+    model: str = "terravl-cnn"           # terravl-cnn (from scratch), terravl-lite0 (ImageNet EfficientNet-Lite0),
+                                         # or an OpenCLIP model to fine-tune
     init: str | None = None              # start from a TerraVL model's weights (registry name or folder)
     freeze_image: bool = False
     freeze_text: bool = True
@@ -59,6 +60,10 @@ class TrainConfig:
     embed_dim: int = 384
     text_projection: str = "linear"
     dropout: float = 0.0
+    frozen_stages: int = 0               # terravl-lite0: stem and first N of its 7 stages stay fixed
+    image_head: str = "mlp"              # terravl-lite0: projection to embed_dim, linear or mlp
+    head_hidden: int = 1024
+    backbone_lr_scale: float = 1.0       # terravl-lite0: the pretrained trunk learns at lr × this
     seed: int = 0
     device: str = "auto"                 # auto (CUDA if present), cpu, cuda
     precision: str = "auto"              # auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16
@@ -128,9 +133,14 @@ def _short_name(path: str) -> str:
 def model_config(cfg: TrainConfig, mean, std) -> dict:
     config = json.loads(json.dumps(DEFAULT_CONFIG))
     config["embed_dim"] = cfg.embed_dim
+    config["text"]["projection"] = cfg.text_projection
+    if cfg.model == "terravl-lite0":
+        config["arch"] = "terravl-lite0"
+        config["image"] = {**LITE0_IMAGE, "head": cfg.image_head, "hidden": cfg.head_hidden,
+                           "resolution": cfg.resolution, "dropout": cfg.dropout}
+        return config
     config["image"].update(widths=list(cfg.widths), depths=list(cfg.depths), resolution=cfg.resolution,
                            dropout=cfg.dropout, mean=mean, std=std)
-    config["text"]["projection"] = cfg.text_projection
     return config
 
 
@@ -239,18 +249,27 @@ def evaluate_all(model: TerraVLModel, evaluations: list, table: TextTable, feats
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     """Train on ``cfg.device``, evaluate and checkpoint each epoch, export the final model to ``out/model``."""
     run = start(cfg)
-    if cfg.model == "terravl-cnn":
+    if cfg.model in ("terravl-cnn", "terravl-lite0"):
         table, train_split, eval_split, val_split = prepare_data(cfg)
         feats = text_features(table, run.out / "cache", cfg.progress)
         if cfg.init:
             model = _initial_model(cfg)
             mean, std = model.config["image"]["mean"], model.config["image"]["std"]
+        elif cfg.model == "terravl-lite0":
+            mean, std = LITE0_IMAGE["mean"], LITE0_IMAGE["std"]
+            model = TerraVLModel(model_config(cfg, mean, std))
+            from terravl.models.efficientnet_lite import load_imagenet_weights
+
+            load_imagenet_weights(model.image_tower.trunk)
+            log("image tower: EfficientNet-Lite0 with its ImageNet weights")
         else:
             pixels = train_split.images.float() / 255
             mean = pixels.mean(dim=(0, 2, 3)).tolist()
             std = pixels.std(dim=(0, 2, 3)).tolist()
             del pixels
             model = TerraVLModel(model_config(cfg, mean, std))
+        if hasattr(model.image_tower, "freeze"):
+            model.image_tower.freeze(cfg.frozen_stages)
         model.image_tower.to(memory_format=torch.channels_last)
     else:
         model = _open_clip_model(cfg)
@@ -259,11 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         feats = model.text_inputs(table.strings)
     model.to(run.device)
     feats = feats.to(run.device)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2]
-    no_decay = [p for n, p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     n = len(train_split.paths)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = total_steps(cfg.max_steps, cfg.epochs, steps_per_epoch)
@@ -309,6 +324,18 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     folder = model.save(run.out / "model", {"training": {"data": cfg.data, "scores": final}})
     (folder / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices and kernels only; a pretrained trunk (``image_tower.trunk``) at
+    ``lr × backbone_lr_scale``, so the new projection can move fast while the ImageNet features move little."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim >= 2, name.startswith("image_tower.trunk.")), []).append(p)
+    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr": cfg.lr * (cfg.backbone_lr_scale if trunk else 1.0)}
+            for (decay, trunk), params in sorted(groups.items())]
 
 
 def _describe(cfg: TrainConfig, train_split, evaluations: list) -> dict:

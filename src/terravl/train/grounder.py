@@ -35,7 +35,7 @@ class GrounderTrainConfig:
     """Flat settings (YAML ``--config`` or ``--set KEY=VALUE``); the shipped recipe is configs/terravl-grounder.yaml."""
 
     data_root: str = "../shared/data"    # folder holding rsicd_aid/ and ucm_captions/
-    encoder: str = "terravl-default"
+    encoder: str = "terravl-default-v2"  # a TerraVL encoder with a CNN tower (v3's EfficientNet is not read)
     out: str = "runs/terravl-grounder"
     composites: int = 6000
     val_composites: int = 300

@@ -46,10 +46,10 @@ def _router(service) -> Any:
     from terravl.tasks.chat import Lazy
 
     def load():
-        import terravl.models as m
+        from terravl.model_versions import HEADS_ENCODER
         from terravl.router import DEFAULT_ROUTER, load_router
 
-        return load_router(DEFAULT_ROUTER, service.encoder(m.DEFAULT_MODEL))
+        return load_router(DEFAULT_ROUTER, service.encoder(HEADS_ENCODER))
 
     return Lazy(load)
 

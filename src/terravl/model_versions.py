@@ -1,0 +1,32 @@
+"""Which weights an index or a knowledge base was built with, when it recorded only the name ``terravl-default``.
+
+The name ``terravl-default`` follows the shipped default (v3 since issue 19's second step); vectors made by an
+earlier default are not comparable with v3's. A store records the name and, since v3, a fingerprint of the weights
+(:func:`terravl.models.feature_cache.encoder_fingerprint`). :func:`pinned_model` turns what a store recorded into
+the registry name that holds those weights, so a search of an index built with v2 loads ``terravl-default-v2``
+instead of silently comparing v2 vectors with v3 queries."""
+
+from __future__ import annotations
+
+DEFAULT_NAME = "terravl-default"
+SHIPPED_FINGERPRINTS = {"d79df781d809bf27": "terravl-default-v2", "4ba9892d54cd979a": "terravl-default-v1"}
+"""Weights fingerprints of the earlier shipped defaults (``weights_fingerprint`` of each, loaded by name)."""
+BEFORE_FINGERPRINTS = "terravl-default-v2"
+"""What an index that recorded no fingerprint was built with: indexes started recording them with v3, and v2 was
+the default before (an index built with v1 before 2026-11-27 needs ``--model terravl-default-v1`` given by hand)."""
+
+
+def pinned_model(name: str, weights: str | None) -> str:
+    """The registry name to load for vectors recorded as (``name``, ``weights`` fingerprint): ``terravl-default``
+    with an earlier default's fingerprint, or with none, becomes that version's own name; anything else stays."""
+    if name != DEFAULT_NAME:
+        return name
+    if not weights:
+        return BEFORE_FINGERPRINTS
+    return SHIPPED_FINGERPRINTS.get(weights, name)
+
+HEADS_ENCODER = "terravl-default-v2"
+"""The dual encoder TerraVL's shipped heads read: the grounder and the change detector's ``backbone`` (its CNN
+tower's feature maps), the object head (its image embedding) and the router (its text embedding) were trained on
+v2. A front end that shares one loaded encoder among them passes this one, not the default (v3 embeds into another
+space of the same 384 dimensions, so nothing would fail loudly). A test keeps it equal to each head's settings."""

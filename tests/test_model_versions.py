@@ -1,0 +1,97 @@
+"""Vectors stay with the weights that made them: an index records a fingerprint of its encoder's weights and
+refuses other weights under the same name; an index or knowledge base that recorded only ``terravl-default``
+before v3 shipped is read with the version it was built with (``terravl-default-v2``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import torch
+
+import terravl.models as m
+from fakedata import write_image
+from terravl.errors import InputError
+from terravl.index import IndexOpenError, IndexStore, build_index
+from terravl.model_versions import SHIPPED_FINGERPRINTS, pinned_model
+from terravl.models.feature_cache import weights_fingerprint
+from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
+from terravl.tasks import search
+
+
+def test_pinned_model_names_the_version_that_holds_the_weights():
+    assert pinned_model("terravl-default", None) == "terravl-default-v2"  # recorded before fingerprints were
+    assert pinned_model("terravl-default", "") == "terravl-default-v2"
+    v1 = next(k for k, v in SHIPPED_FINGERPRINTS.items() if v == "terravl-default-v1")
+    assert pinned_model("terravl-default", v1) == "terravl-default-v1"
+    assert pinned_model("terravl-default", "0123456789abcdef") == "terravl-default"
+    assert pinned_model("remoteclip-vit-b-32", None) == "remoteclip-vit-b-32"
+
+
+def test_the_recorded_fingerprints_are_those_of_the_shipped_earlier_versions():
+    for fingerprint, name in SHIPPED_FINGERPRINTS.items():
+        assert weights_fingerprint(m.load(name)) == fingerprint
+    assert weights_fingerprint(m.load("terravl-default")) not in SHIPPED_FINGERPRINTS
+
+
+def _tiny(folder, seed: int):
+    torch.manual_seed(seed)
+    config = {**DEFAULT_CONFIG, "embed_dim": 16,
+              "image": {**DEFAULT_CONFIG["image"], "widths": [8, 16], "depths": [1, 1], "resolution": 32}}
+    return TerraVLModel(config).save(folder)
+
+
+def test_an_index_refuses_other_weights_under_the_same_name(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in range(3):
+        write_image(archive / f"s{i}.png", 40, 40, seed=i)
+    model = _tiny(tmp_path / "model", seed=0)
+    built_with = m.load(model)
+    build_index([archive], built_with, tmp_path / "idx")
+    store = IndexStore(tmp_path / "idx")
+    assert store.meta()["weights"] == weights_fingerprint(built_with)
+    assert len(search(store, text="a beach", k=2, encoder=built_with)) == 2
+    _tiny(tmp_path / "model", seed=1)  # retrained in place: same path, other weights
+    retrained = m.load(model)
+    with pytest.raises(InputError, match="other weights"):
+        search(store, text="a beach", k=2, encoder=retrained)
+    with pytest.raises(IndexOpenError, match="other weights"):  # adding to it with the new weights is refused too
+        build_index([archive], retrained, tmp_path / "idx")
+    store.close()
+
+
+def test_an_index_recorded_as_terravl_default_before_v3_opens_with_v2(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    write_image(archive / "a.png", 40, 40, seed=0)
+    v2 = m.load("terravl-default-v2")
+    build_index([archive], v2, tmp_path / "idx")
+    with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as db:  # as an index built before fingerprints
+        db.execute("UPDATE meta SET value = ? WHERE key = 'model'", (json.dumps("terravl-default"),))
+        db.execute("DELETE FROM meta WHERE key = 'weights'")
+    store = IndexStore(tmp_path / "idx")
+    assert store.model == "terravl-default-v2"
+    hits = search(store, text="a forest")  # loads terravl-default-v2 by itself
+    assert len(hits) == 1 and hits[0].score == pytest.approx(float(v2.encode_texts(["a forest"])[0]
+                                                                   @ v2.encode_images([archive / "a.png"])[0]),
+                                                             abs=1e-5)
+    with pytest.raises(InputError, match="terravl-default-v2"):
+        search(store, text="a forest", encoder=m.load("terravl-default"))
+    store.close()
+    with pytest.raises(IndexOpenError, match="give --model terravl-default-v2"):
+        build_index([archive], m.load("terravl-default"), tmp_path / "idx")
+
+
+def test_the_shipped_heads_name_the_encoder_front_ends_share_with_them():
+    """Front ends hand the router, grounder and object head one loaded encoder (HEADS_ENCODER): it must be the one
+    each was trained on, or they would read embeddings of another space without any error."""
+    from terravl.model_versions import HEADS_ENCODER
+    from terravl.models.grounder import GrounderArch, load_grounder
+    from terravl.models.object_head import load_object_head
+    from terravl.router import load_router
+
+    assert load_router().settings["encoder"] == HEADS_ENCODER
+    assert load_object_head().encoder_name == HEADS_ENCODER
+    assert load_grounder().arch.encoder == GrounderArch.encoder == HEADS_ENCODER

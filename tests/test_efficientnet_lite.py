@@ -92,16 +92,19 @@ def test_training_a_lite0_tower_from_imagenet_keeps_frozen_stages_and_exports_a_
     data = write_karpathy(tmp_path / "data" / "d.json", n_train=16, n_test=4)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="terravl-lite0", frozen_stages=6,
                       head_hidden=32, embed_dim=24, resolution=48, cache_resolution=56, batch_size=8, epochs=2,
-                      lr=1e-3, backbone_lr_scale=0.1, warmup_epochs=0.0, threads=1, progress=False, memory=False)
+                      lr=1e-3, backbone_lr_scale=0.1, warmup_epochs=0.0, threads=1, progress=False, memory=False,
+                      storage="float16")
     info = train(cfg, log=lambda _: None)
     assert len(info["history"]) == 2 and {"mR", "zeroshot_top1"} <= set(info["scores"])
     folder = tmp_path / "run" / "model"
     config = json.loads((folder / "terravl_config.json").read_text())
     assert config["image"]["arch"] == "efficientnet-lite0" and config["image"]["mean"] == [0.5, 0.5, 0.5]
+    assert config["arch"] == "terravl-lite0" and config["storage"] == "float16"  # the recipe says how it is stored
     reference = EfficientNetLite0()
     load_imagenet_weights(reference)
     trained = TerraVLModel.load(folder).image_tower.trunk
-    assert torch.equal(trained.stages[5][0].depthwise[0].weight, reference.stages[5][0].depthwise[0].weight)
+    frozen = reference.stages[5][0].depthwise[0].weight  # stored in float16: equal to its float16 rounding
+    assert torch.equal(trained.stages[5][0].depthwise[0].weight, frozen.half().float())
     assert not torch.equal(trained.stages[6][0].depthwise[0].weight, reference.stages[6][0].depthwise[0].weight)
     encoder = m.load(folder)
     emb = encoder.encode_images([data.parent / "imgs" / "scene_0.jpg"])

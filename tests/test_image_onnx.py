@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import terravl.models as m
+from terravl.errors import InputError
 from terravl.models import image_onnx
 from terravl.models.image_onnx import OnnxImageTower
 from terravl.models.terravl_encoder import LITE0_IMAGE, DEFAULT_CONFIG, TerraVLModel
@@ -89,5 +90,5 @@ def test_a_damaged_graph_falls_back_to_pytorch_with_one_warning_or_fails_when_on
     with pytest.raises(OnnxUnavailable, match="delete it"):
         m.load(folder).encode_images(_images(1))
     monkeypatch.setenv("TERRAVL_IMAGE_BACKEND", "fast")
-    with pytest.raises(ValueError, match="TERRAVL_IMAGE_BACKEND must be one of"):
+    with pytest.raises(InputError, match="TERRAVL_IMAGE_BACKEND: must be one of"):
         m.load(folder).encode_images(_images(1))

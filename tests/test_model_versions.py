@@ -22,7 +22,9 @@ from terravl.tasks import search
 
 def test_pinned_model_names_the_version_that_holds_the_weights():
     assert pinned_model("terravl-default", None) == "terravl-default-v2"  # recorded before fingerprints were
-    assert pinned_model("terravl-default", "") == "terravl-default-v2"
+    assert pinned_model("terravl-default", "") == "terravl-default"  # recorded, unknown: a store made now
+    assert pinned_model("terravl-default", None, "2026-11-26T10:00:00Z") == "terravl-default-v1"  # before v2 shipped
+    assert pinned_model("terravl-default", None, "2026-11-27T12:00:00Z") == "terravl-default-v2"
     v1 = next(k for k, v in SHIPPED_FINGERPRINTS.items() if v == "terravl-default-v1")
     assert pinned_model("terravl-default", v1) == "terravl-default-v1"
     assert pinned_model("terravl-default", "0123456789abcdef") == "terravl-default"
@@ -40,6 +42,16 @@ def _tiny(folder, seed: int):
     config = {**DEFAULT_CONFIG, "embed_dim": 16,
               "image": {**DEFAULT_CONFIG["image"], "widths": [8, 16], "depths": [1, 1], "resolution": 32}}
     return TerraVLModel(config).save(folder)
+
+
+def test_a_new_store_named_terravl_default_without_a_fingerprint_opens(tmp_path):
+    """API users and the benchmarks create stores by name alone: that is not a store from before v3."""
+    from terravl.kb.store import KBStore
+
+    IndexStore(tmp_path / "idx", create=True, model="terravl-default", dim=384).close()
+    assert IndexStore(tmp_path / "idx", model="terravl-default").model == "terravl-default"
+    KBStore(tmp_path / "k.kb", create=True, model="terravl-default", dim=384).close()
+    assert KBStore(tmp_path / "k.kb").model == "terravl-default"
 
 
 def test_an_index_refuses_other_weights_under_the_same_name(tmp_path):
@@ -95,3 +107,21 @@ def test_the_shipped_heads_name_the_encoder_front_ends_share_with_them():
     assert load_router().settings["encoder"] == HEADS_ENCODER
     assert load_object_head().encoder_name == HEADS_ENCODER
     assert load_grounder().arch.encoder == GrounderArch.encoder == HEADS_ENCODER
+
+
+def test_chat_gives_the_embedding_change_baseline_the_encoder_it_was_calibrated_with():
+    """Not the default the conversation classifies with (v3): the baseline's thresholds were set on v2."""
+    from terravl.tasks.change_detect import EMBEDDING_MODEL
+    from terravl.tasks.chat import ChatModels, ChatState, _change_options
+
+    asked = []
+    default, calibrated = object(), object()
+
+    def encoders(name):
+        asked.append(name)
+        return calibrated
+
+    models = ChatModels(encoder=default, encoders=encoders, change_method="embedding")
+    options = _change_options(ChatState(images=("a.png", "b.png")), models)
+    assert asked == [EMBEDDING_MODEL] == ["terravl-default-v2"]
+    assert options["method"].encoder is calibrated and options["encoder"] is default

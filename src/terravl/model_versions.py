@@ -13,16 +13,20 @@ SHIPPED_FINGERPRINTS = {"d79df781d809bf27": "terravl-default-v2", "4ba9892d54cd9
 """Weights fingerprints of the earlier shipped defaults (``weights_fingerprint`` of each, loaded by name)."""
 BEFORE_FINGERPRINTS = "terravl-default-v2"
 """What an index that recorded no fingerprint was built with: indexes started recording them with v3, and v2 was
-the default before (an index built with v1 before 2026-11-27 needs ``--model terravl-default-v1`` given by hand)."""
+the default before — since :data:`V2_SHIPPED`; one created earlier was built with v1."""
+V2_SHIPPED = "2026-11-27T09:10:01Z"
+"""When v2 became the default (the commit that shipped it); stores record ``created`` in this format."""
 
 
-def pinned_model(name: str, weights: str | None) -> str:
+def pinned_model(name: str, weights: str | None, created: str | None = None) -> str:
     """The registry name to load for vectors recorded as (``name``, ``weights`` fingerprint): ``terravl-default``
-    with an earlier default's fingerprint, or with none, becomes that version's own name; anything else stays."""
+    with an earlier default's fingerprint, or with no fingerprint entry at all (``None``: a store from before they
+    were recorded; ``created`` before :data:`V2_SHIPPED` means v1), becomes that version's own name; anything else
+    stays (``""``, recorded but unknown, included)."""
     if name != DEFAULT_NAME:
         return name
-    if not weights:
-        return BEFORE_FINGERPRINTS
+    if weights is None:
+        return "terravl-default-v1" if created and str(created) < V2_SHIPPED else BEFORE_FINGERPRINTS
     return SHIPPED_FINGERPRINTS.get(weights, name)
 
 HEADS_ENCODER = "terravl-default-v2"

@@ -17,7 +17,7 @@ _captioner_option = click.option("--model", default=None,
                                       "terravl-captioner (shipped).")
 _encoder_option = click.option("--encoder", default=None,
                                help="Dual encoder the object head reads. Default: the one it was trained on "
-                                    "(terravl-default).")
+                                    "(terravl-default-v2).")
 
 
 def _experts(model: str | None, objects_name: str | None, encoder: str | None):

@@ -280,7 +280,8 @@ def change(dataset: Path, predictions: Path, split: str, no_meteor: bool, out: P
 @click.option("--split", default=None, help="Score one split only (default: every pair).")
 @click.option("--detector", default=None, metavar="NAME|FOLDER",
               help="Change detector for the trained method (default: the shipped terravl-change).")
-@click.option("--model", default=None, help="Encoder for the embedding method (default: terravl-default).")
+@click.option("--model", default=None, help="Encoder for the embedding method (default: terravl-default-v2, which it was "
+              "calibrated with).")
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pairs (quick checks).")
 @_out_option
 @format_option()

@@ -165,8 +165,8 @@ class ShardSet:
                                                  f"`terravl index build` into {shown(self.path)} to complete it")
                 self.stores.append(IndexStore(folder, readonly=readonly))
             first = self.stores[0]
-            self._model = (pinned_model(manifest["model"], first.meta().get("weights")) if manifest["model"]
-                           else first.model)
+            self._model = (pinned_model(manifest["model"], first.meta().get("weights"), first.meta().get("created"))
+                           if manifest["model"] else first.model)
             self._dim = manifest["dim"] or first.dim
             for name, store in zip(self.names, self.stores):
                 if store.model != self._model or store.dim != self._dim:

@@ -304,7 +304,7 @@ class IndexStore:
         """The registry name (or path) whose weights made the vectors: ``terravl-default`` recorded before v3 reads
         as the version it was (:func:`terravl.model_versions.pinned_model`)."""
         meta = self.meta()
-        return pinned_model(meta["model"], meta.get("weights"))
+        return pinned_model(meta["model"], meta.get("weights"), meta.get("created"))
 
     @property
     def dim(self) -> int:
@@ -327,7 +327,8 @@ class IndexStore:
         span = self.db.execute("SELECT MIN(acquired), MAX(acquired) FROM tiles").fetchone()
         bbox = self.db.execute("SELECT MIN(minlon), MIN(minlat), MAX(maxlon), MAX(maxlat) FROM tiles_bbox").fetchone()
         return {"path": str(self.path), "count": self.count(), "sources": sources, "locations": locations,
-                "model": meta["model"], "dim": int(meta["dim"]), "created": meta.get("created"),
+                "model": self.model, "dim": int(meta["dim"]),
+                "created": meta.get("created"),
                 "problems": problems, "acquired": list(span) if span[0] else None,
                 "bbox": list(bbox) if bbox[0] is not None else None}
 

@@ -206,7 +206,7 @@ class KBStore:
         """The registry name (or path) whose weights made the vectors; ``terravl-default`` built with an earlier
         default reads as that version's name (:func:`terravl.model_versions.pinned_model`)."""
         meta = self.meta()
-        return pinned_model(meta["model"], meta.get("weights"))
+        return pinned_model(meta["model"], meta.get("weights"), meta.get("created"))
 
     @property
     def dim(self) -> int:
@@ -233,7 +233,8 @@ class KBStore:
                 "with_text": self.db.execute("SELECT COUNT(*) FROM items WHERE text IS NOT NULL").fetchone()[0],
                 "located": located, "labels": labels,
                 "sources": self.db.execute("SELECT COUNT(*) FROM sources").fetchone()[0],
-                "model": meta["model"], "weights": meta.get("weights") or None, "dim": int(meta["dim"]),
+                "model": self.model, "weights": meta.get("weights") or None,
+                "dim": int(meta["dim"]),
                 "created": meta.get("created"),
                 "problems": self.db.execute("SELECT COUNT(*) FROM problems").fetchone()[0],
                 "dates": list(span) if span[0] else None, "bbox": list(box) if box[0] is not None else None}

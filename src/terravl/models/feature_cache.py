@@ -61,7 +61,9 @@ def weights_fingerprint(encoder) -> str:
 
 def encoder_fingerprint(encoder) -> str:
     """:func:`weights_fingerprint`, computed once per encoder object ('' for one that cannot be fingerprinted,
-    which is then simply not checked): indexes and knowledge bases record it to refuse other weights later."""
+    which is then simply not checked): indexes and knowledge bases record it to refuse other weights later. A
+    wrapper (the server's per-request text cache) answers for the encoder it wraps, so the hash is made once."""
+    encoder = getattr(encoder, "wrapped", encoder)
     cached = getattr(encoder, "_terravl_weights_fingerprint", None)
     if cached is None:
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from terravl.errors import InputError
 from terravl.models.text_onnx import OnnxUnavailable, cpu_session, onnx_dir
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def image_backend() -> str:
     """The backend asked for by ``TERRAVL_IMAGE_BACKEND`` (validated)."""
     value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, got {value!r}")
+        raise InputError(BACKEND_ENV, f"must be one of {', '.join(BACKENDS)}, got {value!r}")
     return value
 
 

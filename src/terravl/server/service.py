@@ -793,7 +793,7 @@ class Service:
     def _change_kwargs(self, options: ChangeOptions, trusted: bool, labels: tuple[str, str]) -> dict:
         """The keyword arguments of ``terravl.tasks.change`` for a request: the service's shared models (the
         detector only for ``trained``, an encoder only where one is used), its work budget, and the inputs' trust."""
-        import terravl.models as m
+        from terravl.tasks.change_detect import EMBEDDING_MODEL, make_method
 
         kwargs: dict[str, Any] = {"method": options.method, "min_region_pixels": options.min_region_pixels,
                                   "describe": options.describe, "max_pixels": self.max_change_pixels,
@@ -801,11 +801,11 @@ class Service:
                                   "labels": labels}
         if options.method == "trained":
             kwargs["detector"] = self.detector()
+        if options.method == "embedding":  # the encoder it was calibrated with, shared, whatever describes
+            kwargs["method"] = make_method("embedding", encoder=self.encoder(EMBEDDING_MODEL))
         if options.describe:
             captioner = self.captioner()
             kwargs.update(captioner=captioner, encoder=captioner.encoder)
-        elif options.method == "embedding":
-            kwargs["encoder"] = self.encoder(m.DEFAULT_MODEL)
         return kwargs
 
     def change(self, before: Path, after: Path, labels: tuple[str, str], trusted: bool,

@@ -52,6 +52,11 @@ class CachedTextEncoder:
     def __init__(self, encoder: Any, cache: TextCache, model: str):
         self._encoder, self._cache, self._model = encoder, cache, model
 
+    @property
+    def wrapped(self) -> Any:
+        """The encoder itself (what per-model facts, such as its weights fingerprint, are cached on)."""
+        return self._encoder
+
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self._cache.get(self._model, texts, lambda: self._encoder.encode_texts(texts, batch_size=batch_size))

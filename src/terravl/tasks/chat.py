@@ -608,6 +608,10 @@ def _change_options(state: ChatState, models: ChatModels) -> dict:
                                "max_pixels": models.max_pixels or DEFAULT_MAX_PIXELS, "progress": False}
     if models.change_method == "trained":
         options["detector"] = models.need("detector", "the trained change detector")
+    if models.change_method == "embedding":  # the encoder it was calibrated with (not the default's)
+        from terravl.tasks.change_detect import EMBEDDING_MODEL, make_method
+
+        options["method"] = make_method("embedding", encoder=models.encoder_for(EMBEDDING_MODEL))
     captioner = models.get("captioner")
     if captioner is not None:
         options.update(captioner=captioner, encoder=captioner.encoder)

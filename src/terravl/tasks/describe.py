@@ -148,7 +148,7 @@ def describe(images: list, encoder=None, captioner=None, objects=None, max_objec
     """One :class:`Description` per image (or tile of a large raster, with its window and footprint), or a
     :class:`~terravl.results.Problem`, in input order.
 
-    ``encoder`` is the dual encoder the object head reads (default: the one it was trained on, terravl-default),
+    ``encoder`` is the dual encoder the object head reads (default: the one it was trained on, terravl-default-v2),
     ``captioner`` a captioner or its name (default terravl-captioner), ``objects`` an object head or its name
     (default terravl-objects); or pass ``experts`` loaded once. ``max_objects`` caps the objects the text names
     (the parts list all found). ``ask_counts`` asks the captioner "how many …?" for objects whose number the

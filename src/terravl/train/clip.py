@@ -64,6 +64,7 @@ class TrainConfig:
     image_head: str = "mlp"              # terravl-lite0: projection to embed_dim, linear or mlp
     head_hidden: int = 1024
     backbone_lr_scale: float = 1.0       # terravl-lite0: the pretrained trunk learns at lr × this
+    storage: str = "float32"             # dtype of the exported weights file: float32 or float16 (half the size)
     seed: int = 0
     device: str = "auto"                 # auto (CUDA if present), cpu, cuda
     precision: str = "auto"              # auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16
@@ -134,6 +135,10 @@ def model_config(cfg: TrainConfig, mean, std) -> dict:
     config = json.loads(json.dumps(DEFAULT_CONFIG))
     config["embed_dim"] = cfg.embed_dim
     config["text"]["projection"] = cfg.text_projection
+    if cfg.storage not in ("float32", "float16"):
+        raise ValueError(f"storage: float32 or float16, got {cfg.storage!r}")
+    if cfg.storage == "float16":
+        config["storage"] = "float16"
     if cfg.model == "terravl-lite0":
         config["arch"] = "terravl-lite0"
         config["image"] = {**LITE0_IMAGE, "head": cfg.image_head, "hidden": cfg.head_hidden,

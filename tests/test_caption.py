@@ -73,6 +73,25 @@ def test_bridge_over_a_local_causal_lm_trains_saves_and_reloads_exactly(tmp_path
             model.generate(features, mixed, beams=beams, max_tokens=8)
 
 
+def test_answer_logprobs_are_the_teacher_forced_likelihood_of_each_candidate(tmp_path):
+    model = _bridge(_save_tiny_lm(tmp_path / "lm", "gpt2")).eval()  # no dropout in the reference loss
+    torch.manual_seed(2)
+    features = torch.randn(2, 16)
+    prompts = [question_prompt("is there a pond?"), question_prompt("what kind of area is this?")]
+    candidates = [["yes", "no"], ["a bridge over a river", "pond", "many planes"]]
+    together = model.answer_logprobs(features, prompts, candidates, batch_size=2)
+    assert [len(c) for c in together] == [2, 3] and all((c < 0).all() for c in together)
+    for row in range(2):
+        for col, answer in enumerate(candidates[row]):
+            target = model.target_ids(answer)  # the mean loss over the answer's tokens, times their number
+            loss = model.loss(features[row:row + 1], [prompts[row]], [answer]).item()
+            assert together[row][col] == pytest.approx(-loss * len(target), abs=1e-4)
+    shifted = model.answer_logprobs(features, prompts, candidates, batch_size=1)  # batching changes nothing
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(together, shifted))
+    with pytest.raises(InputError, match="candidate"):
+        model.answer_logprobs(features, prompts[:1], candidates)
+
+
 def test_lora_adapters_train_and_are_merged_into_the_saved_copy(tmp_path):
     lm_folder = _save_tiny_lm(tmp_path / "gpt2", "gpt2")
     model = _bridge(lm_folder, lora=4)

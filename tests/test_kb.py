@@ -498,3 +498,136 @@ def test_a_kb_refuses_an_encoder_with_other_weights_under_the_same_name(tmp_path
             retrieve(store, retrained, "solar panels")
     with pytest.raises(KBOpenError, match="other weights"):
         build_kb([tmp_path / "a.md"], retrained, kb)
+
+
+# -- the bridge weighed against the evidence, calibrated per collection -------------------------------------------
+def test_fusion_follows_an_unsure_bridge_to_the_evidence_and_keeps_a_confident_one():
+    from terravl.tasks.rag import fuse_presence, fuse_scene
+
+    # presence: evidence says no (0 of 3 images name it); a confident "yes" survives weight 1, not weight 3
+    assert fuse_presence(0.0, 2.7, -0.01, -5.0, 1.0) == "yes"
+    assert fuse_presence(0.0, 2.7, -0.01, -5.0, 3.0) == "no"
+    assert fuse_presence(0.0, 2.7, -0.6, -0.8, 1.0) == "no"  # an unsure bridge follows the evidence
+    assert fuse_presence(0.0, 2.7, -0.01, -5.0, 0.0) == "yes"  # weight 0: the bridge alone
+    # scene: the bridge's favourite against evidence that is all "forest"
+    logp = {"beach": -0.2, "forest": -1.8}
+    assert fuse_scene({"forest": 2.4}, logp, 0.0) == "beach"
+    assert fuse_scene({"forest": 2.4}, logp, 1.0) == "forest"
+    assert fuse_scene({"forest": 0.3, "beach": 0.3}, {"beach": -0.2, "forest": -1.8}, 5.0) == "beach"  # a tie
+
+
+def test_fusion_weights_come_from_the_collection_of_the_most_relevant_image():
+    from terravl.kb.results import Evidence
+    from terravl.tasks.rag import FUSION_DEFAULT, fusion_weights
+
+    def ev(rank, relevance, ref, kind="image"):
+        return Evidence(rank=rank, id=rank, kind=kind, score=1.0, relevance=relevance, retrievers={}, source="s",
+                        ref=ref)
+
+    calibration = {"captioner": "c", "collections": {"A": {"scene": 0.3, "presence": 0.5},
+                                                     "B": {"scene": 5.0, "presence": 3.0}},
+                   "pooled": {"scene": 2.0, "presence": 1.5}}
+    evidence = [ev(1, 0.99, "T", "text"), ev(2, 0.7, "A"), ev(3, 0.9, "B")]
+    assert fusion_weights(calibration, evidence, "c") == {"scene": 5.0, "presence": 3.0, "collection": "B"}
+    assert fusion_weights(calibration, [ev(1, 0.8, "Z")], "c")["collection"] == "pooled"
+    assert fusion_weights(calibration, evidence, "another captioner") == {**FUSION_DEFAULT, "collection": None}
+    assert fusion_weights(None, evidence, "c") == {**FUSION_DEFAULT, "collection": None}
+
+
+class LabelEncoder:
+    """The bridge's image encoder in these tests: a one-hot of the image's true class (so the fake bridge can be
+    made right or wrong about every image on purpose)."""
+
+    name = source = "label-encoder"
+
+    def __init__(self, truth: dict[str, str]):
+        self.truth, self.classes = truth, sorted(set(truth.values()))
+
+    def encode_images(self, images, batch_size: int = 64, progress=None, **_) -> np.ndarray:
+        out = np.zeros((len(images), len(self.classes)), np.float32)
+        for row, image in enumerate(images):
+            out[row, self.classes.index(self.truth[str(image)])] = 1
+        return out
+
+
+class ScoringBridge:
+    """A VQA bridge that scores answers: always right (``right``) or always naming the other class, confidently."""
+
+    def __init__(self, truth: dict[str, str], right: bool):
+        self.encoder, self.right, self.name = LabelEncoder(truth), right, f"bridge-{right}"
+
+    def _scene(self, feature) -> str:
+        classes = self.encoder.classes
+        return classes[int(np.argmax(feature)) if self.right else 1 - int(np.argmax(feature))]
+
+    def generate(self, features, prompts, **_):
+        prompts = [prompts] * len(features) if isinstance(prompts, str) else prompts
+        return ["no" if "is there" in p else "a scene" if p == "caption:" else self._scene(f)
+                for f, p in zip(features, prompts)]
+
+    def answer_logprobs(self, features, prompts, candidates):
+        out = []
+        for f, p, cands in zip(features, prompts, candidates):
+            said = "no" if "is there" in p else self._scene(f)
+            out.append(np.array([-0.05 if c == said else -3.0 for c in cands]))
+        return out
+
+
+def _two_colour_dataset(root):
+    """Forest scenes are green, beach scenes sand-coloured: the nearest stored images always know the class."""
+    (root / "imgs").mkdir(parents=True)
+    images, truth = [], {}
+    for i in range(16):
+        label = "Beach" if i % 2 else "Forest"
+        path = _solid(root / "imgs" / f"s{i}.png", (220, 200, 120 + i) if i % 2 else (20, 140 + i, 30))
+        truth[str(path)] = "beach" if i % 2 else "forest"
+        images.append({"filename": path.name, "filepath": "imgs", "imgid": i, "split": "train" if i < 12 else "test",
+                       "class": label, "sentences": [{"raw": f"a {label.lower()} scene number {i} ."}]})
+    path = root / "d.json"
+    path.write_text(json.dumps({"dataset": "fake", "images": images}))
+    return path, truth
+
+
+def test_calibration_fits_the_evidence_weight_per_collection_and_ask_uses_it(tmp_path, capsys):
+    from terravl.train.kb_fusion import calibrate_kb
+
+    data, truth = _two_colour_dataset(tmp_path / "d")
+    kb, enc = tmp_path / "train.kb", WordEncoder()
+    build_kb([data], enc, kb, split="train")
+    wrong, right = ScoringBridge(truth, right=False), ScoringBridge(truth, right=True)
+
+    fitted = calibrate_kb(kb, [(data, "train")], wrong, enc, save=False)
+    mine = fitted["collections"]["captions: d.json"]
+    assert mine["questions"]["scene"] == 12 and mine["bridge_alone"]["scene"] == 0.0
+    assert mine["scene"] > 0 and mine["accuracy"]["scene"] == 100.0  # the evidence (own image left out) knows
+    with KBStore(kb, readonly=True) as store:
+        assert "fusion" not in store.meta()  # save=False wrote nothing
+
+    kept = calibrate_kb(kb, [(data, "train")], right, enc)
+    assert kept["collections"]["captions: d.json"]["scene"] == 0.0  # a bridge that is always right keeps its word
+    calibrate_kb(kb, [(data, "train")], wrong, enc)  # saved for the wrong bridge, replacing the other
+    image = tmp_path / "d" / "imgs" / "s13.png"  # a test image (beach), not in the knowledge base
+    answer = ask_kb(kb, "what kind of area is this?", image, enc, wrong)
+    assert answer.image_answer == "forest" and answer.short == "beach"
+    assert "calibrated on 'captions: d.json'" in answer.answered_by
+    other = ask_kb(kb, "what kind of area is this?", image, enc, right)  # not the captioner it was fitted for
+    assert other.short == "beach" and "uncalibrated" in other.answered_by
+
+    code, out, err = _run(capsys, "kb", "info", str(kb), "--format", "json")
+    assert code == 0 and json.loads(out)["calibration"]["weights"]["captions: d.json"]["scene"] == mine["scene"]
+    with pytest.raises(InputError, match="none of the images"):
+        calibrate_kb(kb, [(data, "test")], wrong, enc)
+
+
+def test_cli_calibrate_refuses_bad_usage_clearly(tmp_path, capsys):
+    data, _ = _two_colour_dataset(tmp_path / "d")
+    kb = tmp_path / "train.kb"
+    build_kb([data], WordEncoder(), kb, split="train")
+    code, _, err = _run(capsys, "kb", "calibrate", str(kb), "--dataset", str(data))
+    assert code == 2 and "--split" in err
+    code, _, err = _run(capsys, "kb", "calibrate", str(kb), "--dataset", str(data), "--split", "train", "--split",
+                        "test")
+    assert code == 2 and "one --split for each --dataset" in err
+    code, _, err = _run(capsys, "kb", "calibrate", str(tmp_path / "none.kb"), "--dataset", str(data), "--split",
+                        "train")
+    assert code == 2 and "none.kb" in err

@@ -6,8 +6,8 @@ knowledge base built from their train splits (and the shipped scene-class descri
    alone and against fusion without re-ranking. The query is the image with "what kind of area is this?"; BM25 and
    the dense retriever read that question plus the captioner's description of the image.
 2. answers — scene-class and presence questions (derived from the annotations, :mod:`terravl.datasets.derived_vqa`)
-   answered by the VQA bridge alone and by TerraVL's answerer over the knowledge base (same bridge, plus the
-   evidence); and captions — the plain captioner against retrieval-augmented captioning
+   answered by the VQA bridge alone and by TerraVL's answerer over the knowledge base (same bridge, weighed against
+   the evidence with the knowledge base's calibrated weights, ``terravl kb calibrate``); and captions — the plain captioner against retrieval-augmented captioning
    (:func:`terravl.tasks.rag.caption_with_kb`) on CIDEr.
 
 Each test image is encoded and described once; the knowledge base is opened read-only.
@@ -118,7 +118,7 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
     from terravl.eval.vqa import vqa_accuracy
     from terravl.kb import retrieve
     from terravl.models.bridge import question_prompt
-    from terravl.tasks.rag import compose
+    from terravl.tasks.rag import bridge_scorer, compose, fusion_weights
 
     row = {r.image_id: n for n, r in enumerate(records)}
     questions = [q for q in derive_questions(everything) if q.split == split and q.image_id in row
@@ -126,14 +126,18 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
     rows = [row[q.image_id] for q in questions]
     alone = captioner.generate(features[rows], [question_prompt(q.question) for q in questions], beams=1,
                                max_tokens=8)
-    with_kb = []
+    with_kb, calibration, weights = [], store.meta().get("fusion"), {}
     for q, n, vqa in zip(questions, rows, alone):
         got = retrieve(store, encoder, q.question, None, 5, expansion=captions[n], image_vector=image_vectors[n])
         if not got.found:
             with_kb.append(vqa)  # nothing relevant: the answer rests on the image alone
             continue
-        _, short, _, _ = compose(q.question, got.evidence, vqa, True)
+        fusion = fusion_weights(calibration, got.evidence, getattr(captioner, "name", None))
+        weights[fusion["collection"]] = weights.get(fusion["collection"], 0) + 1
+        _, short, _, _ = compose(q.question, got.evidence, vqa, True, bridge_scorer(captioner, features[n],
+                                                                                      q.question), fusion)
         with_kb.append(short if short is not None else vqa)
-    return {"questions": len(questions),
+    return {"questions": len(questions), "fusion": {"calibrated": bool(calibration),
+                                                   "questions_by_collection": {str(k): v for k, v in weights.items()}},
             "without kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, alone)]),
             "with kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, with_kb)])}

@@ -201,6 +201,28 @@ class KBStore:
     def meta(self) -> dict:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
+    @_errors(writing=True)
+    def set_meta(self, key: str, value) -> None:
+        """Write one metadata entry (JSON), e.g. the answer-fusion weights that ``terravl kb calibrate`` fits."""
+        self._writable()
+        if key in ("kind", "schema", "model", "dim", "weights", "created", "version"):
+            raise ValueError(f"metadata {key!r} is the store's own")
+        with _Transaction(self.db):
+            self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (key, json.dumps(value)))
+
+    @_errors()
+    def refs_of_sources(self, sources: Iterable[str]) -> dict[str, str]:
+        """The collection (``ref``) of the image item read from each source path that the store holds."""
+        sources = list(sources)
+        found: dict[str, str] = {}
+        for start in range(0, len(sources), 500):
+            chunk = sources[start:start + 500]
+            found.update((s, r or "") for s, r in self.db.execute(
+                f"SELECT source, ref FROM items WHERE kind = 'image' AND source IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return found
+
     @property
     def model(self) -> str:
         """The registry name (or path) whose weights made the vectors; ``terravl-default`` built with an earlier

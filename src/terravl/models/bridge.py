@@ -185,6 +185,55 @@ class Captioner(nn.Module):
         inputs = torch.cat([prefix, embed(tokens.to(device))], dim=1)
         return self.lm(inputs_embeds=inputs, attention_mask=mask.to(device), labels=labels.to(device)).loss
 
+    @torch.inference_mode()
+    def answer_logprobs(self, features, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                        batch_size: int = 256) -> list[np.ndarray]:
+        """Log-probability of each candidate answer (all its tokens and the end of text) after each row's prompt:
+        the bridge's own confidence in answers that something else proposed, so that its vote can be weighed
+        against other evidence. One array per row, in the order of ``candidates[row]``."""
+        if not (len(features) == len(prompts) == len(candidates)):
+            raise InputError("candidates", f"{len(features)} images, {len(prompts)} prompts and "
+                                           f"{len(candidates)} candidate lists")
+        pairs = [(row, self.prompt_ids(prompts[row]), self.target_ids(c))
+                 for row in range(len(candidates)) for c in candidates[row]]
+        scores = np.zeros(len(pairs), dtype=np.float64)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                rows = [r for r, _, _ in chunk]
+                scores[start:start + len(chunk)] = self._sequence_logprobs(
+                    features[rows], [a for _, a, _ in chunk], [b for _, _, b in chunk])
+        finally:
+            self.train(was_training)
+        out, at = [], 0
+        for row in range(len(candidates)):
+            out.append(scores[at:at + len(candidates[row])])
+            at += len(candidates[row])
+        return out
+
+    def _sequence_logprobs(self, features, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> np.ndarray:
+        """Summed log-probability of each target sequence (teacher forcing, right padding)."""
+        prefix = self._prefix(features)
+        embed = self.lm.get_input_embeddings()
+        device, p = prefix.device, prefix.shape[1]
+        width = max(len(a) + len(b) for a, b in zip(prompt_ids, target_ids))
+        tokens = torch.full((len(prompt_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), p + width), dtype=torch.long)
+        for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
+            tokens[i, : len(a) + len(b)] = torch.tensor(a + b)
+            mask[i, : p + len(a) + len(b)] = 1
+        inputs = torch.cat([prefix, embed(tokens.to(device))], dim=1)
+        logits = self.lm(inputs_embeds=inputs, attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = np.zeros(len(prompt_ids), dtype=np.float64)
+        for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
+            at = p + len(a) - 1  # the position whose output predicts the first target token
+            steps = torch.arange(at, at + len(b), device=device)
+            out[i] = float(logp[i, steps, torch.tensor(b, device=device)].sum())
+        return out
+
     # -- generation -----------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, features, prompts: Sequence[str] | str = CAPTION_PROMPT, beams: int | None = None,

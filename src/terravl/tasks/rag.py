@@ -6,17 +6,28 @@ Who answers is always said (``answered_by``):
 - a local Hugging Face causal language model (``lm``: a folder), generating from the question and the numbered
   evidence (and, with an image, what the VQA bridge sees in it);
 - otherwise TerraVL's own answerer: the VQA bridge for the image part, and the evidence for the rest — a scene
-  question ("what kind of area is this?") is answered by a vote of the labelled evidence (the VQA answer votes too),
-  a presence question ("is there a car?") by how many of the most similar stored images' texts name the object
-  (the VQA answer votes too), and any other question by extractive composition: the evidence sentences that share
-  the most content words with the question, from the best-supported passages, each followed by its citation.
+  question ("what kind of area is this?") is answered from the labelled evidence, a presence question ("is there
+  a car?") from how many of the most similar stored images' texts name the object, and any other question by
+  extractive composition: the evidence sentences that share the most content words with the question, from the
+  best-supported passages, each followed by its citation.
+
+With an image, the bridge and the evidence are weighed against each other (:func:`fuse_scene`,
+:func:`fuse_presence`): the bridge's log-probability of each candidate answer plus ``weight`` × the log of the
+evidence's smoothed share for it. A confident bridge is overruled only by strong evidence, an unsure one follows
+the evidence. The weights are fitted per collection of the knowledge base by ``terravl kb calibrate`` (leave-one-
+out on the collection's own labelled images, :mod:`terravl.train.kb_fusion`) and kept in the knowledge base; the
+collection of the most relevant stored image picks them at question time.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
 
 from terravl.errors import InputError
 from terravl.kb.query import relevance_threshold, retrieve
@@ -31,7 +42,19 @@ SCENE_QUESTION = re.compile(r"\b(what|which)\s+(kind|type|sort|class)\s+of\b|\bw
 PRESENCE_QUESTION = re.compile(r"^\s*(is|are)\s+there\s+(an?\s+|any\s+|some\s+)?(?P<object>.+?)"
                                r"(\s+(in|on|at|near)\s+(this|the)\s+\w+)?\s*\??\s*$", re.IGNORECASE)
 VQA_WEIGHT = 1.0
-"""Weight of the VQA bridge's own answer in a vote, against the summed relevance of the evidence that agrees."""
+"""Weight of the VQA bridge's answer in a vote, against the summed relevance of the evidence that agrees (used
+when the bridge cannot score candidate answers)."""
+FUSION_DEFAULT = {"scene": 1.0, "presence": 1.0}
+"""Weight of the evidence against the bridge's log-probabilities when the knowledge base has no calibration
+(``terravl kb calibrate``) for the collection at hand: the two count equally."""
+SCENE_SMOOTHING = 0.05
+"""Relevance added to every candidate class's share of the evidence, so that a class no evidence carries is unlikely
+but not impossible."""
+PRESENCE_SMOOTHING = 0.5
+"""Relevance added to both sides of the evidence's yes/no tally (five images at most, each ≤ 1)."""
+
+AnswerScorer = Callable[[Sequence[str]], np.ndarray]
+"""The bridge's log-probability of each candidate answer to the question about the image (one call per question)."""
 PRESENCE_EVIDENCE = 5
 """Most similar stored images whose texts vote on a presence question."""
 
@@ -77,7 +100,7 @@ def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, dat
     if lm is not None:
         _load_lm(str(Path(lm).resolve()))  # a clear error before any work
     encoder = encoder or m.load(store.model)
-    image_answer = description = None
+    image_answer = description = scorer = None
     image_vector = None
     if image is not None:
         from terravl.models.bridge import CAPTION_PROMPT, question_prompt
@@ -85,6 +108,7 @@ def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, dat
         captioner = captioner or m.load_captioner(m.DEFAULT_CAPTIONER)
         features = captioner.encoder.encode_images([image])
         image_answer = captioner.generate(features, question_prompt(asked), beams=1, max_tokens=12)[0]
+        scorer = bridge_scorer(captioner, features[0], asked)
         description = captioner.generate(features, CAPTION_PROMPT, beams=1, max_tokens=30)[0]
         if (captioner.encoder.source or captioner.encoder.name) == store.model:
             image_vector = features[0]
@@ -102,23 +126,29 @@ def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, dat
         text, cited = _generate(str(Path(lm).resolve()), asked, retrieval.evidence, image_answer, description)
         return KBAnswer(answer=text, answered_by=f"language model {Path(lm).name} (from the question and the "
                         f"retrieved evidence)", found=True, citations=cited, **common)
-    text, short, cited, by = compose(asked, retrieval.evidence, image_answer, image is not None)
+    fusion = fusion_weights(store.meta().get("fusion"), retrieval.evidence, getattr(captioner, "name", None))
+    text, short, cited, by = compose(asked, retrieval.evidence, image_answer, image is not None, scorer, fusion)
     return KBAnswer(answer=text, short=short, answered_by=by, found=True, citations=cited, **common)
 
 
-def compose(asked: str, evidence: list[Evidence], image_answer: str | None, has_image: bool
-            ) -> tuple[str, str | None, list[int], str]:
+def compose(asked: str, evidence: list[Evidence], image_answer: str | None, has_image: bool,
+            scorer: AnswerScorer | None = None, fusion: dict | None = None) -> tuple[str, str | None, list[int], str]:
     """TerraVL's own answer from relevant evidence: (answer with citations, short answer or None, cited numbers,
-    who answered)."""
+    who answered). With ``scorer`` (the bridge's log-probabilities, :func:`bridge_scorer`), scene and presence
+    answers weigh the bridge against the evidence by ``fusion`` (:func:`fusion_weights`)."""
     kind = question_type(asked)
+    fusion = fusion or {**FUSION_DEFAULT, "collection": None}
+    weighed = (f"the bridge's confidence weighed against the evidence (weight {fusion[kind]:g}, "
+               f"{'calibrated on ' + repr(fusion['collection']) if fusion.get('collection') else 'uncalibrated'})"
+               if scorer is not None and kind in ("scene", "presence") else "")
     if kind == "scene":
-        short, cited = _vote_scene(evidence, image_answer)
+        short, cited = _vote_scene(evidence, image_answer, scorer, fusion["scene"])
         text = _scene_text(short, cited, evidence)
-        how = "a vote of the labelled evidence"
+        how = weighed or "a vote of the labelled evidence"
     elif kind == "presence" and has_image:
-        short, cited, said = _vote_presence(asked, evidence, image_answer)
+        short, cited, said = _vote_presence(asked, evidence, image_answer, scorer, fusion["presence"])
         text = f"{short}: {said} {_cite(cited)}".strip()
-        how = "the most similar stored images' descriptions"
+        how = weighed or "the most similar stored images' descriptions"
     else:
         short = None
         text, cited = _extract(asked, evidence)
@@ -151,12 +181,35 @@ def _norm(label: str | None) -> str:
     return " ".join((label or "").lower().replace("-", " ").split())
 
 
-def _vote_scene(evidence: list[Evidence], image_answer: str | None) -> tuple[str, list[int]]:
-    """The scene class with the most summed relevance among labelled evidence (the VQA answer adds its vote)."""
+def scene_votes(evidence: list[Evidence]) -> dict[str, float]:
+    """Summed relevance of the labelled evidence per scene class."""
     votes: dict[str, float] = {}
     for e in evidence:
         if e.label:
             votes[_norm(e.label)] = votes.get(_norm(e.label), 0.0) + e.relevance
+    return votes
+
+
+def fuse_scene(votes: dict[str, float], logp: dict[str, float], weight: float) -> str:
+    """The candidate class maximising the bridge's log-probability (normalised over the candidates) plus ``weight``
+    × the log of its smoothed share of the evidence's relevance."""
+    names = sorted(logp)
+    bridge = np.array([logp[c] for c in names], dtype=np.float64)
+    bridge -= np.logaddexp.reduce(bridge)
+    total = sum(votes.values()) + SCENE_SMOOTHING * len(names)
+    evidence = np.array([math.log((votes.get(c, 0.0) + SCENE_SMOOTHING) / total) for c in names])
+    return names[int(np.argmax(bridge + weight * evidence))]
+
+
+def _vote_scene(evidence: list[Evidence], image_answer: str | None, scorer: AnswerScorer | None = None,
+                weight: float = 1.0) -> tuple[str, list[int]]:
+    """The scene class: weighed with the bridge's log-probabilities when ``scorer`` is given, else the class with
+    the most summed relevance among labelled evidence (the VQA answer adds its vote)."""
+    votes = scene_votes(evidence)
+    if scorer is not None and (votes or image_answer):
+        candidates = sorted(set(votes) | ({_norm(image_answer)} if image_answer else set()))
+        best = fuse_scene(votes, dict(zip(candidates, np.asarray(scorer(candidates), dtype=np.float64))), weight)
+        return best, [e.rank for e in evidence if _norm(e.label) == best]
     if image_answer:
         votes[_norm(image_answer)] = votes.get(_norm(image_answer), 0.0) + VQA_WEIGHT * max(
             (e.relevance for e in evidence), default=1.0)
@@ -196,26 +249,71 @@ def _mentions(text: str, words: set[str]) -> bool:
     return any(f" {w} " in padded for w in words)
 
 
-def _vote_presence(question: str, evidence: list[Evidence], image_answer: str | None
-                   ) -> tuple[str, list[int], str]:
-    """yes/no: the relevance-weighted share of the most similar stored images whose text names the object, with
-    the VQA answer's vote."""
-    obj = presence_object(question) or ""
-    words = _object_words(obj)
+def presence_votes(question: str, evidence: list[Evidence]) -> tuple[list[Evidence], list[Evidence]]:
+    """(the most similar stored images whose text names the object, those whose text does not)."""
+    words = _object_words(presence_object(question) or "")
     images = [e for e in evidence if e.kind == "image" and e.text][:PRESENCE_EVIDENCE]
     yes = [e for e in images if _mentions(e.text or "", words)]
+    return yes, [e for e in images if e not in yes]
+
+
+def fuse_presence(yes: float, no: float, logp_yes: float, logp_no: float, weight: float) -> str:
+    """yes/no from the bridge's log-odds plus ``weight`` × the log-odds of the evidence's smoothed relevance tally."""
+    evidence = math.log((yes + PRESENCE_SMOOTHING) / (no + PRESENCE_SMOOTHING))
+    return "yes" if (logp_yes - logp_no) + weight * evidence > 0 else "no"
+
+
+def _vote_presence(question: str, evidence: list[Evidence], image_answer: str | None,
+                   scorer: AnswerScorer | None = None, weight: float = 1.0) -> tuple[str, list[int], str]:
+    """yes/no: the relevance-weighted share of the most similar stored images whose text names the object, weighed
+    with the bridge's log-odds when ``scorer`` is given, else with the VQA answer's vote."""
+    obj = presence_object(question) or ""
+    yes, no = presence_votes(question, evidence)
     score_yes = sum(e.relevance for e in yes)
-    score_no = sum(e.relevance for e in images if e not in yes)
+    score_no = sum(e.relevance for e in no)
     vqa = _norm(image_answer)
-    if vqa in ("yes", "no"):
-        weight = VQA_WEIGHT * max((e.relevance for e in evidence), default=1.0)
-        score_yes += weight if vqa == "yes" else 0.0
-        score_no += weight if vqa == "no" else 0.0
-    short = "yes" if score_yes > score_no else "no"
-    said = f"{len(yes)} of the {len(images)} most similar images in the knowledge base show {obj or 'it'}"
-    if vqa in ("yes", "no"):
-        said += f"; the VQA model says {vqa}"
-    return short, [e.rank for e in (yes if short == "yes" else [e for e in images if e not in yes])], said
+    if scorer is not None:
+        logp_yes, logp_no = (float(v) for v in scorer(["yes", "no"]))
+        short = fuse_presence(score_yes, score_no, logp_yes, logp_no, weight)
+        vqa = f"yes with probability {1 / (1 + math.exp(min(logp_no - logp_yes, 700))):.2f}"
+    else:
+        if vqa in ("yes", "no"):
+            weight = VQA_WEIGHT * max((e.relevance for e in evidence), default=1.0)
+            score_yes += weight if vqa == "yes" else 0.0
+            score_no += weight if vqa == "no" else 0.0
+        short = "yes" if score_yes > score_no else "no"
+    said = f"{len(yes)} of the {len(yes) + len(no)} most similar images in the knowledge base show {obj or 'it'}"
+    if vqa in ("yes", "no") or scorer is not None:
+        said += f"; the VQA model says {vqa}" if scorer is None else f"; the VQA model gives {vqa}"
+    return short, [e.rank for e in (yes if short == "yes" else no)], said
+
+
+def bridge_scorer(captioner, feature: np.ndarray, question: str) -> AnswerScorer | None:
+    """The bridge's log-probabilities of candidate answers to ``question`` about the image of ``feature`` (None
+    for a captioner that cannot score answers)."""
+    if not hasattr(captioner, "answer_logprobs"):
+        return None
+    from terravl.models.bridge import question_prompt
+
+    prompt = question_prompt(question)
+    row = np.asarray(feature)[None]
+    return lambda candidates: captioner.answer_logprobs(row, [prompt], [list(candidates)])[0]
+
+
+def fusion_weights(calibration: dict | None, evidence: list[Evidence], captioner: str | None) -> dict:
+    """The weights for these evidence: those fitted for the collection (``ref``) of the most relevant stored image
+    when ``terravl kb calibrate`` fitted them for this captioner, else the calibration's pooled weights, else
+    :data:`FUSION_DEFAULT`. Returns ``{"scene", "presence", "collection"}``."""
+    if not calibration or calibration.get("captioner") != captioner:
+        return {**FUSION_DEFAULT, "collection": None}
+    images = [e for e in evidence if e.kind == "image"]
+    ref = max(images, key=lambda e: e.relevance).ref if images else None
+    collections = calibration.get("collections", {})
+    if ref in collections:
+        return {"scene": float(collections[ref]["scene"]), "presence": float(collections[ref]["presence"]),
+                "collection": ref}
+    pooled = calibration.get("pooled") or FUSION_DEFAULT
+    return {"scene": float(pooled["scene"]), "presence": float(pooled["presence"]), "collection": "pooled"}
 
 
 def _extract(question: str, evidence: list[Evidence], limit: int = 2) -> tuple[str, list[int]]:

@@ -3,6 +3,7 @@ process, the server's memory and its HTTP throughput — PyTorch's text tower ag
 
     python benchmarks/bench_query.py                   # 1M × 384 index under runs/bench_query (built once, ~10 min)
     python benchmarks/bench_query.py --n 200000 --seconds 5 --format json
+    python benchmarks/bench_query.py --only-cold        # just the fresh `terravl search` processes
 
 The index: N rows whose vectors are real default-model embeddings of image crops (the crop archive of
 bench_index.py: ~24,600 distinct crops of the RSICD-train and UCM-train images) each copied with small Gaussian
@@ -143,11 +144,13 @@ def in_process(index: Path, queries: list[str]) -> list[dict]:
 def cold(index: Path, runs: int = 3) -> list[dict]:
     """Wall time of a fresh `terravl search` process, start to answer, per text tower (page cache warm)."""
     out = []
-    for label, backend in (("python -c 'import torch' (floor)", None), ("cold search, PyTorch", "torch"),
-                           ("cold search, ONNX Runtime", "onnx")):
+    for label, backend, light in (("python -c 'import torch' (floor)", None, "0"),
+                                  ("cold search, PyTorch text tower", "torch", "0"),
+                                  ("cold search, ONNX tower inside the full model (before)", "onnx", "0"),
+                                  ("cold search, PyTorch-free text path (now)", "onnx", "1")):
         times = []
         for i in range(runs + 1):
-            env = {**os.environ, "TERRAVL_TEXT_BACKEND": backend or "auto"}
+            env = {**os.environ, "TERRAVL_TEXT_BACKEND": backend or "auto", "TERRAVL_LIGHT_TEXT": light}
             cmd = ([sys.executable, "-c", "import torch"] if backend is None else
                    [sys.executable, "-m", "terravl.cli.main", "search", str(index), f"a river through farmland {i}",
                     "--k", "10", "--format", "json"])
@@ -222,21 +225,25 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400, help="distinct text queries in process")
     parser.add_argument("--seconds", type=float, default=10.0, help="per HTTP level")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--only-cold", action="store_true", help="only the fresh-process measurement")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args()
 
     index = build(args.n)
     info = json.loads((index / "built.json").read_text())
     pool = captions(20_000)
-    result = {"n": args.n, "build": info, "in_process": in_process(index, pool[:args.queries]),
-              "cold": cold(index)}
-    if not args.skip_server:
+    result = {"n": args.n, "build": info}
+    if not args.only_cold:
+        result["in_process"] = in_process(index, pool[:args.queries])
+    result["cold"] = cold(index)
+    if not (args.skip_server or args.only_cold):
         result["server"] = server(index, pool[args.queries:], args.seconds, args.n, 384)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return
     print(f"index: {args.n:,} × 384 (rows written in {info['rows_s']:.0f} s, approximate index {info['ann_s']:.0f} s)")
-    table("in process (ms, p50)", result["in_process"])
+    if "in_process" in result:
+        table("in process (ms, p50)", result["in_process"])
     table("fresh process, start to answer (s)", result["cold"])
     if "server" in result:
         table("terravl serve (requests/s, ms, resident MiB, × vector bytes)", result["server"])

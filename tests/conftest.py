@@ -40,6 +40,7 @@ def _isolated_home(tmp_path_factory, monkeypatch, onnx_graphs):
     monkeypatch.setenv("TERRAVL_ONNX_DIR", str(onnx_graphs))
     monkeypatch.delenv("TERRAVL_TEXT_BACKEND", raising=False)
     monkeypatch.delenv("TERRAVL_IMAGE_BACKEND", raising=False)
+    monkeypatch.delenv("TERRAVL_LIGHT_TEXT", raising=False)
     monkeypatch.delenv("TERRAVL_MAX_PIXELS", raising=False)
 
 

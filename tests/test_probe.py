@@ -537,6 +537,10 @@ CLI: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "kb-build-out-not-a-kb": C("kb build {png} --model {model} --out {tif}"),
     "kb-build-other-model": C("kb build {png} --model terravl-default --out {kb}"),
     "kb-build-model-path": C("kb build {png} --model ../../etc/passwd --out {w}/m.kb"),
+    "kb-calibrate-missing": C("kb calibrate {w}/missing.kb --dataset {kp_ok} --split train"),
+    "kb-calibrate-invalid-data": C("kb calibrate {kb} --dataset {invalid_json} --split train"),
+    "kb-calibrate-not-in-kb": C("kb calibrate {kb} --dataset {kp_ok} --split train --model {model}"),
+    "kb-calibrate-sample-zero": C("kb calibrate {kb} --dataset {kp_ok} --split train --sample 0"),
     "kb-add-missing": C("kb add {w}/missing.kb {png}"),
     "kb-add-not-a-kb": C("kb add {tif} {png}"),
     "kb-add-no-source": C("kb add {kb}", (2,)),
@@ -1043,7 +1047,7 @@ def test_the_probe_covers_every_route_and_command(client):
     """A new route or command must join the tables above."""
     from fastapi.routing import APIRoute
 
-    from terravl.cli.main import cli
+    from terravl.cli.main import all_commands
 
     asgi = client.app
     while not hasattr(asgi, "routes"):
@@ -1056,7 +1060,7 @@ def test_the_probe_covers_every_route_and_command(client):
                                                                    u.startswith(template))) for m, u in probed), \
                 f"no probe case for {sorted(route.methods)} {route.path}"
     commands = {tuple(argv[:2]) for argv, _, _ in CLI.values() if argv}
-    for name, command in cli.commands.items():
+    for name, command in all_commands().items():
         subcommands = getattr(command, "commands", None)
         for sub in (subcommands or {None: None}):
             key = (name, sub) if sub else None

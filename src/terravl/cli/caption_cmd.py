@@ -173,7 +173,12 @@ def _ask_kb(images, question, kb_file: Path, lm: Path | None, k: int, model: str
 
     answers, problems = [], []
     with KBStore(kb_file, readonly=True) as store:
-        encoder = m.load(store.model)
+        if images or lm is not None:
+            encoder = m.load(store.model)
+        else:  # a question alone: the model's PyTorch-free text side when it can serve
+            from terravl.models.light_text import query_encoder
+
+            encoder = query_encoder(store.model)
         captioner = _load(model) if images else None
         for image in images or [None]:
             try:

@@ -2,34 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
 from terravl import __version__
-from terravl.cli.caption_cmd import ask, caption
-from terravl.cli.change_cmd import change
-from terravl.cli.chat_cmd import chat
-from terravl.cli.datasets_cmd import datasets
-from terravl.cli.describe_cmd import describe, eval_describe, train_objects
-from terravl.cli.eval_cmd import eval as eval_group
-from terravl.cli.ground_cmd import ground
-from terravl.cli.index_cmd import classify, index, localize, search
-from terravl.cli.kb_cmd import kb
-from terravl.cli.info_cmd import info
-from terravl.cli.mcp_cmd import mcp
-from terravl.cli.models_cmd import models
-from terravl.cli.router_cmd import eval_router, train_router
-from terravl.cli.serve_cmd import serve
-from terravl.cli.tiles_cmd import tiles
-from terravl.cli.train_cmd import train
 from terravl.errors import InputError, TerraVLError
+
+COMMANDS = {
+    "info": "info_cmd:info", "tiles": "tiles_cmd:tiles", "datasets": "datasets_cmd:datasets",
+    "models": "models_cmd:models", "index": "index_cmd:index", "search": "index_cmd:search",
+    "classify": "index_cmd:classify", "localize": "index_cmd:localize", "caption": "caption_cmd:caption",
+    "ask": "caption_cmd:ask", "describe": "describe_cmd:describe", "kb": "kb_cmd:kb", "change": "change_cmd:change",
+    "ground": "ground_cmd:ground", "chat": "chat_cmd:chat", "eval": "eval_cmd:eval", "train": "train_cmd:train",
+    "serve": "serve_cmd:serve", "mcp": "mcp_cmd:mcp",
+}
+"""Each command and where it lives (``module:attribute`` under ``terravl.cli``): imported when it runs."""
+SUBCOMMANDS = {
+    "eval": {"router": "router_cmd:eval_router", "describe": "describe_cmd:eval_describe"},
+    "train": {"router": "router_cmd:train_router", "objects": "describe_cmd:train_objects"},
+}
+"""Commands of a group defined in another module, joined to the group when it is loaded."""
+
+
+def _import(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(f"terravl.cli.{module}"), attr)
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs (or help lists it): ``terravl search``
+    then loads what search needs, not rasterio, the datasets and every other command (about a second)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            command = _import(COMMANDS[name])
+            for sub, target in SUBCOMMANDS.get(name, {}).items():
+                command.add_command(_import(target), name=sub)
+            self.add_command(command, name=name)
+        return self.commands.get(name)
+
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="terravl")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -73,29 +95,10 @@ def cli(verbose: int) -> None:
         logging.getLogger("rasterio._env").setLevel(logging.ERROR)
 
 
-cli.add_command(info)
-cli.add_command(tiles)
-cli.add_command(datasets)
-cli.add_command(models)
-cli.add_command(index)
-cli.add_command(search)
-cli.add_command(classify)
-cli.add_command(localize)
-cli.add_command(caption)
-cli.add_command(ask)
-cli.add_command(describe)
-cli.add_command(kb)
-cli.add_command(change)
-cli.add_command(ground)
-cli.add_command(chat)
-cli.add_command(eval_group, name="eval")
-cli.add_command(train)
-eval_group.add_command(eval_router, name="router")
-train.add_command(train_router, name="router")
-eval_group.add_command(eval_describe, name="describe")
-train.add_command(train_objects, name="objects")
-cli.add_command(serve)
-cli.add_command(mcp)
+def all_commands() -> dict[str, click.Command]:
+    """Every command, loaded (for tools that walk the whole tree: the probe test, docs)."""
+    ctx = click.Context(cli)
+    return {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,13 @@ import queue as queue_mod
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from terravl.errors import InputError, OutputError, TerraVLError
 from terravl.model_versions import pinned_model
-from terravl.index.build import BuildReport, build_index, index_sources, source_name
+
+if TYPE_CHECKING:  # the builder (and its raster stack) is imported where a build runs, not for a search
+    from terravl.index.build import BuildReport
 from terravl.index.store import (DB_FILE, IndexCorruptError, IndexOpenError, IndexStore, IndexWriteError, TileRow,
                                  check_index)
 from terravl.paths import shown
@@ -296,6 +298,8 @@ def check_shards(path: str | Path) -> dict:
 # -- building ---------------------------------------------------------------------------------------------------
 def _item_name(item) -> str:
     """The name that picks an item's shard: the source name the index records (a Problem's path)."""
+    from terravl.index.build import source_name
+
     if isinstance(item, Problem):
         return item.path
     try:
@@ -316,6 +320,8 @@ def build_sharded(sources: Iterable[str | Path], encoder, out: str | Path, shard
     process sharing it). The sources are expanded once, here, and every file goes to :func:`assign_shard`'s
     shard, so a re-run (same or more sources) resumes each shard. When a shard's build fails, the others still
     finish; then its error is raised (an :class:`IndexWriteError` carries ``report``, what was committed)."""
+    from terravl.index.build import BuildReport, index_sources
+
     out = Path(out)
     if (out / DB_FILE).is_file():
         raise InputError(out, "a single (unsharded) index is here; build the sharded index into a new folder")
@@ -378,6 +384,8 @@ def build_sharded(sources: Iterable[str | Path], encoder, out: str | Path, shard
 
 
 def _run_threads(encoder, tasks, options, progress, workers) -> list[dict]:
+    from terravl.index.build import build_index
+
     """Each shard built by a thread of this process (one writer per shard), sharing ``encoder``."""
     lock = threading.Lock()
 
@@ -416,6 +424,7 @@ def _build_shard(model: str, expect_model: str | None, folder: Path, items: list
     back as data (``error``: class, source, message): TerraVL's errors do not survive pickling."""
     try:
         import terravl.models as m
+        from terravl.index.build import build_index
 
         encoder = m.load(model)
         loaded = encoder.source or encoder.name

@@ -7,13 +7,29 @@ configs (one JSON file per model in ``configs/``), builders by family, explicit 
 >>> enc.encode_images(["a.jpg", "b.tif"]).shape    # (2, 512), L2-normalised float32
 """
 
-from terravl.models.checkpoints import CheckpointError, read_state_dict
-from terravl.models.encoder import Encoder
-from terravl.models.factory import DEFAULT_CAPTIONER, DEFAULT_MODEL, load, load_captioner
-from terravl.models.families import BUILDERS, register_family
-from terravl.models.registry import (CAPTIONERS, REGISTRY, CaptionerConfig, ModelConfig, WeightsNotFoundError,
-                                     get_captioner_config, get_config, list_models, register, register_captioner)
-from terravl.models.sources import PREFIXES, parse_source
+import importlib
+
+_EXPORTS = {
+    "CheckpointError": "checkpoints", "read_state_dict": "checkpoints", "Encoder": "encoder",
+    "DEFAULT_CAPTIONER": "factory", "DEFAULT_MODEL": "factory", "load": "factory", "load_captioner": "factory",
+    "BUILDERS": "families", "register_family": "families",
+    "CAPTIONERS": "registry", "REGISTRY": "registry", "CaptionerConfig": "registry", "ModelConfig": "registry",
+    "WeightsNotFoundError": "registry", "get_captioner_config": "registry", "get_config": "registry",
+    "list_models": "registry", "register": "registry", "register_captioner": "registry",
+    "PREFIXES": "sources", "parse_source": "sources",
+}
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use: ``import terravl.models`` stays free of PyTorch (about 3 s), so a
+    text query answered by the ONNX path (:mod:`terravl.models.light_text`) never pays for it."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'terravl.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"terravl.models.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["BUILDERS", "CAPTIONERS", "DEFAULT_CAPTIONER", "DEFAULT_MODEL", "PREFIXES", "REGISTRY", "CaptionerConfig",
            "CheckpointError", "Encoder", "ModelConfig", "WeightsNotFoundError", "get_captioner_config", "get_config",

@@ -210,7 +210,14 @@ class TerraVLEncoder(Encoder):
     @classmethod
     def from_folder(cls, folder: str | Path, name: str | None = None, device=None,
                     precision: str | None = None) -> "TerraVLEncoder":
-        return cls(TerraVLModel.load(folder), name or Path(folder).name, device, precision)
+        from terravl.models.feature_cache import encoder_fingerprint
+        from terravl.models.light_text import record_fingerprint, recorded_fingerprint
+
+        encoder = cls(TerraVLModel.load(folder), name or Path(folder).name, device, precision)
+        file = Path(folder) / WEIGHTS_FILE
+        if recorded_fingerprint(file) is None:  # once per file (~40 ms): what the PyTorch-free text path checks
+            record_fingerprint(file, encoder_fingerprint(encoder))
+        return encoder
 
     @property
     def text_tower(self):

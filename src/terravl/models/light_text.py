@@ -1,0 +1,175 @@
+"""Text queries without PyTorch: a TerraVL model's text side as ONNX Runtime + numpy.
+
+A TerraVL dual encoder embeds a text as MiniLM (frozen; its ONNX twin, :mod:`terravl.models.text_onnx`) → the
+model's text projection → L2 normalisation. Once the MiniLM graph is exported and the model's weight fingerprint
+recorded (both happen the first time the full model runs here), a text query needs neither PyTorch (about 3 s
+to import) nor the image tower: :func:`open_text_encoder` gives an object with the same ``encode_texts`` (same
+numbers: tested against the full encoder) for ``terravl search`` and knowledge-base queries. Nothing here imports
+PyTorch; when anything is missing it returns None and the caller loads the full model, which prepares the files
+for next time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "terravl_config.json"
+FINGERPRINTS = "fingerprints.json"
+LIGHT_ENV = "TERRAVL_LIGHT_TEXT"
+"""``0`` turns this path off (the full model answers text queries too): to compare, or to rule it out."""
+_LOCK = threading.Lock()
+
+
+def _key(weights_file: Path) -> str:
+    stat = weights_file.stat()
+    return f"{weights_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def record_fingerprint(weights_file: str | Path, fingerprint: str) -> None:
+    """Remember the weights fingerprint of a model file (by path, size and modification time) beside the ONNX
+    graphs, so that a later process can check an index's recorded fingerprint without loading the model."""
+    from terravl.models.text_onnx import onnx_dir
+
+    if not fingerprint:
+        return
+    try:
+        key = _key(Path(weights_file))
+        folder = onnx_dir()
+        with _LOCK:
+            known = _read(folder)
+            if known.get(key) == fingerprint:
+                return
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=folder, prefix=".fingerprints-", suffix=".json")
+            with os.fdopen(handle, "w") as out:
+                json.dump({**known, key: fingerprint}, out, indent=1)
+            os.replace(tmp, folder / FINGERPRINTS)
+    except OSError:  # a read-only home: the full model is simply loaded next time too
+        pass
+
+
+def _read(folder: Path) -> dict:
+    try:
+        value = json.loads((folder / FINGERPRINTS).read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def recorded_fingerprint(weights_file: str | Path) -> str | None:
+    from terravl.models.text_onnx import onnx_dir
+
+    try:
+        return _read(onnx_dir()).get(_key(Path(weights_file)))
+    except OSError:
+        return None
+
+
+class LightTextEncoder:
+    """``encode_texts`` of a TerraVL model on ONNX Runtime and numpy (no image side). Stateless between calls."""
+
+    def __init__(self, name: str, source: str, tower, weights: list[tuple[np.ndarray, np.ndarray]],
+                 embed_dim: int, fingerprint: str):
+        self.name, self.source, self.tower, self.layers = name, source, tower, weights
+        self.embed_dim = embed_dim
+        self._terravl_weights_fingerprint = fingerprint  # read by feature_cache.encoder_fingerprint
+
+    def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings, as :meth:`terravl.models.encoder.Encoder.encode_texts`."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            x = self.tower.run(texts[start:start + batch_size]).astype(np.float32)
+            for n, (weight, bias) in enumerate(self.layers):
+                x = x @ weight.T + bias
+                if n < len(self.layers) - 1:  # nn.GELU() (exact, erf) between the MLP's two layers
+                    x = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+            out.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(out).astype(np.float32)
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float32])
+
+
+def _folder(name: str) -> tuple[Path, str, str] | None:
+    """(model folder, registry name, canonical source) of a TerraVL-family model, or None."""
+    from terravl.models.registry import WeightsNotFoundError, get_config, resolve_weights
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path, path.name, str(path.resolve())
+    try:
+        cfg = get_config(name)
+        if cfg.family != "terravl":
+            return None
+        folder = resolve_weights(cfg)
+    except (WeightsNotFoundError, KeyError, ValueError, OSError, LookupError):
+        return None
+    except Exception:  # noqa: BLE001 - an unknown name is the full loader's to report, with its message
+        return None
+    return (folder, cfg.name, cfg.name) if Path(folder).is_dir() else None
+
+
+def open_text_encoder(name: str) -> LightTextEncoder | None:
+    """The PyTorch-free text side of the TerraVL model ``name`` (a registry name or a model folder), or None when
+    it cannot serve here: not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
+    MiniLM graph not exported yet, the weights' fingerprint not recorded yet, or anything unreadable."""
+    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower, text_backend
+
+    if os.environ.get(LIGHT_ENV, "1").strip() == "0":
+        return None
+    try:
+        if text_backend() == "torch":
+            return None
+    except ValueError:
+        return None  # the full loader reports the bad setting
+    found = _folder(str(name))
+    if found is None:
+        return None
+    folder, registry_name, source = found
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        text = config["text"]
+        if text.get("tower") != "all-MiniLM-L6-v2" or config.get("family", "terravl") != "terravl":
+            return None
+        fingerprint = recorded_fingerprint(folder / WEIGHTS_FILE)
+        if not fingerprint:
+            return None
+        tower = onnx_text_tower(export_missing=False)
+        layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
+    except (OSError, ValueError, KeyError, TypeError, OnnxUnavailable):
+        return None
+    return LightTextEncoder(registry_name, source, tower, layers, int(config["embed_dim"]), fingerprint)
+
+
+def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The text projection's (weight, bias) pairs as float32 (one for ``linear``, two for ``mlp``)."""
+    from safetensors import safe_open
+
+    prefixes = {"linear": ["text_projection"], "mlp": ["text_projection.0", "text_projection.2"]}.get(kind)
+    if prefixes is None:
+        raise ValueError(f"unknown text projection {kind!r}")
+    with safe_open(str(weights_file), framework="numpy") as f:
+        return [(f.get_tensor(f"{p}.weight").astype(np.float32), f.get_tensor(f"{p}.bias").astype(np.float32))
+                for p in prefixes]
+
+
+def query_encoder(name: str):
+    """The encoder for text queries of an index or knowledge base built with ``name``: its PyTorch-free text side
+    when that can serve (:func:`open_text_encoder`), else the full model."""
+    light = open_text_encoder(name)
+    if light is not None:
+        return light
+    from terravl.models.factory import load
+
+    return load(name)

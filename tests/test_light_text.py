@@ -1,0 +1,115 @@
+"""The PyTorch-free text query path: a TerraVL model's text side on ONNX Runtime and numpy gives the full model's
+embeddings and fingerprint, `terravl search` uses it without importing PyTorch, and anything missing sends the
+caller back to the full model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import terravl.models as m
+from fakedata import write_image
+from terravl.models.feature_cache import encoder_fingerprint
+from terravl.models.light_text import open_text_encoder, recorded_fingerprint
+
+TEXTS = ["a harbour with many boats", "x", "dense residential area with green trees " * 30, "Airport"]
+
+
+@pytest.fixture()
+def full():
+    """The full model, loaded in the test's environment: loading records its fingerprint beside the ONNX graphs,
+    and its first text exports the MiniLM graph (once per run)."""
+    encoder = m.load("terravl-default")
+    encoder.encode_texts(["an airport"])
+    return encoder
+
+
+def test_same_embeddings_and_fingerprint_as_the_full_model(full):
+    light = open_text_encoder("terravl-default")
+    assert light is not None and light.source == full.source and light.embed_dim == full.embed_dim
+    got, want = light.encode_texts(TEXTS, batch_size=3), full.encode_texts(TEXTS)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-5
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
+    assert encoder_fingerprint(light) == encoder_fingerprint(full)
+    assert light.encode_texts([]).shape == (0, full.embed_dim)
+
+
+def test_a_model_with_an_mlp_projection_and_a_model_folder(tmp_path, full):
+    from terravl.models.terravl_encoder import TerraVLModel
+
+    config = json.loads(json.dumps(full.model.config))
+    config["text"] = {**config["text"], "projection": "mlp", "hidden": 64}
+    config.pop("memory", None)
+    folder = TerraVLModel(config).save(tmp_path / "mlp-model")
+    assert open_text_encoder(str(folder)) is None  # never loaded here: no fingerprint recorded yet
+    loaded = m.load(str(folder))
+    light = open_text_encoder(str(folder))
+    assert light is not None and light.source == loaded.source
+    assert np.abs(light.encode_texts(TEXTS) - loaded.encode_texts(TEXTS)).max() < 1e-5
+    assert encoder_fingerprint(light) == encoder_fingerprint(loaded)
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # weights replaced (new mtime): not trusted any more
+    assert recorded_fingerprint(folder / "model.safetensors") is None and open_text_encoder(str(folder)) is None
+
+
+def test_what_cannot_serve_returns_none(monkeypatch, tmp_path, tiny_model, full):
+    assert open_text_encoder(str(tiny_model)) is None  # an OpenCLIP checkpoint: the full loader's
+    assert open_text_encoder("remoteclip-vit-b-32") is None  # another family
+    assert open_text_encoder("no-such-model") is None  # the full loader names the problem
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "torch")
+    assert open_text_encoder("terravl-default") is None
+    monkeypatch.setenv("TERRAVL_TEXT_BACKEND", "auto")
+    monkeypatch.setenv("TERRAVL_LIGHT_TEXT", "0")
+    assert open_text_encoder("terravl-default") is None
+    monkeypatch.delenv("TERRAVL_LIGHT_TEXT")
+    assert open_text_encoder("terravl-default") is not None
+    monkeypatch.setenv("TERRAVL_ONNX_DIR", str(tmp_path / "empty"))  # no graph, no fingerprints
+    assert open_text_encoder("terravl-default") is None
+
+
+def test_search_by_text_uses_it_without_importing_torch(tmp_path, full, onnx_graphs):
+    from terravl.index import build_index
+    from terravl.tasks import search
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(6):
+        write_image(images / f"s{i}.png", 64, 64, seed=i)
+    index = tmp_path / "a.idx"
+    build_index([images], full, index)
+    light_hits = search(index, text="a harbour with boats", k=4)  # no encoder given: the light path
+    full_hits = search(index, text="a harbour with boats", k=4, encoder=full)
+    assert [h.id for h in light_hits] == [h.id for h in full_hits]
+    assert np.allclose([h.score for h in light_hits], [h.score for h in full_hits], atol=1e-5)
+
+    code = ("import json, sys\nfrom terravl.cli.main import main\n"
+            f"rc = main(['search', {str(index)!r}, 'a harbour with boats', '--k', '4', '--format', 'json'])\n"
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}), file=sys.stderr)\n")
+    env = {**os.environ, "TERRAVL_ONNX_DIR": str(onnx_graphs)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    status = json.loads(done.stderr.strip().splitlines()[-1])
+    assert status == {"rc": 0, "torch": False}, done.stderr
+    assert [h["id"] for h in json.loads(done.stdout)] == [h.id for h in full_hits]
+
+
+def test_an_index_of_other_weights_is_still_refused(tmp_path, full):
+    """The light path checks the index's recorded fingerprint like the full model does."""
+    from terravl.index import IndexStore, build_index
+    from terravl.index.store import IndexOpenError
+    from terravl.tasks import search
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    write_image(images / "a.png", 64, 64, seed=1)
+    index = tmp_path / "b.idx"
+    build_index([images], full, index)
+    with IndexStore(index) as store:  # as if built with other weights under the same name
+        store.db.execute("UPDATE meta SET value = ? WHERE key = 'weights'", (json.dumps("0123456789abcdef"),))
+        store.db.commit()
+    with pytest.raises(IndexOpenError, match="other weights"):
+        search(index, text="a harbour", k=1)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -546,7 +547,7 @@ class LabelEncoder:
     def encode_images(self, images, batch_size: int = 64, progress=None, **_) -> np.ndarray:
         out = np.zeros((len(images), len(self.classes)), np.float32)
         for row, image in enumerate(images):
-            out[row, self.classes.index(self.truth[str(image)])] = 1
+            out[row, self.classes.index(self.truth[str(Path(image).resolve())])] = 1
         return out
 
 
@@ -588,7 +589,7 @@ def _two_colour_dataset(root):
     return path, truth
 
 
-def test_calibration_fits_the_evidence_weight_per_collection_and_ask_uses_it(tmp_path, capsys):
+def test_calibration_fits_the_evidence_weight_per_collection_and_ask_uses_it(tmp_path, capsys, monkeypatch):
     from terravl.train.kb_fusion import calibrate_kb
 
     data, truth = _two_colour_dataset(tmp_path / "d")
@@ -596,9 +597,12 @@ def test_calibration_fits_the_evidence_weight_per_collection_and_ask_uses_it(tmp
     build_kb([data], enc, kb, split="train")
     wrong, right = ScoringBridge(truth, right=False), ScoringBridge(truth, right=True)
 
-    fitted = calibrate_kb(kb, [(data, "train")], wrong, enc, save=False)
+    monkeypatch.chdir(tmp_path)  # a relative dataset path, as a user types it: the KB holds resolved paths
+    fitted = calibrate_kb(kb, [(data.relative_to(tmp_path), "train")], wrong, enc, save=False)
     mine = fitted["collections"]["captions: d.json"]
     assert mine["questions"]["scene"] == 12 and mine["bridge_alone"]["scene"] == 0.0
+    assert mine["questions"]["presence"] >= 12  # presence rows are fitted too, never worse than the bridge alone
+    assert mine["accuracy"]["presence"] >= mine["bridge_alone"]["presence"]
     assert mine["scene"] > 0 and mine["accuracy"]["scene"] == 100.0  # the evidence (own image left out) knows
     with KBStore(kb, readonly=True) as store:
         assert "fusion" not in store.meta()  # save=False wrote nothing
@@ -631,3 +635,29 @@ def test_cli_calibrate_refuses_bad_usage_clearly(tmp_path, capsys):
     code, _, err = _run(capsys, "kb", "calibrate", str(tmp_path / "none.kb"), "--dataset", str(data), "--split",
                         "train")
     assert code == 2 and "none.kb" in err
+
+
+def test_captioner_features_stand_for_kb_vectors_only_with_the_memory_used_alike():
+    from types import SimpleNamespace
+
+    from terravl.tasks.rag import shares_vectors
+
+    kb_side = SimpleNamespace(source="terravl-default", name="terravl-default", use_memory=True)
+    captioner_side = SimpleNamespace(source="terravl-default", name="terravl-default", use_memory=False)
+    assert not shares_vectors(captioner_side, kb_side, "terravl-default")  # the captioner turns the memory off
+    captioner_side.use_memory = True
+    assert shares_vectors(captioner_side, kb_side, "terravl-default")
+    assert not shares_vectors(captioner_side, kb_side, "terravl-default-v2")  # another model's vectors
+
+
+def test_an_excluded_item_shapes_nothing(site_kb):
+    """Leave-one-out: the excluded item is never evidence, and the rest rank as if it were not stored."""
+    enc = WordEncoder()
+    image = np.full((32, 32, 3), (20, 150, 35), np.uint8)
+    with KBStore(site_kb, readonly=True) as store:
+        full = retrieve(store, enc, "forest canopy", image, k=5)
+        first = full.evidence[0]
+        assert first.source.endswith("green.png")
+        without = retrieve(store, enc, "forest canopy", image, k=5, exclude={first.id})
+        assert first.id not in [e.id for e in without.evidence]
+        assert [e.id for e in without.evidence][:3] != [e.id for e in full.evidence][:3]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,3 +114,19 @@ def test_an_index_of_other_weights_is_still_refused(tmp_path, full):
         store.db.commit()
     with pytest.raises(IndexOpenError, match="other weights"):
         search(index, text="a harbour", k=1)
+
+
+def test_a_fingerprint_is_not_recorded_for_a_file_changed_while_it_was_read(tmp_path, full):
+    from terravl.models.light_text import file_key, record_fingerprint
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"old weights")
+    before = file_key(weights)
+    weights.write_bytes(b"new weights")  # replaced between reading and recording
+    record_fingerprint(weights, "0123456789abcdef", key=before)
+    assert recorded_fingerprint(weights) is None
+    record_fingerprint(weights, "0123456789abcdef", key=file_key(weights))
+    assert recorded_fingerprint(weights) == "0123456789abcdef"
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy2(weights, copy)  # same size and modification time, another file
+    assert recorded_fingerprint(copy) is None

@@ -121,7 +121,8 @@ def add(kb_file, sources, split, scene_classes, tile_size, batch_size, fmt) -> i
 @click.option("--problems", "show_problems", is_flag=True, help="Also list the problems met while building.")
 @format_option()
 def info(kb_file, show_problems, fmt) -> None:
-    """Items (images, passages), sources, model, date range, bounding box and problems of KB.
+    """Items (images, passages), sources, model, date range, bounding box, problems and the answer calibration
+    (`terravl kb calibrate`: evidence weights per collection) of KB.
 
     \b
     Example:
@@ -132,16 +133,20 @@ def info(kb_file, show_problems, fmt) -> None:
     with KBStore(kb_file, readonly=True) as store:
         result = store.info()
         fusion = store.meta().get("fusion")
-        result["calibration"] = ({"captioner": fusion.get("captioner"), "calibrated": fusion.get("calibrated"),
-                                  "weights": {c: {"scene": v["scene"], "presence": v["presence"]}
-                                              for c, v in fusion.get("collections", {}).items()}}
-                                 if fusion else None)
+        result["calibration"] = _calibration_summary(fusion)
         if show_problems:
             result["problem_list"] = store.problems()
     if fmt == "json":
         emit_json(result)
         return
-    table(str(kb_file), ["", "value"], [[k, v] for k, v in result.items() if k != "problem_list"])
+    table(str(kb_file), ["", "value"], [[k, v] for k, v in result.items() if k not in ("problem_list", "calibration")])
+    calibration = result["calibration"]
+    if calibration:
+        table(f"answer calibration for {calibration['captioner']} ({calibration['calibrated']})",
+              ["collection", "scene weight", "presence weight"],
+              [[c, w["scene"], w["presence"]] for c, w in calibration["weights"].items()])
+    else:
+        stderr.print("answers: not calibrated (terravl kb calibrate)")
     if show_problems:
         report_problems(result["problem_list"], limit=200)
 
@@ -164,10 +169,10 @@ def calibrate(kb_file, datasets, splits, sample, model, seed, fmt) -> None:
     Labelled images of the caption datasets KB was built from are asked scene and presence questions, each with its
     own stored item left out of the evidence; the weight of the evidence that answers best is kept per collection
     (and pooled, for the rest) and written into KB. Without it, both count equally. Re-run after `kb add` of a new
-    collection or with another captioner (weights are kept for the captioner they were fitted with).
+    collection, or for another captioner: KB keeps one calibration, used only with the captioner it was fitted for.
 
     \b
-    Example (the README's knowledge base, about 4 minutes on 2 cores):
+    Example (the README's knowledge base, about 3 minutes on 2 cores):
       terravl kb calibrate rs.kb --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json --split train \\
           --dataset ../shared/data/ucm_captions/dataset_ucm_captions.json --split train
     """
@@ -187,6 +192,18 @@ def calibrate(kb_file, datasets, splits, sample, model, seed, fmt) -> None:
     table(f"{kb_file}: evidence weights for {result['captioner']} (leave-one-out accuracy %, bridge alone → "
           f"weighed)", ["collection", "scene w", "presence w", "scene", "presence"], rows)
     stderr.print(f"saved into {kb_file} ({result['seconds']:.0f} s)")
+
+
+def _calibration_summary(fusion) -> dict | None:
+    """The calibration's weights per collection (and pooled), or None when KB has none (or a damaged one)."""
+    if not isinstance(fusion, dict):
+        return None
+    try:
+        weights = {c: {"scene": v["scene"], "presence": v["presence"]}
+                   for c, v in {**(fusion.get("collections") or {}), "(pooled)": fusion["pooled"]}.items()}
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return {"captioner": fusion.get("captioner"), "calibrated": fusion.get("calibrated"), "weights": weights}
 
 
 def evidence_table(title: str, evidence: list[dict]) -> None:

@@ -7,8 +7,8 @@ knowledge base built from their train splits (and the shipped scene-class descri
    the dense retriever read that question plus the captioner's description of the image.
 2. answers — scene-class and presence questions (derived from the annotations, :mod:`terravl.datasets.derived_vqa`)
    answered by the VQA bridge alone and by TerraVL's answerer over the knowledge base (same bridge, weighed against
-   the evidence with the knowledge base's calibrated weights, ``terravl kb calibrate``); and captions — the plain captioner against retrieval-augmented captioning
-   (:func:`terravl.tasks.rag.caption_with_kb`) on CIDEr.
+   the evidence with the knowledge base's calibrated weights, ``terravl kb calibrate``); and captions — the plain
+   captioner against retrieval-augmented captioning (:func:`terravl.tasks.rag.caption_with_kb`) on CIDEr.
 
 Each test image is encoded and described once; the knowledge base is opened read-only.
 """
@@ -58,6 +58,7 @@ def evaluate_kb(kb: str | Path, datasets: list[tuple[str | Path, str]], captione
 
 def _evaluate_one(store, encoder, captioner, dataset, split, limit, parts, progress) -> dict:
     from terravl.datasets.class_names import class_phrase
+    from terravl.tasks.rag import shares_vectors
     from terravl.kb import retrieve
     from terravl.models.bridge import CAPTION_PROMPT
     from terravl.models.progress import progress_bar
@@ -65,7 +66,7 @@ def _evaluate_one(store, encoder, captioner, dataset, split, limit, parts, progr
     records, everything = _records(dataset, split, limit)
     started = time.perf_counter()
     features = captioner.encoder.encode_images([r.path for r in records], batch_size=64, progress=progress)
-    same = (captioner.encoder.source or captioner.encoder.name) == store.model
+    same = shares_vectors(captioner.encoder, encoder, store.model)
     image_vectors = features if same else encoder.encode_images([r.path for r in records], batch_size=64)
     captions = captioner.generate(features, CAPTION_PROMPT)
     out: dict = {"images": len(records), "seconds": {}}
@@ -118,14 +119,14 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
     from terravl.eval.vqa import vqa_accuracy
     from terravl.kb import retrieve
     from terravl.models.bridge import question_prompt
-    from terravl.tasks.rag import bridge_scorer, compose, fusion_weights
+    from terravl.tasks.rag import ANSWER_TOKENS, bridge_scorer, compose, fusion_weights
 
     row = {r.image_id: n for n, r in enumerate(records)}
     questions = [q for q in derive_questions(everything) if q.split == split and q.image_id in row
                  and q.question_type in ("scene", "presence")]
     rows = [row[q.image_id] for q in questions]
     alone = captioner.generate(features[rows], [question_prompt(q.question) for q in questions], beams=1,
-                               max_tokens=8)
+                               max_tokens=ANSWER_TOKENS)
     with_kb, calibration, weights = [], store.meta().get("fusion"), {}
     for q, n, vqa in zip(questions, rows, alone):
         got = retrieve(store, encoder, q.question, None, 5, expansion=captions[n], image_vector=image_vectors[n])
@@ -133,11 +134,12 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
             with_kb.append(vqa)  # nothing relevant: the answer rests on the image alone
             continue
         fusion = fusion_weights(calibration, got.evidence, getattr(captioner, "name", None))
-        weights[fusion["collection"]] = weights.get(fusion["collection"], 0) + 1
+        used = fusion["collection"] or "uncalibrated"
+        weights[used] = weights.get(used, 0) + 1
         _, short, _, _ = compose(q.question, got.evidence, vqa, True, bridge_scorer(captioner, features[n],
                                                                                       q.question), fusion)
         with_kb.append(short if short is not None else vqa)
     return {"questions": len(questions), "fusion": {"calibrated": bool(calibration),
-                                                   "questions_by_collection": {str(k): v for k, v in weights.items()}},
+                                                   "questions_by_collection": weights},
             "without kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, alone)]),
             "with kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, with_kb)])}

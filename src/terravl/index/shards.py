@@ -384,9 +384,9 @@ def build_sharded(sources: Iterable[str | Path], encoder, out: str | Path, shard
 
 
 def _run_threads(encoder, tasks, options, progress, workers) -> list[dict]:
+    """Each shard built by a thread of this process (one writer per shard), sharing ``encoder``."""
     from terravl.index.build import build_index
 
-    """Each shard built by a thread of this process (one writer per shard), sharing ``encoder``."""
     lock = threading.Lock()
 
     def counted(n: int) -> None:

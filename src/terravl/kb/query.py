@@ -66,12 +66,15 @@ def check_retrievers(names: str | Sequence[str] | None) -> tuple[str, ...]:
 def retrieve(store: KBStore, encoder, text: str | None = None, image=None, k: int = 10, bbox=None,
              date_from: str | None = None, date_to: str | None = None, retrievers=None, rerank: bool = True,
              expansion: str | None = None, text_vector: np.ndarray | None = None,
-             image_vector: np.ndarray | None = None, min_relevance: float | None = None) -> Retrieval:
+             image_vector: np.ndarray | None = None, min_relevance: float | None = None,
+             exclude: frozenset[int] | set[int] | None = None) -> Retrieval:
     """Ranked evidence for a question ``text`` and/or a query ``image`` (a path, PIL image or array).
 
     ``expansion`` is more query text for BM25 and the dense query (the query image's description);
     ``text_vector``/``image_vector`` are query embeddings the caller already has (they skip the encoder);
-    ``min_relevance`` replaces :data:`MIN_RELEVANCE` (for another encoder, whose cosines sit elsewhere)."""
+    ``min_relevance`` replaces :data:`MIN_RELEVANCE` (for another encoder, whose cosines sit elsewhere);
+    ``exclude`` holds item ids left out before fusion (leave-one-out calibration: an image's own item must not
+    shape the ranking of the rest)."""
     t0 = time.perf_counter()
     if text is None and image is None and image_vector is None:
         raise InputError("query", "give a question, an image, or both")
@@ -102,6 +105,8 @@ def retrieve(store: KBStore, encoder, text: str | None = None, image=None, k: in
         lists["dense"] = _dense(text_vectors, qt, allowed)
     if "image" in names and (qi is not None or qt is not None):
         lists["image"] = _dense(image_vectors, qi if qi is not None else qt, allowed)
+    if exclude:
+        lists = {name: [(i, v) for i, v in ranked if i not in exclude] for name, ranked in lists.items()}
     timings["retrieve"] = _ms(t1)
 
     t2 = time.perf_counter()

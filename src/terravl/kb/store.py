@@ -212,15 +212,15 @@ class KBStore:
                             (key, json.dumps(value)))
 
     @_errors()
-    def refs_of_sources(self, sources: Iterable[str]) -> dict[str, str]:
-        """The collection (``ref``) of the image item read from each source path that the store holds."""
+    def image_items_of_sources(self, sources: Iterable[str]) -> dict[str, tuple[int, str | None]]:
+        """(item id, collection ``ref`` or None) of the image item read from each source path the store holds."""
         sources = list(sources)
-        found: dict[str, str] = {}
+        found: dict[str, tuple[int, str | None]] = {}
         for start in range(0, len(sources), 500):
             chunk = sources[start:start + 500]
-            found.update((s, r or "") for s, r in self.db.execute(
-                f"SELECT source, ref FROM items WHERE kind = 'image' AND source IN ({','.join('?' * len(chunk))})",
-                chunk))
+            found.update((s, (int(i), r or None)) for s, i, r in self.db.execute(
+                f"SELECT source, id, ref FROM items WHERE kind = 'image' AND source IN "
+                f"({','.join('?' * len(chunk))})", chunk))
         return found
 
     @property

@@ -187,7 +187,7 @@ class Captioner(nn.Module):
 
     @torch.inference_mode()
     def answer_logprobs(self, features, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
-                        batch_size: int = 256) -> list[np.ndarray]:
+                        batch_size: int = 64) -> list[np.ndarray]:
         """Log-probability of each candidate answer (all its tokens and the end of text) after each row's prompt:
         the bridge's own confidence in answers that something else proposed, so that its vote can be weighed
         against other evidence. One array per row, in the order of ``candidates[row]``."""
@@ -225,13 +225,14 @@ class Captioner(nn.Module):
             tokens[i, : len(a) + len(b)] = torch.tensor(a + b)
             mask[i, : p + len(a) + len(b)] = 1
         inputs = torch.cat([prefix, embed(tokens.to(device))], dim=1)
-        logits = self.lm(inputs_embeds=inputs, attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        logits = self.lm(inputs_embeds=inputs, attention_mask=mask.to(device)).logits
         out = np.zeros(len(prompt_ids), dtype=np.float64)
         for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
             at = p + len(a) - 1  # the position whose output predicts the first target token
-            steps = torch.arange(at, at + len(b), device=device)
-            out[i] = float(logp[i, steps, torch.tensor(b, device=device)].sum())
+            steps = logits[i, at:at + len(b)].float()  # only the scored positions get a softmax (vocabularies are big)
+            picked = torch.log_softmax(steps, dim=-1)[torch.arange(len(b), device=steps.device),
+                                                      torch.tensor(b, device=steps.device)]
+            out[i] = float(picked.sum())
         return out
 
     # -- generation -----------------------------------------------------------------------------------

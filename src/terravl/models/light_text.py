@@ -28,20 +28,27 @@ LIGHT_ENV = "TERRAVL_LIGHT_TEXT"
 _LOCK = threading.Lock()
 
 
-def _key(weights_file: Path) -> str:
+def file_key(weights_file: str | Path) -> str:
+    """Path, size, inode, and modification and change times: a file replaced or rewritten in any way (a copy that
+    keeps the modification time still gets a new inode or change time) no longer matches."""
+    weights_file = Path(weights_file)
     stat = weights_file.stat()
-    return f"{weights_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{weights_file.resolve()}|{stat.st_size}|{stat.st_ino}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
 
 
-def record_fingerprint(weights_file: str | Path, fingerprint: str) -> None:
-    """Remember the weights fingerprint of a model file (by path, size and modification time) beside the ONNX
-    graphs, so that a later process can check an index's recorded fingerprint without loading the model."""
+def record_fingerprint(weights_file: str | Path, fingerprint: str, key: str | None = None) -> None:
+    """Remember the weights fingerprint of a model file beside the ONNX graphs (keyed by :func:`file_key`), so that
+    a later process can check an index's recorded fingerprint without loading the model. ``key``: the file's key
+    taken before its weights were read; nothing is recorded if the file changed since."""
     from terravl.models.text_onnx import onnx_dir
 
     if not fingerprint:
         return
     try:
-        key = _key(Path(weights_file))
+        now = file_key(weights_file)
+        if key is not None and key != now:
+            return
+        key = now
         folder = onnx_dir()
         with _LOCK:
             known = _read(folder)
@@ -68,7 +75,7 @@ def recorded_fingerprint(weights_file: str | Path) -> str | None:
     from terravl.models.text_onnx import onnx_dir
 
     try:
-        return _read(onnx_dir()).get(_key(Path(weights_file)))
+        return _read(onnx_dir()).get(file_key(weights_file))
     except OSError:
         return None
 
@@ -98,26 +105,28 @@ class LightTextEncoder:
         return np.concatenate(out).astype(np.float32)
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float32])
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x)
 
 
 def _folder(name: str) -> tuple[Path, str, str] | None:
     """(model folder, registry name, canonical source) of a TerraVL-family model, or None."""
-    from terravl.models.registry import WeightsNotFoundError, get_config, resolve_weights
+    from terravl.models.registry import get_config, names, resolve_weights
+    from terravl.models.sources import FILE_PREFIX, REGISTRY_PREFIX, parse_source
 
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path, path.name, str(path.resolve())
-    try:
-        cfg = get_config(name)
-        if cfg.family != "terravl":
-            return None
-        folder = resolve_weights(cfg)
-    except (WeightsNotFoundError, KeyError, ValueError, OSError, LookupError):
+    source = parse_source(name, names())  # the full loader's reading of the name: a registered name comes first
+    if source.prefix == FILE_PREFIX:
+        path = source.path
+        return (path, path.name, str(path.resolve())) if path.is_dir() else None
+    if source.prefix != REGISTRY_PREFIX:
         return None
-    except Exception:  # noqa: BLE001 - an unknown name is the full loader's to report, with its message
+    cfg = get_config(source.target)
+    if cfg.family != "terravl":
         return None
-    return (folder, cfg.name, cfg.name) if Path(folder).is_dir() else None
+    folder = Path(resolve_weights(cfg))
+    return (folder, cfg.name, cfg.name) if folder.is_dir() else None
 
 
 def open_text_encoder(name: str) -> LightTextEncoder | None:
@@ -133,11 +142,11 @@ def open_text_encoder(name: str) -> LightTextEncoder | None:
             return None
     except ValueError:
         return None  # the full loader reports the bad setting
-    found = _folder(str(name))
-    if found is None:
-        return None
-    folder, registry_name, source = found
     try:
+        found = _folder(str(name))
+        if found is None:
+            return None
+        folder, registry_name, source = found
         config = json.loads((folder / CONFIG_FILE).read_text())
         text = config["text"]
         if text.get("tower") != "all-MiniLM-L6-v2" or config.get("family", "terravl") != "terravl":
@@ -147,7 +156,7 @@ def open_text_encoder(name: str) -> LightTextEncoder | None:
             return None
         tower = onnx_text_tower(export_missing=False)
         layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
-    except (OSError, ValueError, KeyError, TypeError, OnnxUnavailable):
+    except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it
         return None
     return LightTextEncoder(registry_name, source, tower, layers, int(config["embed_dim"]), fingerprint)
 

@@ -211,12 +211,16 @@ class TerraVLEncoder(Encoder):
     def from_folder(cls, folder: str | Path, name: str | None = None, device=None,
                     precision: str | None = None) -> "TerraVLEncoder":
         from terravl.models.feature_cache import encoder_fingerprint
-        from terravl.models.light_text import record_fingerprint, recorded_fingerprint
+        from terravl.models.light_text import file_key, record_fingerprint, recorded_fingerprint
 
-        encoder = cls(TerraVLModel.load(folder), name or Path(folder).name, device, precision)
         file = Path(folder) / WEIGHTS_FILE
-        if recorded_fingerprint(file) is None:  # once per file (~40 ms): what the PyTorch-free text path checks
-            record_fingerprint(file, encoder_fingerprint(encoder))
+        try:
+            before = file_key(file)  # a file replaced while it was read must not get this fingerprint
+        except OSError:
+            before = None
+        encoder = cls(TerraVLModel.load(folder), name or Path(folder).name, device, precision)
+        if before is not None and recorded_fingerprint(file) is None:  # once per file (~40 ms): for the
+            record_fingerprint(file, encoder_fingerprint(encoder), key=before)  # PyTorch-free text path
         return encoder
 
     @property

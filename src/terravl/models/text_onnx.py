@@ -101,9 +101,14 @@ def torch_version() -> str:
 
 
 def cpu_threads() -> int:
-    """The threads PyTorch would use on this machine's CPU (its setting when loaded, else the usable cores)."""
+    """The threads PyTorch would use on this machine's CPU (its setting when loaded, else ``OMP_NUM_THREADS``, else
+    the usable cores)."""
     if "torch" in sys.modules:
         return sys.modules["torch"].get_num_threads()
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -55,6 +55,8 @@ PRESENCE_SMOOTHING = 0.5
 
 AnswerScorer = Callable[[Sequence[str]], np.ndarray]
 """The bridge's log-probability of each candidate answer to the question about the image (one call per question)."""
+ANSWER_TOKENS = 12
+"""Longest answer the bridge gives to a question about the image."""
 PRESENCE_EVIDENCE = 5
 """Most similar stored images whose texts vote on a presence question."""
 
@@ -65,6 +67,14 @@ def question_type(question: str) -> str:
     if PRESENCE_QUESTION.match(question):
         return "presence"
     return "open"
+
+
+def shares_vectors(captioner_encoder, encoder, kb_model: str) -> bool:
+    """Whether the captioner's image features can stand for the knowledge base's image vectors: the same model
+    with its caption memory used alike (a captioner turns the memory off, a knowledge base is built with it on;
+    the two vectors then differ, and the query image must be embedded again by ``encoder``)."""
+    return ((captioner_encoder.source or captioner_encoder.name) == kb_model
+            and getattr(captioner_encoder, "use_memory", None) == getattr(encoder, "use_memory", None))
 
 
 def not_found_text(best: float, threshold: float) -> str:
@@ -107,10 +117,10 @@ def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, dat
 
         captioner = captioner or m.load_captioner(m.DEFAULT_CAPTIONER)
         features = captioner.encoder.encode_images([image])
-        image_answer = captioner.generate(features, question_prompt(asked), beams=1, max_tokens=12)[0]
+        image_answer = captioner.generate(features, question_prompt(asked), beams=1, max_tokens=ANSWER_TOKENS)[0]
         scorer = bridge_scorer(captioner, features[0], asked)
         description = captioner.generate(features, CAPTION_PROMPT, beams=1, max_tokens=30)[0]
-        if (captioner.encoder.source or captioner.encoder.name) == store.model:
+        if shares_vectors(captioner.encoder, encoder, store.model):
             image_vector = features[0]
     kind = question_type(asked)
     retrieval = retrieve(store, encoder, asked, image if image_vector is None else None, k, bbox, date_from, date_to,
@@ -190,6 +200,11 @@ def scene_votes(evidence: list[Evidence]) -> dict[str, float]:
     return votes
 
 
+def scene_candidates(votes: dict[str, float], image_answer: str | None) -> list[str]:
+    """The classes a scene answer chooses among: those of the evidence and the bridge's own answer."""
+    return sorted(set(votes) | ({_norm(image_answer)} if _norm(image_answer) else set()))
+
+
 def fuse_scene(votes: dict[str, float], logp: dict[str, float], weight: float) -> str:
     """The candidate class maximising the bridge's log-probability (normalised over the candidates) plus ``weight``
     × the log of its smoothed share of the evidence's relevance."""
@@ -206,8 +221,8 @@ def _vote_scene(evidence: list[Evidence], image_answer: str | None, scorer: Answ
     """The scene class: weighed with the bridge's log-probabilities when ``scorer`` is given, else the class with
     the most summed relevance among labelled evidence (the VQA answer adds its vote)."""
     votes = scene_votes(evidence)
-    if scorer is not None and (votes or image_answer):
-        candidates = sorted(set(votes) | ({_norm(image_answer)} if image_answer else set()))
+    if scorer is not None and (votes or _norm(image_answer)):
+        candidates = scene_candidates(votes, image_answer)
         best = fuse_scene(votes, dict(zip(candidates, np.asarray(scorer(candidates), dtype=np.float64))), weight)
         return best, [e.rank for e in evidence if _norm(e.label) == best]
     if image_answer:
@@ -304,16 +319,22 @@ def fusion_weights(calibration: dict | None, evidence: list[Evidence], captioner
     """The weights for these evidence: those fitted for the collection (``ref``) of the most relevant stored image
     when ``terravl kb calibrate`` fitted them for this captioner, else the calibration's pooled weights, else
     :data:`FUSION_DEFAULT`. Returns ``{"scene", "presence", "collection"}``."""
-    if not calibration or calibration.get("captioner") != captioner:
+    if not isinstance(calibration, dict) or calibration.get("captioner") != captioner:
         return {**FUSION_DEFAULT, "collection": None}
+    ref = routing_collection(evidence)
+    collections = calibration.get("collections") or {}
+    chosen, name = (collections[ref], ref) if ref is not None and ref in collections else \
+        (calibration.get("pooled"), "pooled")
+    try:
+        return {"scene": float(chosen["scene"]), "presence": float(chosen["presence"]), "collection": name}
+    except (TypeError, KeyError, ValueError):  # a damaged calibration: as if there were none
+        return {**FUSION_DEFAULT, "collection": None}
+
+
+def routing_collection(evidence: list[Evidence]) -> str | None:
+    """The collection (``ref``) of the most relevant stored image among the evidence: whose weights apply."""
     images = [e for e in evidence if e.kind == "image"]
-    ref = max(images, key=lambda e: e.relevance).ref if images else None
-    collections = calibration.get("collections", {})
-    if ref in collections:
-        return {"scene": float(collections[ref]["scene"]), "presence": float(collections[ref]["presence"]),
-                "collection": ref}
-    pooled = calibration.get("pooled") or FUSION_DEFAULT
-    return {"scene": float(pooled["scene"]), "presence": float(pooled["presence"]), "collection": "pooled"}
+    return max(images, key=lambda e: e.relevance).ref if images else None
 
 
 def _extract(question: str, evidence: list[Evidence], limit: int = 2) -> tuple[str, list[int]]:

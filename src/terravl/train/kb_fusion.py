@@ -7,9 +7,13 @@ UC Merced it does not; one weight for both either spoils the first or wastes the
 
 How: labelled images of the caption datasets the knowledge base was built from (their train split: the images *in*
 the knowledge base) are asked the scene and presence questions that :mod:`terravl.datasets.derived_vqa` derives;
-each image's own item is left out of its evidence (leave-one-out), so the evidence is what a new image of that
-collection would get. The bridge's log-probabilities and the evidence tallies are computed once; each weight of
-:data:`GRID` is then scored by accuracy, and the best (the smaller on ties) is kept per collection and question type,
+each image's own item is left out of the retrieval before fusion (leave-one-out), so the evidence is close to what
+a new image of that collection would get, and each question counts for the collection its best image evidence
+comes from, the rule that picks the weights at question time. One bias remains: the bridge was trained on these
+images, so it looks more reliable here than on new ones, and the fitted weights lean to the bridge.
+
+The bridge's log-probabilities and the evidence tallies are computed once; each weight of :data:`GRID` is then
+scored by accuracy, and the best (the smaller on ties) is kept per collection and question type,
 with the pooled best for collections not calibrated. The weights are written into the knowledge base (metadata
 ``fusion``) with the captioner they were fitted for; :func:`terravl.tasks.rag.fusion_weights` reads them.
 """
@@ -26,8 +30,9 @@ from terravl.errors import InputError
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 8.0)
 """Weights of the evidence tried (0: the bridge alone)."""
-LEAVE_OUT_K = 6
-"""Evidence retrieved per question; the image's own item is dropped and the first five kept, as a new image gets."""
+EVIDENCE = 5
+"""Evidence retrieved per question, as ``terravl ask`` and ``terravl eval kb`` retrieve (the image's own item left
+out before fusion)."""
 
 
 def calibrate_kb(kb: str | Path, datasets: list[tuple[str | Path, str]], captioner=None, encoder=None,
@@ -69,20 +74,21 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
     from terravl.kb import retrieve
     from terravl.models.bridge import CAPTION_PROMPT, question_prompt
     from terravl.models.progress import progress_bar
-    from terravl.tasks.rag import _norm, presence_votes, scene_votes
+    from terravl.tasks.rag import (ANSWER_TOKENS, _norm, presence_votes, routing_collection, scene_candidates,
+                                   scene_votes, shares_vectors)
 
     everything = KarpathyCaptions(dataset).records
     records = [r for r in everything if r.split == split and r.path is not None and r.label]
     if not records:
         raise InputError(dataset, f"no images with a class in split {split!r}")
     records = random.Random(seed).sample(records, min(sample, len(records)))
-    refs = store.refs_of_sources(str(r.path) for r in records)
-    records = [r for r in records if str(r.path) in refs]
+    own = store.image_items_of_sources(str(r.path.resolve()) for r in records)  # as the KB records sources
+    records = [r for r in records if str(r.path.resolve()) in own]
     if not records:
         raise InputError(dataset, f"none of the images of split {split!r} is in the knowledge base: calibrate on "
                                   f"the split it was built from")
     features = captioner.encoder.encode_images([r.path for r in records], batch_size=64, progress=progress)
-    same = (captioner.encoder.source or captioner.encoder.name) == store.model
+    same = shares_vectors(captioner.encoder, encoder, store.model)
     vectors = features if same else encoder.encode_images([r.path for r in records], batch_size=64)
     captions = captioner.generate(features, CAPTION_PROMPT)
     row_of = {r.image_id: n for n, r in enumerate(records)}
@@ -92,11 +98,12 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
     bar = progress_bar(len(questions), progress, f"calibrating on {Path(dataset).name}")
     for q in questions:
         n = row_of[q.image_id]
-        own = str(records[n].path)
-        got = retrieve(store, encoder, q.question, None, LEAVE_OUT_K, expansion=captions[n], image_vector=vectors[n])
-        evidence = [e for e in got.evidence if e.source != own][:LEAVE_OUT_K - 1]
-        row = {"collection": refs[own], "type": q.question_type, "truth": _norm(q.answer), "row": n,
-               "prompt": question_prompt(q.question)}
+        item_id, _ = own[str(records[n].path.resolve())]
+        got = retrieve(store, encoder, q.question, None, EVIDENCE, expansion=captions[n], image_vector=vectors[n],
+                       exclude={item_id})  # its own item shapes neither the ranking nor the re-ranking
+        row = {"collection": routing_collection(got.evidence), "type": q.question_type, "truth": _norm(q.answer),
+               "row": n, "prompt": question_prompt(q.question)}
+        evidence = got.evidence
         if q.question_type == "scene":
             row["votes"] = scene_votes(evidence)
         else:
@@ -108,9 +115,9 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
     bar.close()
     scenes = [r for r in out if r["type"] == "scene"]  # candidates as at question time: the evidence's and the bridge's
     said = captioner.generate(features[[r["row"] for r in scenes]], [r["prompt"] for r in scenes], beams=1,
-                              max_tokens=12) if scenes else []
+                              max_tokens=ANSWER_TOKENS) if scenes else []
     for row, answer in zip(scenes, said):
-        row["candidates"] = sorted(set(row["votes"]) | {_norm(answer)})
+        row["candidates"] = scene_candidates(row["votes"], answer)
     logps = captioner.answer_logprobs(features[[r["row"] for r in out]], [r["prompt"] for r in out],
                                       [r["candidates"] for r in out])
     for row, lp in zip(out, logps):
@@ -143,6 +150,6 @@ def _fit(rows: list[dict]) -> dict:
             found["questions"][kind], found["accuracy"][kind], found["bridge_alone"][kind] = len(mine), acc, alone
         return found
 
-    collections = sorted({r["collection"] for r in rows})
+    collections = sorted({r["collection"] for r in rows if r["collection"] is not None})
     return {"collections": {c: fit([r for r in rows if r["collection"] == c]) for c in collections},
             "pooled": fit(rows)}

@@ -661,3 +661,23 @@ def test_an_excluded_item_shapes_nothing(site_kb):
         without = retrieve(store, enc, "forest canopy", image, k=5, exclude={first.id})
         assert first.id not in [e.id for e in without.evidence]
         assert [e.id for e in without.evidence][:3] != [e.id for e in full.evidence][:3]
+
+
+def test_a_calibration_names_the_bridge_by_its_weights_too():
+    import torch
+
+    from terravl.tasks.rag import captioner_identity
+
+    class Bridge(torch.nn.Module):
+        name = "terravl-captioner"
+
+        def __init__(self):
+            super().__init__()
+            self.mapper = torch.nn.Linear(3, 2)
+
+    torch.manual_seed(0)
+    first, retrained = Bridge(), Bridge()  # the same name, other weights
+    assert captioner_identity(first).startswith("terravl-captioner@")
+    assert captioner_identity(first) != captioner_identity(retrained)
+    assert captioner_identity(first) == captioner_identity(first)
+    assert captioner_identity(FakeCaptioner(WordEncoder())) == "fake-captioner"  # no weights: its name

@@ -119,7 +119,7 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
     from terravl.eval.vqa import vqa_accuracy
     from terravl.kb import retrieve
     from terravl.models.bridge import question_prompt
-    from terravl.tasks.rag import ANSWER_TOKENS, bridge_scorer, compose, fusion_weights
+    from terravl.tasks.rag import ANSWER_TOKENS, bridge_scorer, captioner_identity, compose, fusion_weights
 
     row = {r.image_id: n for n, r in enumerate(records)}
     questions = [q for q in derive_questions(everything) if q.split == split and q.image_id in row
@@ -127,13 +127,13 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
     rows = [row[q.image_id] for q in questions]
     alone = captioner.generate(features[rows], [question_prompt(q.question) for q in questions], beams=1,
                                max_tokens=ANSWER_TOKENS)
-    with_kb, calibration, weights = [], store.meta().get("fusion"), {}
+    with_kb, calibration, weights, identity = [], store.meta().get("fusion"), {}, captioner_identity(captioner)
     for q, n, vqa in zip(questions, rows, alone):
         got = retrieve(store, encoder, q.question, None, 5, expansion=captions[n], image_vector=image_vectors[n])
         if not got.found:
             with_kb.append(vqa)  # nothing relevant: the answer rests on the image alone
             continue
-        fusion = fusion_weights(calibration, got.evidence, getattr(captioner, "name", None))
+        fusion = fusion_weights(calibration, got.evidence, identity)
         used = fusion["collection"] or "uncalibrated"
         weights[used] = weights.get(used, 0) + 1
         _, short, _, _ = compose(q.question, got.evidence, vqa, True, bridge_scorer(captioner, features[n],

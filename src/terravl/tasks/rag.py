@@ -136,7 +136,8 @@ def _ask(store: KBStore, asked: str, image, encoder, captioner, lm, k, bbox, dat
         text, cited = _generate(str(Path(lm).resolve()), asked, retrieval.evidence, image_answer, description)
         return KBAnswer(answer=text, answered_by=f"language model {Path(lm).name} (from the question and the "
                         f"retrieved evidence)", found=True, citations=cited, **common)
-    fusion = fusion_weights(store.meta().get("fusion"), retrieval.evidence, getattr(captioner, "name", None))
+    fusion = fusion_weights(store.meta().get("fusion"), retrieval.evidence,
+                            captioner_identity(captioner) if captioner is not None else None)
     text, short, cited, by = compose(asked, retrieval.evidence, image_answer, image is not None, scorer, fusion)
     return KBAnswer(answer=text, short=short, answered_by=by, found=True, citations=cited, **common)
 
@@ -317,7 +318,7 @@ def bridge_scorer(captioner, feature: np.ndarray, question: str) -> AnswerScorer
 
 def fusion_weights(calibration: dict | None, evidence: list[Evidence], captioner: str | None) -> dict:
     """The weights for these evidence: those fitted for the collection (``ref``) of the most relevant stored image
-    when ``terravl kb calibrate`` fitted them for this captioner, else the calibration's pooled weights, else
+    when ``terravl kb calibrate`` fitted them for this captioner (:func:`captioner_identity`), else the calibration's pooled weights, else
     :data:`FUSION_DEFAULT`. Returns ``{"scene", "presence", "collection"}``."""
     if not isinstance(calibration, dict) or calibration.get("captioner") != captioner:
         return {**FUSION_DEFAULT, "collection": None}
@@ -329,6 +330,27 @@ def fusion_weights(calibration: dict | None, evidence: list[Evidence], captioner
         return {"scene": float(chosen["scene"]), "presence": float(chosen["presence"]), "collection": name}
     except (TypeError, KeyError, ValueError):  # a damaged calibration: as if there were none
         return {**FUSION_DEFAULT, "collection": None}
+
+
+def captioner_identity(captioner) -> str | None:
+    """The captioner's name and a fingerprint of its weights (computed once per object): a calibration holds only
+    for the bridge it was fitted with, not for one retrained under the same name."""
+    cached = getattr(captioner, "_terravl_identity", None)
+    if cached is not None:
+        return cached
+    name = getattr(captioner, "name", None)
+    identity = name
+    if getattr(captioner, "mapper", None) is not None and hasattr(captioner, "state_dict"):
+        from types import SimpleNamespace
+
+        from terravl.models.feature_cache import weights_fingerprint
+
+        identity = f"{name}@{weights_fingerprint(SimpleNamespace(model=captioner))[:12]}"
+    try:
+        captioner._terravl_identity = identity
+    except AttributeError:
+        pass
+    return identity
 
 
 def routing_collection(evidence: list[Evidence]) -> str | None:

@@ -15,7 +15,8 @@ images, so it looks more reliable here than on new ones, and the fitted weights 
 The bridge's log-probabilities and the evidence tallies are computed once; each weight of :data:`GRID` is then
 scored by accuracy, and the best (the smaller on ties) is kept per collection and question type,
 with the pooled best for collections not calibrated. The weights are written into the knowledge base (metadata
-``fusion``) with the captioner they were fitted for; :func:`terravl.tasks.rag.fusion_weights` reads them.
+``fusion``) with the captioner they were fitted for (its name and weights fingerprint);
+:func:`terravl.tasks.rag.fusion_weights` reads them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def calibrate_kb(kb: str | Path, datasets: list[tuple[str | Path, str]], caption
     dataset, split) in ``datasets``; returns the calibration (weights, accuracies, counts)."""
     import terravl.models as m
     from terravl.kb import KBStore
+    from terravl.tasks.rag import captioner_identity
 
     if not datasets:
         raise InputError("dataset", "give at least one caption dataset the knowledge base was built from")
@@ -58,7 +60,7 @@ def calibrate_kb(kb: str | Path, datasets: list[tuple[str | Path, str]], caption
         for dataset, split in datasets:
             rows += _questions(store, encoder, captioner, dataset, split, int(sample), seed, progress)
         calibration = _fit(rows)
-        calibration.update(captioner=getattr(captioner, "name", None), sample=int(sample), seed=int(seed),
+        calibration.update(captioner=captioner_identity(captioner), sample=int(sample), seed=int(seed),
                            datasets=[f"{Path(d).name}:{s}" for d, s in datasets],
                            calibrated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            seconds=round(time.perf_counter() - started, 1))

@@ -122,11 +122,13 @@ def test_a_fingerprint_is_not_recorded_for_a_file_changed_while_it_was_read(tmp_
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"old weights")
     before = file_key(weights)
-    weights.write_bytes(b"new weights")  # replaced between reading and recording
+    weights.write_bytes(b"newer weights")  # rewritten between reading and recording
     record_fingerprint(weights, "0123456789abcdef", key=before)
     assert recorded_fingerprint(weights) is None
     record_fingerprint(weights, "0123456789abcdef", key=file_key(weights))
     assert recorded_fingerprint(weights) == "0123456789abcdef"
-    copy = tmp_path / "copy.safetensors"
-    shutil.copy2(weights, copy)  # same size and modification time, another file
-    assert recorded_fingerprint(copy) is None
+    other = tmp_path / "retrained.safetensors"
+    other.write_bytes(b"other weigh!")  # the same size as the recorded file
+    shutil.copystat(weights, other)  # and its modification time, as `cp -p` or `rsync -a` carry it
+    os.replace(other, weights)  # put in its place: same path, size and mtime, another inode
+    assert recorded_fingerprint(weights) is None

@@ -106,8 +106,9 @@ def ask(images, question, model, beams, max_tokens, tile_size, before, after, kb
 
     With --kb, the answer is grounded in a knowledge base: evidence is retrieved (hybrid retrieval), the answer
     cites it by number and the evidence list follows; the output says who answered (--lm, or TerraVL's answerer:
-    the VQA model for the image plus the evidence). When nothing relevant is retrieved the answer is "not found in
-    the knowledge base", with the best evidence score.
+    the VQA model for the image plus the evidence, weighed by the knowledge base's calibration: `terravl kb
+    calibrate`). When nothing relevant is retrieved the answer is "not found in the knowledge base", with the best
+    evidence score.
 
     \b
     Examples:

@@ -144,7 +144,8 @@ def info(kb_file, show_problems, fmt) -> None:
     if calibration:
         table(f"answer calibration for {calibration['captioner']} ({calibration['calibrated']})",
               ["collection", "scene weight", "presence weight"],
-              [[c, w["scene"], w["presence"]] for c, w in calibration["weights"].items()])
+              [[c, w["scene"], w["presence"]] for c, w in [*calibration["weights"].items(),
+                                                            ("pooled (other collections)", calibration["pooled"])]])
     else:
         stderr.print("answers: not calibrated (terravl kb calibrate)")
     if show_problems:
@@ -172,7 +173,7 @@ def calibrate(kb_file, datasets, splits, sample, model, seed, fmt) -> None:
     collection, or for another captioner: KB keeps one calibration, used only with the captioner it was fitted for.
 
     \b
-    Example (the README's knowledge base, about 3 minutes on 2 cores):
+    Example (the README's knowledge base, about 2 minutes on 2 cores):
       terravl kb calibrate rs.kb --dataset ../shared/data/rsicd_aid/dataset_rsicd_aid.json --split train \\
           --dataset ../shared/data/ucm_captions/dataset_ucm_captions.json --split train
     """
@@ -200,10 +201,12 @@ def _calibration_summary(fusion) -> dict | None:
         return None
     try:
         weights = {c: {"scene": v["scene"], "presence": v["presence"]}
-                   for c, v in {**(fusion.get("collections") or {}), "(pooled)": fusion["pooled"]}.items()}
+                   for c, v in (fusion.get("collections") or {}).items()}
+        pooled = {"scene": fusion["pooled"]["scene"], "presence": fusion["pooled"]["presence"]}
     except (KeyError, TypeError, AttributeError):
         return None
-    return {"captioner": fusion.get("captioner"), "calibrated": fusion.get("calibrated"), "weights": weights}
+    return {"captioner": fusion.get("captioner"), "calibrated": fusion.get("calibrated"), "weights": weights,
+            "pooled": pooled}
 
 
 def evidence_table(title: str, evidence: list[dict]) -> None:

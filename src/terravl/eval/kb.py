@@ -139,7 +139,8 @@ def _answers(store, encoder, captioner, records, everything, features, image_vec
         _, short, _, _ = compose(q.question, got.evidence, vqa, True, bridge_scorer(captioner, features[n],
                                                                                       q.question), fusion)
         with_kb.append(short if short is not None else vqa)
-    return {"questions": len(questions), "fusion": {"calibrated": bool(calibration),
+    matches = isinstance(calibration, dict) and calibration.get("captioner") == identity
+    return {"questions": len(questions), "fusion": {"calibrated": matches,
                                                    "questions_by_collection": weights},
             "without kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, alone)]),
             "with kb": vqa_accuracy([(q.question_type, q.answer, a) for q, a in zip(questions, with_kb)])}

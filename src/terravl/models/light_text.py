@@ -156,9 +156,10 @@ def open_text_encoder(name: str) -> LightTextEncoder | None:
             return None
         tower = onnx_text_tower(export_missing=False)
         layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
+        dim = int(config["embed_dim"])
     except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it
         return None
-    return LightTextEncoder(registry_name, source, tower, layers, int(config["embed_dim"]), fingerprint)
+    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint)
 
 
 def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:

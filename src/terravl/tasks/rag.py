@@ -323,12 +323,12 @@ def fusion_weights(calibration: dict | None, evidence: list[Evidence], captioner
     if not isinstance(calibration, dict) or calibration.get("captioner") != captioner:
         return {**FUSION_DEFAULT, "collection": None}
     ref = routing_collection(evidence)
-    collections = calibration.get("collections") or {}
-    chosen, name = (collections[ref], ref) if ref is not None and ref in collections else \
-        (calibration.get("pooled"), "pooled")
     try:
+        collections = calibration.get("collections") or {}
+        chosen, name = (collections[ref], ref) if ref is not None and ref in collections else \
+            (calibration.get("pooled"), "pooled")
         return {"scene": float(chosen["scene"]), "presence": float(chosen["presence"]), "collection": name}
-    except (TypeError, KeyError, ValueError):  # a damaged calibration: as if there were none
+    except (TypeError, KeyError, ValueError, AttributeError):  # a damaged calibration: as if there were none
         return {**FUSION_DEFAULT, "collection": None}
 
 

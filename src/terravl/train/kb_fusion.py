@@ -103,6 +103,9 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
         item_id, _ = own[str(records[n].path.resolve())]
         got = retrieve(store, encoder, q.question, None, EVIDENCE, expansion=captions[n], image_vector=vectors[n],
                        exclude={item_id})  # its own item shapes neither the ranking nor the re-ranking
+        bar.update(1)
+        if not got.found:  # answered by the bridge alone at question time: no weight applies
+            continue
         row = {"collection": routing_collection(got.evidence), "type": q.question_type, "truth": _norm(q.answer),
                "row": n, "prompt": question_prompt(q.question)}
         evidence = got.evidence
@@ -113,13 +116,13 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
             row["yes"], row["no"] = sum(e.relevance for e in yes), sum(e.relevance for e in no)
             row["candidates"] = ["yes", "no"]
         out.append(row)
-        bar.update(1)
     bar.close()
     scenes = [r for r in out if r["type"] == "scene"]  # candidates as at question time: the evidence's and the bridge's
     said = captioner.generate(features[[r["row"] for r in scenes]], [r["prompt"] for r in scenes], beams=1,
                               max_tokens=ANSWER_TOKENS) if scenes else []
     for row, answer in zip(scenes, said):
         row["candidates"] = scene_candidates(row["votes"], answer)
+    out = [r for r in out if r["candidates"]]  # no labelled evidence and no answer: nothing to weigh
     logps = captioner.answer_logprobs(features[[r["row"] for r in out]], [r["prompt"] for r in out],
                                       [r["candidates"] for r in out])
     for row, lp in zip(out, logps):

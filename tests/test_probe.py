@@ -541,6 +541,7 @@ CLI: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "kb-calibrate-invalid-data": C("kb calibrate {kb} --dataset {invalid_json} --split train"),
     "kb-calibrate-not-in-kb": C("kb calibrate {kb} --dataset {kp_ok} --split train --model {model}"),
     "kb-calibrate-sample-zero": C("kb calibrate {kb} --dataset {kp_ok} --split train --sample 0"),
+    "kb-calibrate-nonutf8-data": C("kb calibrate {kb} --dataset {nonutf8_json} --split train"),
     "kb-add-missing": C("kb add {w}/missing.kb {png}"),
     "kb-add-not-a-kb": C("kb add {tif} {png}"),
     "kb-add-no-source": C("kb add {kb}", (2,)),

@@ -58,17 +58,14 @@ def evaluate_kb(kb: str | Path, datasets: list[tuple[str | Path, str]], captione
 
 def _evaluate_one(store, encoder, captioner, dataset, split, limit, parts, progress) -> dict:
     from terravl.datasets.class_names import class_phrase
-    from terravl.tasks.rag import shares_vectors
     from terravl.kb import retrieve
-    from terravl.models.bridge import CAPTION_PROMPT
     from terravl.models.progress import progress_bar
+    from terravl.tasks.rag import image_side
 
     records, everything = _records(dataset, split, limit)
     started = time.perf_counter()
-    features = captioner.encoder.encode_images([r.path for r in records], batch_size=64, progress=progress)
-    same = shares_vectors(captioner.encoder, encoder, store.model)
-    image_vectors = features if same else encoder.encode_images([r.path for r in records], batch_size=64)
-    captions = captioner.generate(features, CAPTION_PROMPT)
+    features, image_vectors, captions = image_side(captioner, encoder, store.model, [r.path for r in records],
+                                                   progress)
     out: dict = {"images": len(records), "seconds": {}}
     out["seconds"]["encode_and_caption"] = round(time.perf_counter() - started, 1)
     hybrid: list = []

@@ -7,7 +7,7 @@ configs (one JSON file per model in ``configs/``), builders by family, explicit 
 >>> enc.encode_images(["a.jpg", "b.tif"]).shape    # (2, 512), L2-normalised float32
 """
 
-import importlib
+from terravl.lazy import lazy_exports
 
 _EXPORTS = {
     "CheckpointError": "checkpoints", "read_state_dict": "checkpoints", "Encoder": "encoder",
@@ -18,18 +18,7 @@ _EXPORTS = {
     "list_models": "registry", "register": "registry", "register_captioner": "registry",
     "PREFIXES": "sources", "parse_source": "sources",
 }
-
-
-def __getattr__(name: str):
-    """The public names, imported on first use: ``import terravl.models`` stays free of PyTorch (about 3 s), so a
-    text query answered by the ONNX path (:mod:`terravl.models.light_text`) never pays for it."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'terravl.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"terravl.models.{module}"), name)
-    globals()[name] = value
-    return value
-
+lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["BUILDERS", "CAPTIONERS", "DEFAULT_CAPTIONER", "DEFAULT_MODEL", "PREFIXES", "REGISTRY", "CaptionerConfig",
            "CheckpointError", "Encoder", "ModelConfig", "WeightsNotFoundError", "get_captioner_config", "get_config",

@@ -170,20 +170,25 @@ class Captioner(nn.Module):
                                   [self.target_ids(t) for t in targets])
 
     def loss_from_ids(self, features, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> torch.Tensor:
+        inputs, mask, p = self._teacher_forced(features, prompt_ids, target_ids)
+        labels = torch.full(mask.shape, -100, dtype=torch.long)
+        for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
+            labels[i, p + len(a): p + len(a) + len(b)] = torch.tensor(b)
+        return self.lm(inputs_embeds=inputs, attention_mask=mask, labels=labels.to(inputs.device)).loss
+
+    def _teacher_forced(self, features, prompt_ids: list[list[int]], target_ids: list[list[int]]
+                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(input embeddings, attention mask, prefix length) of prefix + prompt + target rows, right-padded."""
         prefix = self._prefix(features)
         embed = self.lm.get_input_embeddings()
         device, p = prefix.device, prefix.shape[1]
-        lengths = [len(a) + len(b) for a, b in zip(prompt_ids, target_ids)]
-        width = p + max(lengths)
-        tokens = torch.full((len(lengths), width - p), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(lengths), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(lengths), width), dtype=torch.long)
+        width = max(len(a) + len(b) for a, b in zip(prompt_ids, target_ids))
+        tokens = torch.full((len(prompt_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), p + width), dtype=torch.long)
         for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
             tokens[i, : len(a) + len(b)] = torch.tensor(a + b)
-            labels[i, p + len(a): p + len(a) + len(b)] = torch.tensor(b)
             mask[i, : p + len(a) + len(b)] = 1
-        inputs = torch.cat([prefix, embed(tokens.to(device))], dim=1)
-        return self.lm(inputs_embeds=inputs, attention_mask=mask.to(device), labels=labels.to(device)).loss
+        return torch.cat([prefix, embed(tokens.to(device))], dim=1), mask.to(device), p
 
     @torch.inference_mode()
     def answer_logprobs(self, features, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
@@ -214,18 +219,9 @@ class Captioner(nn.Module):
         return out
 
     def _sequence_logprobs(self, features, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> np.ndarray:
-        """Summed log-probability of each target sequence (teacher forcing, right padding)."""
-        prefix = self._prefix(features)
-        embed = self.lm.get_input_embeddings()
-        device, p = prefix.device, prefix.shape[1]
-        width = max(len(a) + len(b) for a, b in zip(prompt_ids, target_ids))
-        tokens = torch.full((len(prompt_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), p + width), dtype=torch.long)
-        for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
-            tokens[i, : len(a) + len(b)] = torch.tensor(a + b)
-            mask[i, : p + len(a) + len(b)] = 1
-        inputs = torch.cat([prefix, embed(tokens.to(device))], dim=1)
-        logits = self.lm(inputs_embeds=inputs, attention_mask=mask.to(device)).logits
+        """Summed log-probability of each target sequence (teacher forcing)."""
+        inputs, mask, p = self._teacher_forced(features, prompt_ids, target_ids)
+        logits = self.lm(inputs_embeds=inputs, attention_mask=mask).logits
         out = np.zeros(len(prompt_ids), dtype=np.float64)
         for i, (a, b) in enumerate(zip(prompt_ids, target_ids)):
             at = p + len(a) - 1  # the position whose output predicts the first target token

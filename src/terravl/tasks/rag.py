@@ -77,6 +77,17 @@ def shares_vectors(captioner_encoder, encoder, kb_model: str) -> bool:
             and getattr(captioner_encoder, "use_memory", None) == getattr(encoder, "use_memory", None))
 
 
+def image_side(captioner, encoder, kb_model: str, paths: list, progress: bool | None = None):
+    """For many query images at once: (the bridge's features, the vectors that query the knowledge base, the
+    captioner's descriptions). The features stand for the vectors only when :func:`shares_vectors` says so."""
+    from terravl.models.bridge import CAPTION_PROMPT
+
+    features = captioner.encoder.encode_images(paths, batch_size=64, progress=progress)
+    vectors = features if shares_vectors(captioner.encoder, encoder, kb_model) else \
+        encoder.encode_images(paths, batch_size=64)
+    return features, vectors, captioner.generate(features, CAPTION_PROMPT)
+
+
 def not_found_text(best: float, threshold: float) -> str:
     return (f"Not found in the knowledge base: no evidence is relevant enough (best evidence score {best:.2f}, "
             f"below {threshold:.2f}).")

@@ -74,10 +74,10 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
     from terravl.datasets import KarpathyCaptions
     from terravl.datasets.derived_vqa import derive_questions
     from terravl.kb import retrieve
-    from terravl.models.bridge import CAPTION_PROMPT, question_prompt
+    from terravl.models.bridge import question_prompt
     from terravl.models.progress import progress_bar
-    from terravl.tasks.rag import (ANSWER_TOKENS, _norm, presence_votes, routing_collection, scene_candidates,
-                                   scene_votes, shares_vectors)
+    from terravl.tasks.rag import (ANSWER_TOKENS, _norm, image_side, presence_votes, routing_collection,
+                                   scene_candidates, scene_votes)
 
     everything = KarpathyCaptions(dataset).records
     records = [r for r in everything if r.split == split and r.path is not None and r.label]
@@ -89,10 +89,7 @@ def _questions(store, encoder, captioner, dataset, split, sample, seed, progress
     if not records:
         raise InputError(dataset, f"none of the images of split {split!r} is in the knowledge base: calibrate on "
                                   f"the split it was built from")
-    features = captioner.encoder.encode_images([r.path for r in records], batch_size=64, progress=progress)
-    same = shares_vectors(captioner.encoder, encoder, store.model)
-    vectors = features if same else encoder.encode_images([r.path for r in records], batch_size=64)
-    captions = captioner.generate(features, CAPTION_PROMPT)
+    features, vectors, captions = image_side(captioner, encoder, store.model, [r.path for r in records], progress)
     row_of = {r.image_id: n for n, r in enumerate(records)}
     questions = [q for q in derive_questions(everything) if q.split == split and q.image_id in row_of
                  and q.question_type in ("scene", "presence")]

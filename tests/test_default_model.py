@@ -23,7 +23,7 @@ UCM_CLASSES = ["airplane", "beach", "golfcourse", "harbor", "tenniscourt"]
 def test_shipped_weights_load_and_match_the_model_card():
     folder = config.packaged_models_dir() / "terravl-default"
     weights = folder / "model.safetensors"
-    assert weights.stat().st_size < 25 * 1024 * 1024
+    assert weights.stat().st_size < 20 * 1024 * 1024  # the int8 caption memory keeps it under the 20 MiB flag
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text()
     assert digest in card, "MODEL_CARD.md must state the sha256 of the shipped weights"

@@ -14,7 +14,7 @@ import terravl.models as m
 from fakedata import write_image
 from terravl.errors import InputError
 from terravl.index import IndexOpenError, IndexStore, build_index
-from terravl.model_versions import SHIPPED_FINGERPRINTS, pinned_model
+from terravl.model_versions import SAME_VECTORS, SHIPPED_FINGERPRINTS, pinned_model, same_weights
 from terravl.models.feature_cache import weights_fingerprint
 from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel
 from terravl.tasks import search
@@ -34,7 +34,23 @@ def test_pinned_model_names_the_version_that_holds_the_weights():
 def test_the_recorded_fingerprints_are_those_of_the_shipped_earlier_versions():
     for fingerprint, name in SHIPPED_FINGERPRINTS.items():
         assert weights_fingerprint(m.load(name)) == fingerprint
-    assert weights_fingerprint(m.load("terravl-default")) not in SHIPPED_FINGERPRINTS
+    installed = weights_fingerprint(m.load("terravl-default"))
+    assert installed not in SHIPPED_FINGERPRINTS
+    assert set(SAME_VECTORS.values()) == {installed}  # v3 as first shipped stands in for the int8-memory v3
+
+
+def test_vectors_of_v3_as_first_shipped_are_accepted_and_nothing_else_is(tmp_path):
+    """An index built with v3 before its caption memory was stored as int8 opens with today's v3 (the vectors are
+    within cosine 0.9993); any other recorded fingerprint under the same name is still refused."""
+    installed = weights_fingerprint(m.load("terravl-default"))
+    first_v3 = next(iter(SAME_VECTORS))
+    assert same_weights(first_v3, installed) and same_weights(installed, installed)
+    assert not same_weights(installed, first_v3) and not same_weights("0123456789abcdef", installed)
+    IndexStore(tmp_path / "idx", create=True, model="terravl-default", dim=384, weights=first_v3).close()
+    IndexStore(tmp_path / "idx", model="terravl-default", weights=installed).close()
+    IndexStore(tmp_path / "other", create=True, model="terravl-default", dim=384, weights="0123456789abcdef").close()
+    with pytest.raises(IndexOpenError, match="other weights"):
+        IndexStore(tmp_path / "other", model="terravl-default", weights=installed)
 
 
 def _tiny(folder, seed: int):

@@ -241,3 +241,51 @@ def test_the_caption_memory_is_stored_packed_and_loads_bit_identical(tmp_path):
     assert torch.equal(back["memory_values"], values) and back["memory_values"].dtype == torch.float16
     distinct = {"memory_values": torch.eye(3, dtype=torch.float16)}
     assert pack_memory(distinct) is distinct and unpack_memory(distinct) is distinct  # nothing to share: as it was
+
+
+def test_an_int8_caption_memory_saves_smaller_loads_bit_identical_and_keeps_directions(tmp_path):
+    """``memory_storage: int8``: codes + one scale per row; a save of the loaded model changes nothing (the file is
+    what the fingerprint covers), identical prototypes are still stored once, and every row keeps its direction."""
+    import torch
+    import torch.nn.functional as F
+
+    from terravl.models.terravl_encoder import DEFAULT_CONFIG, TerraVLModel, quantize_rows
+
+    torch.manual_seed(0)
+    config = {**DEFAULT_CONFIG, "embed_dim": 16,
+              "image": {**DEFAULT_CONFIG["image"], "widths": [8, 16], "depths": [1, 1], "resolution": 32}}
+    keys = F.normalize(torch.randn(64, 16), dim=-1)
+    values = F.normalize(torch.randn(8, 16), dim=-1)[torch.arange(64) % 8]  # templated captions: 8 prototypes
+    plain, small = TerraVLModel(config), TerraVLModel(config)
+    small.load_state_dict(plain.state_dict(), strict=False)
+    plain.set_memory(keys, values, k=5, tau=0.05, alpha=0.5)
+    small.set_memory(keys, values, k=5, tau=0.05, alpha=0.5, storage="int8")
+    assert small.memory_keys.dtype == torch.int8 and small.config["memory"]["storage"] == "int8"
+    q_keys, q_values = small._memory_fp32()
+    assert float(F.cosine_similarity(q_keys, keys).min()) > 0.999
+    assert float(F.cosine_similarity(q_values, values).min()) > 0.999
+    pixels = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        cos = F.cosine_similarity(plain.encode_image(pixels), small.encode_image(pixels))
+    assert float(cos.min()) > 0.999
+    plain.save(tmp_path / "fp16")
+    small.save(tmp_path / "int8")
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "int8" / "model.safetensors"))
+    assert stored["memory_values_unique"].shape == (8, 16) and stored["memory_values_unique"].dtype == torch.int8
+    assert stored["memory_keys_scale"].dtype == torch.float32
+    assert (tmp_path / "int8" / "model.safetensors").stat().st_size < (tmp_path / "fp16" /
+                                                                       "model.safetensors").stat().st_size
+    loaded = TerraVLModel.load(tmp_path / "int8")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in small.state_dict().items())
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (tmp_path / "int8" /
+                                                                        "model.safetensors").read_bytes()
+    codes, scale = quantize_rows(torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]]))
+    assert codes.tolist() == [[64, -127, 32], [0, 0, 0]] and float(scale[0, 0]) == pytest.approx(1 / 127)
+    with pytest.raises(ValueError, match="float16 or int8"):
+        plain.set_memory(keys, values, k=5, tau=0.05, alpha=0.5, storage="int4")
+    fp16_again = TerraVLModel.load(tmp_path / "int8")
+    fp16_again.set_memory(keys, values, k=5, tau=0.05, alpha=0.5)  # back to float16: no stale scales remain
+    assert "memory_keys_scale" not in fp16_again.state_dict() and "storage" not in fp16_again.config["memory"]

@@ -161,7 +161,8 @@ def test_fine_tuning_an_open_clip_checkpoint(tmp_path, fake_captions, mode):
 
 def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
     data = write_karpathy(tmp_path / "data" / "d.json", n_train=40, n_test=4)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "mem"), epochs=2, val_fraction=0.2, **TINY)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "mem"), epochs=2, val_fraction=0.2, memory_storage="int8",
+                      **TINY)
     info = train(cfg, log=lambda _: None)
     assert info["data"]["train_images"] == 32 and info["data"]["validation_images"] == 8
     folder = tmp_path / "mem" / "model"
@@ -170,9 +171,17 @@ def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
     image = data.parent / "imgs" / "scene_0.jpg"
     if "memory" in info["scores"]:  # attached: the saved model carries it and uses it
         assert config["memory"]["size"] == 32 and encoder.model.memory_keys.shape == (32, 32)
+        assert config["memory"]["storage"] == "int8" and encoder.model.memory_keys.dtype == torch.int8
     else:
         assert "memory" not in config
     assert encoder.encode_images([image]).shape == (1, 32)
+
+
+def test_an_unknown_memory_storage_is_refused_before_training(tmp_path):
+    data = write_karpathy(tmp_path / "data" / "d.json", n_train=8, n_test=2)
+    with pytest.raises(ValueError, match="memory_storage"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "x"), memory_storage="int4", **TINY), log=lambda _: None)
+    assert not (tmp_path / "x" / "model").exists()
 
 
 def test_caption_memory_round_trips_through_save_and_load(tmp_path):

@@ -16,6 +16,15 @@ BEFORE_FINGERPRINTS = "terravl-default-v2"
 the default before — since :data:`V2_SHIPPED`; one created earlier was built with v1."""
 V2_SHIPPED = "2026-11-27T09:10:01Z"
 """When v2 became the default (the commit that shipped it); stores record ``created`` in this format."""
+SAME_VECTORS = {"732a83366a39515d": "a2afcb9b4546896b"}
+"""Recorded fingerprint → installed fingerprint whose vectors stand in for it: v3 as first shipped (float16 caption
+memory) → v3 with its memory stored as int8 rows (its image vectors within cosine 0.9993 of the first's on both
+evaluation splits; text vectors identical), so indexes and knowledge bases built before the switch stay usable."""
+
+
+def same_weights(built: str, installed: str) -> bool:
+    """Whether vectors recorded with weights ``built`` may be compared with those of weights ``installed``."""
+    return built == installed or SAME_VECTORS.get(built) == installed
 
 
 def pinned_model(name: str, weights: str | None, created: str | None = None) -> str:

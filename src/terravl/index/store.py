@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from terravl.errors import InputError, OutputError, TerraVLError
-from terravl.model_versions import DEFAULT_NAME, pinned_model
+from terravl.model_versions import DEFAULT_NAME, pinned_model, same_weights
 
 SCHEMA_VERSION = 2
 """2 added the ``locations`` table; a version-1 index is upgraded when first opened for writing (and read as it
@@ -249,7 +249,7 @@ class IndexStore:
         if recorded != wanted:
             raise IndexOpenError(self.path, f"index was built with model {recorded!r}; the encoder given is {wanted!r}"
                                  + (f" (give --model {recorded} to use it)" if wanted == DEFAULT_NAME else ""))
-        if built and weights and built != weights:
+        if built and weights and not same_weights(built, weights):
             raise IndexOpenError(self.path, f"index was built with other weights of {model!r} (fingerprint {built}, "
                                             f"installed now {weights}): its vectors do not match this model; "
                                             f"rebuild it into a new folder")

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from terravl.errors import InputError, OutputError
-from terravl.model_versions import pinned_model
+from terravl.model_versions import pinned_model, same_weights
 from terravl.index.store import _connect, _Transaction
 
 SCHEMA_VERSION = 1
@@ -186,7 +186,7 @@ class KBStore:
         name = pinned_model(encoder.source or encoder.name, now)  # terravl-default holding v2 is terravl-default-v2
         if name != self.model:
             raise KBOpenError(self.path, f"was built with model {self.model!r}; the encoder given is {name!r}")
-        if built and now and built != now:
+        if built and now and not same_weights(built, now):
             raise KBOpenError(self.path, f"was built with other weights of {name!r} (fingerprint {built}, installed "
                                          f"now {now}): its vectors do not match this model; rebuild it with "
                                          f"`terravl kb build`")

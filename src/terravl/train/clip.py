@@ -65,6 +65,7 @@ class TrainConfig:
     head_hidden: int = 1024
     backbone_lr_scale: float = 1.0       # terravl-lite0: the pretrained trunk learns at lr × this
     storage: str = "float32"             # dtype of the exported weights file: float32 or float16 (half the size)
+    memory_storage: str = "float16"      # caption memory rows: float16, or int8 with a scale per row (half again)
     seed: int = 0
     device: str = "auto"                 # auto (CUDA if present), cpu, cuda
     precision: str = "auto"              # auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16
@@ -139,6 +140,8 @@ def model_config(cfg: TrainConfig, mean, std) -> dict:
         raise ValueError(f"storage: float32 or float16, got {cfg.storage!r}")
     if cfg.storage == "float16":
         config["storage"] = "float16"
+    if cfg.memory_storage not in ("float16", "int8"):
+        raise ValueError(f"memory_storage: float16 or int8, got {cfg.memory_storage!r}")
     if cfg.model == "terravl-lite0":
         config["arch"] = "terravl-lite0"
         config["image"] = {**LITE0_IMAGE, "head": cfg.image_head, "hidden": cfg.head_hidden,
@@ -424,7 +427,7 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
         f"{best}")
     if best["alpha"] >= 1.0:
         return None
-    model.set_memory(keys, values, best["k"], best["tau"], best["alpha"])
+    model.set_memory(keys, values, best["k"], best["tau"], best["alpha"], storage=cfg.memory_storage)
     return {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
 
 

@@ -132,3 +132,26 @@ def test_a_fingerprint_is_not_recorded_for_a_file_changed_while_it_was_read(tmp_
     shutil.copystat(weights, other)  # and its modification time, as `cp -p` or `rsync -a` carry it
     os.replace(other, weights)  # put in its place: same path, size and mtime, another inode
     assert recorded_fingerprint(weights) is None
+
+
+def test_the_warm_up_thread_and_the_query_share_one_tower(monkeypatch, full):
+    """`terravl search` loads the text tower in a thread while it opens the index: the query's encoder must wait
+    for that tower rather than load a second one; with the light path off, the warm-up loads nothing."""
+    import threading
+
+    from terravl.models import light_text, text_onnx
+
+    monkeypatch.setattr(text_onnx, "_LOADED", {})
+    made = []
+    real = text_onnx.OnnxSentenceEncoder
+    monkeypatch.setattr(text_onnx, "OnnxSentenceEncoder", lambda *args: made.append(real(*args)) or made[-1])
+    monkeypatch.setenv("TERRAVL_LIGHT_TEXT", "0")
+    light_text.warm_up()
+    assert made == [] and text_onnx._LOADED == {}
+    monkeypatch.delenv("TERRAVL_LIGHT_TEXT")
+    thread = threading.Thread(target=light_text.warm_up)
+    thread.start()
+    light = open_text_encoder("terravl-default")
+    thread.join()
+    assert len(made) == 1 and light is not None and light.tower is made[0]
+    assert np.abs(light.encode_texts(TEXTS) - full.encode_texts(TEXTS)).max() < 1e-5

@@ -174,6 +174,20 @@ def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndar
                 for p in prefixes]
 
 
+def warm_up() -> None:
+    """Load the exported MiniLM graph now (ONNX Runtime's import and session set-up, ~0.5 s of a cold process), for
+    a caller that runs it in a background thread while it imports the rest and opens its index; the later
+    :func:`open_text_encoder` finds it loaded (one lock: it is never loaded twice). Silent: whatever fails here
+    fails again, and is handled, where the encoder is opened."""
+    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower, text_backend
+
+    try:
+        if os.environ.get(LIGHT_ENV, "1").strip() != "0" and text_backend() != "torch":
+            onnx_text_tower(export_missing=False)
+    except (Exception, OnnxUnavailable):  # noqa: BLE001 - see above
+        pass
+
+
 def query_encoder(name: str):
     """The encoder for text queries of an index or knowledge base built with ``name``: its PyTorch-free text side
     when that can serve (:func:`open_text_encoder`), else the full model."""

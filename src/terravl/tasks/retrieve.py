@@ -62,6 +62,9 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
 
 def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
             approximate) -> list[SearchHit]:
+    if not isinstance(store, ShardSet) and _use_ann(store, bbox, date_from, date_to, approximate):
+        IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate index
+        # while the text tower still loads in its background thread (terravl.cli.index_cmd); kept per process
     encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
@@ -82,8 +85,7 @@ def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date
     cache must be built (its ``nprobe`` tuned on a sample of text queries, ``sample``) or an IVF-PQ index
     re-ranks with them."""
     allowed = store.filter_ids(bbox, date_from, date_to)
-    use_ann = allowed is None and (approximate if approximate is not None else store.count() >= ANN_THRESHOLD)
-    if use_ann:
+    if allowed is None and _use_ann(store, bbox, date_from, date_to, approximate):
         ann = IVFIndex.load(store.path, store.version)
         if ann is None or ann.kind == "pq":
             ids, vectors = store.vectors()
@@ -98,6 +100,14 @@ def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date
         ids, vectors = ids[mask], vectors[mask]
     pos, scores = exact_search(vectors, query, k)
     return ids[pos], scores
+
+
+def _use_ann(store: IndexStore, bbox, date_from, date_to, approximate) -> bool:
+    """Whether a search of ``store`` goes to the approximate index: no filter, and ``approximate`` asked for it or
+    the store holds at least :data:`ANN_THRESHOLD` vectors."""
+    if bbox is not None or date_from is not None or date_to is not None:
+        return False
+    return approximate if approximate is not None else store.count() >= ANN_THRESHOLD
 
 
 def _search_shards(shards: ShardSet, query: np.ndarray, k: int, bbox, date_from, date_to,

@@ -100,3 +100,22 @@ def test_generic_band_names_and_infrared_numbers_are_not_read_as_colours():
     assert naip_like.bands == (1, 2, 3)  # as before: GDAL's generic names say nothing about colour
     assert choose_bands("auto", 4, "x.tif", (), ("band_1", "band_2", "band_3", "band_4")).bands == (1, 2, 3)
     assert band_colour("B4 (NIR)") is None and band_colour("B04") == "red" and band_colour("SR_B3") == "green"
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 65535.0), (1834.6, 4711.2), (100.0, 101.0), (-50.5, 300.25),
+                                      (60000.0, 70000.0)])
+def test_16_bit_stretch_matches_the_lookup_table_it_replaced_at_every_level(low, high):
+    """16-bit data is scaled arithmetically now (faster than a 65,536-entry table); every level must map to the
+    byte the table gave (float32, clip, round half to even)."""
+    from terravl.io.bands import Stretch, to_uint8
+
+    levels = np.arange(65536, dtype=np.float32)
+    table = np.clip((levels - low) * (255.0 / (high - low)), 0, 255).round().astype(np.uint8)
+    data = np.stack([np.arange(65536, dtype=np.uint16).reshape(256, 256)] * 3)
+    out = to_uint8(data, Stretch((low,) * 3, (high,) * 3))
+    assert out.dtype == np.uint8 and out.shape == data.shape
+    assert np.array_equal(out[1].ravel(), table)
+    valid = np.ones((256, 256), dtype=bool)
+    valid[0, :10] = False
+    masked = to_uint8(data, Stretch((low,) * 3, (high,) * 3), valid)
+    assert (masked[:, 0, :10] == 0).all() and np.array_equal(masked[2].ravel()[10:], table[10:])

@@ -112,7 +112,7 @@ def in_process(index: Path, queries: list[str]) -> list[dict]:
     rows = []
     half = len(queries) // 2
     for label, tower in (("PyTorch", shared_sentence_encoder()), ("ONNX Runtime", onnx_text_tower())):
-        encoder = m.load("terravl-default")
+        encoder = m.load(store.model)  # the model the index records (one built before v3 holds v2 vectors)
         encoder._text = tower
         search(store, text="warm-up", encoder=encoder)
         encode = []
@@ -127,7 +127,7 @@ def in_process(index: Path, queries: list[str]) -> list[dict]:
             whole.append(1000 * (time.perf_counter() - t))
         rows.append({"what": f"text tower: {label}", "encode_p50_ms": p50(encode), "search_p50_ms": p50(whole),
                      "queries": len(whole)})
-    cached = CachedTextEncoder(encoder, TextCache(), "terravl-default")
+    cached = CachedTextEncoder(encoder, TextCache(), store.model)
     for q in queries[half:]:
         cached.encode_texts([q])
     hits = []

@@ -115,6 +115,8 @@ def test_16_bit_stretch_matches_the_lookup_table_it_replaced_at_every_level(low,
     out = to_uint8(data, Stretch((low,) * 3, (high,) * 3))
     assert out.dtype == np.uint8 and out.shape == data.shape
     assert np.array_equal(out[1].ravel(), table)
+    widened = to_uint8(data, Stretch((np.float64(low),) * 3, (np.float64(high),) * 3))  # numpy limits: same bytes
+    assert np.array_equal(widened, out)
     valid = np.ones((256, 256), dtype=bool)
     valid[0, :10] = False
     masked = to_uint8(data, Stretch((low,) * 3, (high,) * 3), valid)

@@ -286,6 +286,12 @@ def test_an_int8_caption_memory_saves_smaller_loads_bit_identical_and_keeps_dire
     assert codes.tolist() == [[64, -127, 32], [0, 0, 0]] and float(scale[0, 0]) == pytest.approx(1 / 127)
     with pytest.raises(ValueError, match="float16 or int8"):
         plain.set_memory(keys, values, k=5, tau=0.05, alpha=0.5, storage="int4")
+    half = TerraVLModel({**config, "storage": "float16"})  # float16 storage: halves everything but the scales
+    half.set_memory(keys, values, k=5, tau=0.05, alpha=0.5, storage="int8")
+    half.save(tmp_path / "half")
+    stored = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert stored["logit_scale"].dtype == torch.float16 and stored["memory_keys_scale"].dtype == torch.float32
+    assert torch.equal(TerraVLModel.load(tmp_path / "half").memory_values_scale, half.memory_values_scale)
     fp16_again = TerraVLModel.load(tmp_path / "int8")
     fp16_again.set_memory(keys, values, k=5, tau=0.05, alpha=0.5)  # back to float16: no stale scales remain
     assert "memory_keys_scale" not in fp16_again.state_dict() and "storage" not in fp16_again.config["memory"]

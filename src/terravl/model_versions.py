@@ -19,7 +19,8 @@ V2_SHIPPED = "2026-11-27T09:10:01Z"
 SAME_VECTORS = {"732a83366a39515d": "a2afcb9b4546896b"}
 """Recorded fingerprint → installed fingerprint whose vectors stand in for it: v3 as first shipped (float16 caption
 memory) → v3 with its memory stored as int8 rows (its image vectors within cosine 0.9993 of the first's on both
-evaluation splits; text vectors identical), so indexes and knowledge bases built before the switch stay usable."""
+evaluation splits; text vectors identical), so indexes and knowledge bases built before the switch stay usable.
+When a v4 ships, :data:`SHIPPED_FINGERPRINTS` must name both v3 fingerprints ``terravl-default-v3``."""
 
 
 def same_weights(built: str, installed: str) -> bool:

@@ -160,6 +160,11 @@ class Stretch:
     high: tuple[float, ...]
     identity: bool = False
 
+    def __post_init__(self) -> None:
+        # Python floats: the conversion computes in float32 with them (a numpy float64 would widen it)
+        object.__setattr__(self, "low", tuple(float(v) for v in self.low))
+        object.__setattr__(self, "high", tuple(float(v) for v in self.high))
+
     @classmethod
     def none(cls, nbands: int = 3) -> "Stretch":
         return cls((0.0,) * nbands, (255.0,) * nbands, identity=True)

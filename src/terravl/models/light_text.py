@@ -179,12 +179,12 @@ def warm_up() -> None:
     a caller that runs it in a background thread while it imports the rest and opens its index; the later
     :func:`open_text_encoder` finds it loaded (one lock: it is never loaded twice). Silent: whatever fails here
     fails again, and is handled, where the encoder is opened."""
-    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower, text_backend
-
     try:
+        from terravl.models.text_onnx import onnx_text_tower, text_backend
+
         if os.environ.get(LIGHT_ENV, "1").strip() != "0" and text_backend() != "torch":
             onnx_text_tower(export_missing=False)
-    except (Exception, OnnxUnavailable):  # noqa: BLE001 - see above
+    except Exception:  # noqa: BLE001 - see above (OnnxUnavailable is an Exception too)
         pass
 
 

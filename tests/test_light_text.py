@@ -155,3 +155,21 @@ def test_the_warm_up_thread_and_the_query_share_one_tower(monkeypatch, full):
     thread.join()
     assert len(made) == 1 and light is not None and light.tower is made[0]
     assert np.abs(light.encode_texts(TEXTS) - full.encode_texts(TEXTS)).max() < 1e-5
+
+
+def test_commands_warm_the_tower_in_a_thread_that_has_finished_when_they_return(monkeypatch, full):
+    """`terravl search` and `kb query` wrap their work in text_tower_warming: the tower is loaded by the time the
+    block ends (the thread joined), and nothing is started when the command will not need it."""
+    import threading
+
+    from terravl.cli.warm import text_tower_warming
+    from terravl.models import text_onnx
+
+    monkeypatch.setattr(text_onnx, "_LOADED", {})
+    with text_tower_warming(False):
+        names = {t.name for t in threading.enumerate()}
+    assert "terravl-text-warm-up" not in names and text_onnx._LOADED == {}
+    with text_tower_warming(True):
+        pass
+    assert len(text_onnx._LOADED) == 1
+    assert not any(t.name == "terravl-text-warm-up" for t in threading.enumerate())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -274,25 +273,10 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None
       terravl search scenes.idx "center-pivot irrigation" --bbox -100,46,-98,48 --format geojson
       terravl search aid.idx --image query.jpg
     """
-    warming = _warm_query_tower() if text is not None and image is None and captions is None else None
-    try:
+    from terravl.cli.warm import text_tower_warming
+
+    with text_tower_warming(text is not None and image is None and captions is None):
         _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt)
-    finally:
-        if warming is not None:
-            warming.join()  # never leave ONNX Runtime mid-set-up in a thread at exit
-
-
-def _warm_query_tower() -> threading.Thread:
-    """Start loading the text tower a query will need (:func:`terravl.models.light_text.warm_up`) in a thread, so
-    a cold process overlaps it with importing the search code and opening the index (measured: ~0.3 s of ~1.7)."""
-    def run() -> None:
-        from terravl.models.light_text import warm_up
-
-        warm_up()
-
-    thread = threading.Thread(target=run, name="terravl-text-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None:

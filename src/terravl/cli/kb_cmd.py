@@ -253,11 +253,20 @@ def query(kb_file, question, image, k, bbox, date_from, date_to, retrievers, no_
       terravl kb query site.kb "burned forest" --bbox 10,45,11,46 --date-from 2019-01-01 --format json
       terravl kb query rs.kb --image scene.jpg --retrievers image
     """
+    if question is None and image is None:
+        raise click.UsageError("give a QUESTION, --image, or both")
+    from terravl.cli.warm import text_tower_warming
+
+    with text_tower_warming(image is None):
+        return _query(kb_file, question, image, k, bbox, date_from, date_to, retrievers, no_rerank, describe,
+                      min_relevance, fmt)
+
+
+def _query(kb_file, question, image, k, bbox, date_from, date_to, retrievers, no_rerank, describe, min_relevance,
+           fmt) -> int:
     import terravl.models as m
     from terravl.kb import KBStore, retrieve
 
-    if question is None and image is None:
-        raise click.UsageError("give a QUESTION, --image, or both")
     expansion = None
     with KBStore(kb_file, readonly=True) as store:
         if image is None:  # a question alone: the model's PyTorch-free text side when it can serve

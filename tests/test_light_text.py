@@ -173,3 +173,12 @@ def test_commands_warm_the_tower_in_a_thread_that_has_finished_when_they_return(
         pass
     assert len(text_onnx._LOADED) == 1
     assert not any(t.name == "terravl-text-warm-up" for t in threading.enumerate())
+
+
+def test_query_encoder_gives_the_light_side_only_for_text_alone(full):
+    from terravl.models.light_text import LightTextEncoder, query_encoder
+
+    assert isinstance(query_encoder("terravl-default"), LightTextEncoder)
+    both = query_encoder("terravl-default", text_only=False)  # images too: the full model
+    assert not isinstance(both, LightTextEncoder) and both.encode_images
+    assert encoder_fingerprint(both) == encoder_fingerprint(full)

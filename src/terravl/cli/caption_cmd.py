@@ -170,16 +170,11 @@ def _ask_kb(images, question, kb_file: Path, lm: Path | None, k: int, model: str
     check_text(question, "question")
     check_k(k, "evidence", 50)
     relevance_threshold(bool(images), min_relevance)
-    import terravl.models as m
+    from terravl.models.light_text import query_encoder
 
     answers, problems = [], []
     with KBStore(kb_file, readonly=True) as store:
-        if images or lm is not None:
-            encoder = m.load(store.model)
-        else:  # a question alone: the model's PyTorch-free text side when it can serve
-            from terravl.models.light_text import query_encoder
-
-            encoder = query_encoder(store.model)
+        encoder = query_encoder(store.model, text_only=not images and lm is None)
         captioner = _load(model) if images else None
         for image in images or [None]:
             try:

@@ -266,15 +266,11 @@ def _query(kb_file, question, image, k, bbox, date_from, date_to, retrievers, no
            fmt) -> int:
     import terravl.models as m
     from terravl.kb import KBStore, retrieve
+    from terravl.models.light_text import query_encoder
 
     expansion = None
     with KBStore(kb_file, readonly=True) as store:
-        if image is None:  # a question alone: the model's PyTorch-free text side when it can serve
-            from terravl.models.light_text import query_encoder
-
-            encoder = query_encoder(store.model)
-        else:
-            encoder = m.load(store.model)
+        encoder = query_encoder(store.model, text_only=image is None)
         encoder.encode_texts(["warm-up"])  # loads the text tower now, so the timings are the query's own
         if image is not None and describe:
             from terravl.models.bridge import CAPTION_PROMPT

@@ -133,15 +133,10 @@ def open_text_encoder(name: str) -> LightTextEncoder | None:
     """The PyTorch-free text side of the TerraVL model ``name`` (a registry name or a model folder), or None when
     it cannot serve here: not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
     MiniLM graph not exported yet, the weights' fingerprint not recorded yet, or anything unreadable."""
-    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower, text_backend
+    from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower
 
-    if os.environ.get(LIGHT_ENV, "1").strip() == "0":
+    if not _switched_on():
         return None
-    try:
-        if text_backend() == "torch":
-            return None
-    except ValueError:
-        return None  # the full loader reports the bad setting
     try:
         found = _folder(str(name))
         if found is None:
@@ -180,18 +175,32 @@ def warm_up() -> None:
     :func:`open_text_encoder` finds it loaded (one lock: it is never loaded twice). Silent: whatever fails here
     fails again, and is handled, where the encoder is opened."""
     try:
-        from terravl.models.text_onnx import onnx_text_tower, text_backend
+        from terravl.models.text_onnx import onnx_text_tower
 
-        if os.environ.get(LIGHT_ENV, "1").strip() != "0" and text_backend() != "torch":
+        if _switched_on():
             onnx_text_tower(export_missing=False)
     except Exception:  # noqa: BLE001 - see above (OnnxUnavailable is an Exception too)
         pass
 
 
-def query_encoder(name: str):
-    """The encoder for text queries of an index or knowledge base built with ``name``: its PyTorch-free text side
-    when that can serve (:func:`open_text_encoder`), else the full model."""
-    light = open_text_encoder(name)
+def _switched_on() -> bool:
+    """Neither ``TERRAVL_LIGHT_TEXT=0`` nor ``TERRAVL_TEXT_BACKEND=torch`` (a bad backend setting: off too; the
+    full loader reports it)."""
+    from terravl.models.text_onnx import text_backend
+
+    if os.environ.get(LIGHT_ENV, "1").strip() == "0":
+        return False
+    try:
+        return text_backend() != "torch"
+    except ValueError:
+        return False
+
+
+def query_encoder(name: str, text_only: bool = True):
+    """The encoder for queries of an index or knowledge base built with ``name``: for text alone its PyTorch-free
+    text side when that can serve (:func:`open_text_encoder`), else (or when images are embedded too,
+    ``text_only=False``) the full model."""
+    light = open_text_encoder(name) if text_only else None
     if light is not None:
         return light
     from terravl.models.factory import load

@@ -97,8 +97,9 @@ class TerraVLModel(nn.Module):
 
     def _memory_fp32(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The caption memory in float32, converted once rather than on every call (fp16 → fp32 is exact; int8
-        codes times their row's scale are what the file means). Rebuilt when the fp16 buffers are replaced (:meth:`set_memory`), loaded from a state dict, or
-        changed in place; read-only derived data, so concurrent calls may share it."""
+        codes times their row's scale are what the file means). Rebuilt when the buffers are replaced
+        (:meth:`set_memory`), loaded from a state dict, or changed in place; read-only derived data, so concurrent
+        calls may share it."""
         parts = [self.memory_keys, self.memory_values, *self._memory_scales()]
         key = tuple((id(t), _version(t)) for t in parts) + (self.memory_keys.device,)
         cached = self.__dict__.get("_memory_cache")

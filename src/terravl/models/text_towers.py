@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from terravl.models.text_onnx import minilm_path  # noqa: F401 - the packaged folder, named here too
+from terravl.models.text_onnx import minilm_path
 
 
 

@@ -23,15 +23,12 @@ def _encoder_for(store: IndexStore | ShardSet, encoder=None, text_only: bool = F
     if encoder is not None:
         first.check_encoder(encoder)
         return encoder
+    from terravl.models.light_text import query_encoder
+
+    encoder = query_encoder(store.model, text_only)
     if text_only:
-        from terravl.models.light_text import query_encoder
-
-        encoder = query_encoder(store.model)
         first.check_encoder(encoder)  # the recorded weights must be the index's
-        return encoder
-    import terravl.models as m
-
-    return m.load(store.model)
+    return encoder
 
 
 def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, image=None, k: int = 10,
@@ -64,7 +61,7 @@ def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_
             approximate) -> list[SearchHit]:
     if not isinstance(store, ShardSet) and _use_ann(store, bbox, date_from, date_to, approximate):
         IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate index
-        # while the text tower still loads in its background thread (terravl.cli.index_cmd); kept per process
+        # while the text tower still loads in its background thread (terravl.cli.warm); kept per process
     encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too

@@ -17,7 +17,7 @@ vectors and need more cells; the old fixed nprobe = 32 is shown beside them. "at
 measured and saved. Isotropic random vectors of the same size are the worst case. Embeddings are cached under runs/bench_index/ (about 4 minutes
 on one core the first time).
 (b) Scale: N (default 1,000,000) × 512 isotropic random vectors, made for this test (there are not a million
-distinct real crops here): build time, p50 latency and recall of flat IVF and IVF-PQ with tuned nprobe, and their
+distinct real crops here): build time, p50 latency and recall of IVF-flat, IVF-fp16 and IVF-PQ with tuned nprobe, and their
 measured memory (serialized FAISS index + ids, and the resident-memory growth of loading it) against
 `estimate_bytes`, plus 10M × 512 on paper. Memory does not depend on the vectors' distribution; recall on
 isotropic vectors is the worst case, not an archive's.
@@ -192,8 +192,9 @@ def _method(ann, fixed: bool) -> str:
 
 def recall_rows(label: str, vectors: np.ndarray, query_sets: dict[str, np.ndarray], k: int, target: float,
                 nprobe: int | None, sample: np.ndarray | None = None) -> list[dict]:
-    """Exact; flat IVF tuned on leave-one-out rows, and on those plus the text ``sample``; the old fixed
-    nprobe 32; IVF-PQ tuned like the flat index (with the sample if given); for each query set."""
+    """Exact; flat IVF tuned on leave-one-out rows, and on those plus the text ``sample``; IVF-fp16 (what
+    ``search`` builds) tuned like the latter; the old fixed nprobe 32; IVF-PQ tuned like the flat index (with the
+    sample if given); for each query set."""
     from terravl.index import IVFIndex
 
     ids = np.arange(len(vectors))
@@ -201,9 +202,10 @@ def recall_rows(label: str, vectors: np.ndarray, query_sets: dict[str, np.ndarra
     rows = [{"vectors": label, "queries": name, "method": "exact (numpy matmul)", "build_s": 0.0,
              "p50_ms": 1e3 * float(np.percentile(t[1], 50)), "p99_ms": 1e3 * float(np.percentile(t[1], 99)),
              "recall": 1.0, "tuned_recall": None} for name, t in truths.items()]
-    variants = [("flat", nprobe, None), ("flat", nprobe, sample), ("flat", 32, None), ("pq", nprobe, sample)]
+    variants = [("flat", nprobe, None), ("flat", nprobe, sample), ("fp16", nprobe, sample), ("flat", 32, None),
+                ("pq", nprobe, sample)]
     if nprobe is not None:
-        variants = [("flat", nprobe, None), ("pq", nprobe, None)]
+        variants = [("flat", nprobe, None), ("fp16", nprobe, None), ("pq", nprobe, None)]
     elif sample is None:
         variants = [v for i, v in enumerate(variants) if i != 1]
     for kind, fixed, with_sample in variants:
@@ -219,7 +221,8 @@ def recall_rows(label: str, vectors: np.ndarray, query_sets: dict[str, np.ndarra
 
 
 def scale_rows(n: int, dim: int, n_queries: int, k: int, target: float, tune_queries: int) -> list[dict]:
-    """Flat IVF and IVF-PQ over N × dim isotropic vectors: build, latency, recall, measured and estimated memory."""
+    """IVF-flat, IVF-fp16 and IVF-PQ over N × dim isotropic vectors: build, latency, recall, measured and estimated
+    memory."""
     import faiss
 
     from terravl.index import IVFIndex
@@ -232,7 +235,7 @@ def scale_rows(n: int, dim: int, n_queries: int, k: int, target: float, tune_que
              "p50_ms": 1e3 * float(np.percentile(times, 50)), "p99_ms": 1e3 * float(np.percentile(times, 99)),
              "recall": 1.0, "tuned_recall": None, "index_mb": vectors.nbytes / 1e6, "estimate_mb": None,
              "rss_mb": None}]
-    for kind in ("flat", "pq"):
+    for kind in ("flat", "fp16", "pq"):
         log(f"  scale test: building IVF-{kind} over {n:,} × {dim}")
         t = time.perf_counter()
         ann = IVFIndex.build(vectors, np.arange(n), kind=kind, target=target, tune_queries=tune_queries)
@@ -304,7 +307,7 @@ def paper_rows(dim: int) -> list[dict]:
 
     return [{"vectors": f"{n:,}×{dim}", "kind": kind, "estimate_mb": estimate_bytes(n, dim, kind) / 1e6,
              "with_rerank_mb": estimate_bytes(n, dim, kind, rerank_vectors=kind == "pq") / 1e6}
-            for n in (1_000_000, 10_000_000) for kind in ("flat", "pq")]
+            for n in (1_000_000, 10_000_000) for kind in ("flat", "fp16", "pq")]
 
 
 def main() -> None:

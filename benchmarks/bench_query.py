@@ -103,6 +103,7 @@ def in_process(index: Path, queries: list[str]) -> list[dict]:
     """Text encoding alone and the whole `search` call, per text tower; then cached queries."""
     import terravl.models as m
     from terravl.index.store import IndexStore
+    from terravl.models.light_text import open_text_encoder
     from terravl.models.text_onnx import onnx_text_tower
     from terravl.models.text_towers import shared_sentence_encoder
     from terravl.server.textcache import CachedTextEncoder, TextCache
@@ -111,9 +112,15 @@ def in_process(index: Path, queries: list[str]) -> list[dict]:
     store = IndexStore(index, readonly=True)
     rows = []
     half = len(queries) // 2
-    for label, tower in (("PyTorch", shared_sentence_encoder()), ("ONNX Runtime", onnx_text_tower())):
+    for label, tower in (("PyTorch", shared_sentence_encoder()), ("ONNX Runtime", onnx_text_tower()),
+                         ("PyTorch-free (what `terravl search` uses)", None)):
         encoder = m.load(store.model)  # the model the index records (one built before v3 holds v2 vectors)
-        encoder._text = tower
+        if tower is None:
+            encoder = open_text_encoder(store.model)
+            if encoder is None:
+                raise SystemExit(f"the PyTorch-free text side of {store.model} cannot serve here")
+        else:
+            encoder._text = tower
         search(store, text="warm-up", encoder=encoder)
         encode = []
         for q in queries[:half]:

@@ -33,7 +33,7 @@ def test_nprobe_is_raised_until_recall_reaches_the_target_and_survives_save_load
     fixed = IVFIndex.build(vectors, ids, nprobe=8, tune_queries=300)
     assert fixed.nprobe == 8 and fixed.recall < 0.9  # the smallest setting is not enough on this set
     ann = IVFIndex.build(vectors, ids, tune_queries=300)
-    assert ann.kind == "flat" and ann.recall >= 0.95 and 8 < ann.nprobe <= ann.nlist
+    assert ann.kind == "fp16" and ann.recall >= 0.95 and 8 < ann.nprobe <= ann.nlist
     assert ann.info()["recall_target"] == 0.95
     # queries that are not in the index (new points around the same centres) get about the measured recall
     centres = np.random.default_rng(0).normal(size=(50, 64))
@@ -45,11 +45,11 @@ def test_nprobe_is_raised_until_recall_reaches_the_target_and_survives_save_load
     ann.save(tmp_path, version=3)
     assert IVFIndex.load(tmp_path, version=4) is None  # a stale cache is never used
     loaded = IVFIndex.load(tmp_path, version=3)
-    assert (loaded.nprobe, loaded.recall, loaded.kind, loaded.nlist) == (ann.nprobe, ann.recall, "flat", ann.nlist)
+    assert (loaded.nprobe, loaded.recall, loaded.kind, loaded.nlist) == (ann.nprobe, ann.recall, "fp16", ann.nlist)
     assert np.array_equal(loaded.ids, ids)
     info = describe(tmp_path)
     assert info["nprobe"] == ann.nprobe and info["recall_at_10"] == pytest.approx(ann.recall)
-    assert info["vectors"] == len(vectors) and info["store_version"] == 3 and info["kind"] == "flat"
+    assert info["vectors"] == len(vectors) and info["store_version"] == 3 and info["kind"] == "fp16"
 
 
 def test_a_query_sample_far_from_the_vectors_raises_nprobe_until_it_too_reaches_the_target(tmp_path):
@@ -108,7 +108,7 @@ def test_pq_finds_the_exact_top1_on_easy_queries_and_reranks_to_exact_scores(vec
 
 
 def test_auto_kind_switches_to_pq_above_the_threshold(vectors):
-    assert resolve_kind(10, "auto") == "flat" and resolve_kind(3_000_000, "auto") == "pq"
+    assert resolve_kind(10, "auto") == "fp16" and resolve_kind(3_000_000, "auto") == "pq"
     assert resolve_kind(10, "auto", pq_threshold=5) == "pq" and resolve_kind(3_000_000, "flat") == "flat"
     with pytest.raises(ValueError, match="kind"):
         resolve_kind(10, "hnsw")
@@ -117,7 +117,7 @@ def test_auto_kind_switches_to_pq_above_the_threshold(vectors):
     assert pq_subquantizers(512) == 64 and pq_subquantizers(384) == 48 and 300 % pq_subquantizers(300) == 0
 
 
-@pytest.mark.parametrize("kind", ["flat", "pq"])
+@pytest.mark.parametrize("kind", ["fp16", "flat", "pq"])
 def test_memory_estimate_matches_the_serialized_index(vectors, kind):
     import faiss
 
@@ -126,6 +126,7 @@ def test_memory_estimate_matches_the_serialized_index(vectors, kind):
     estimate = estimate_bytes(4000, 64, kind, nlist=ann.nlist)
     assert 0.9 < estimate / actual < 1.1
     assert estimate_bytes(10_000_000, 512, "pq") < estimate_bytes(10_000_000, 512, "flat") / 20
+    assert 1.9 < estimate_bytes(1_000_000, 512, "flat") / estimate_bytes(1_000_000, 512, "fp16") < 2
     assert estimate_bytes(10_000_000, 512, "pq", rerank_vectors=True) > 20e9
 
 
@@ -136,7 +137,7 @@ def test_a_saved_index_is_memory_mapped_by_later_processes_and_old_files_go(vect
     built = IVFIndex.cached(tmp_path, 3, vectors[:3000], ids)
     monkeypatch.setattr(vec, "_UNSAVED", {})  # as a fresh process
     loaded = IVFIndex.load(tmp_path, 3)
-    assert loaded is not built and (loaded.nprobe, loaded.recall, loaded.kind) == (built.nprobe, built.recall, "flat")
+    assert loaded is not built and (loaded.nprobe, loaded.recall, loaded.kind) == (built.nprobe, built.recall, "fp16")
     for q in vectors[3000:3020]:
         assert np.array_equal(loaded.search(q, 10)[0], built.search(q, 10)[0])
     first = sorted(p.name for p in tmp_path.glob("ann-3-*.faiss"))
@@ -155,3 +156,37 @@ def test_a_saved_index_is_memory_mapped_by_later_processes_and_old_files_go(vect
     data.unlink()
     assert IVFIndex.load(tmp_path, 4) is None
     assert IVFIndex.cached(tmp_path, 4, vectors[:3000], ids).recall >= 0.95
+
+
+def test_float16_lists_give_the_float32_lists_hits_with_near_exact_scores(vectors):
+    """The default kind holds the vectors in float16: same neighbours as float32 lists at the same nprobe, and
+    scores (cosines) within 1e-3 of the exact dot products of the float32 vectors."""
+    ids = np.arange(len(vectors))
+    half = IVFIndex.build(vectors, ids, kind="fp16", nprobe=16, tune_queries=0)
+    full = IVFIndex.build(vectors, ids, kind="flat", nprobe=16, tune_queries=0)
+    assert half.kind == "fp16" and full.kind == "flat"
+    queries = clustered(100, seed=11)
+    same = []
+    for q in queries:
+        pos, scores = half.search(q, 10)
+        same.append(len(set(pos.tolist()) & set(full.search(q, 10)[0].tolist())) / 10)
+        assert np.abs(scores - vectors[pos] @ q).max() < 1e-3
+        assert np.all(np.diff(scores) <= 1e-6)  # best first
+    assert np.mean(same) >= 0.99
+
+
+def test_a_lone_query_scanned_by_all_threads_gets_the_same_answer(vectors, monkeypatch):
+    from terravl.index import vectors as vec
+
+    ann = IVFIndex.build(vectors, np.arange(len(vectors)), nprobe=24, tune_queries=0)
+    for q in clustered(20, seed=12):
+        monkeypatch.setattr(vec, "PROBE_THREADS", True)
+        pos, scores = ann.search(q, 10)
+        assert ann.index.parallel_mode == 1
+        monkeypatch.setattr(vec, "PROBE_THREADS", False)
+        again = ann.search(q, 10)
+        assert ann.index.parallel_mode == 0
+        assert np.array_equal(pos, again[0]) and np.allclose(scores, again[1], atol=1e-6)
+    monkeypatch.setattr(vec, "PROBE_THREADS", True)
+    ann._search_batch(clustered(5, seed=13), 10)
+    assert ann.index.parallel_mode == 0  # a batch: threads over its queries

@@ -242,3 +242,19 @@ def test_count_is_remembered_until_this_or_another_handle_changes_the_index(tmp_
     assert reader.count() == 1 and writer.count() == 1
     writer.close()
     reader.close()
+
+
+def test_a_read_only_store_sees_what_another_connection_commits(tmp_path):
+    """A read-only store keeps its metadata between reads (every search asks for it several times) and reads it
+    again once another connection has committed."""
+    from terravl.index.store import TileRow
+
+    vectors = np.eye(4, dtype=np.float32)
+    with IndexStore(tmp_path / "idx", create=True, model="m", dim=4) as writer:
+        writer.add([TileRow(f"h{i}", f"s{i}.tif", None, None, None, None, None, v) for i, v in enumerate(vectors[:2])])
+        reader = IndexStore(tmp_path / "idx", readonly=True)
+        before = reader.version
+        assert reader.meta() == reader.meta() and reader.meta() is not reader.meta()
+        writer.add([TileRow("h9", "s9.tif", None, None, None, None, None, vectors[3])])
+        assert reader.version != before and reader.version == writer.version and reader.count() == 3
+        reader.close()

@@ -25,3 +25,32 @@ def test_repeated_text_searches_hit_the_query_cache(shared_data, tmp_path):
         other = client.get("/api/v1/search", params={"q": "green farmland", "k": 3})
         assert other.status_code == 200 and service.texts.misses == misses + 1
         assert [h["id"] for h in other.json()] != [h["id"] for h in first.json()]
+
+
+def test_text_searches_use_the_light_text_side_with_one_thread_per_worker_and_the_full_models_hits(shared_data,
+                                                                                                   tmp_path):
+    """The server's searches run side by side in the light pool: the PyTorch-free text side answers them with an
+    ONNX session of one core's share of threads, and FAISS keeps one thread per search; the hits are the full
+    model's."""
+    import terravl.models as m
+    from terravl.index import vectors
+    from terravl.models.light_text import LightTextEncoder
+    from terravl.tasks import search
+
+    index = build_index(shared_data, tmp_path / "samples.idx")
+    app = create_app([index], preload=False, workers=1, allowed_hosts=allowed_hosts("127.0.0.1", ["testserver"]))
+    try:
+        with TestClient(app) as client:
+            service = service_of(app)
+            assert vectors.PROBE_THREADS is False  # two light workers by default
+            got = client.get("/api/v1/search", params={"q": "a river between fields", "k": 4})
+            assert got.status_code == 200, got.text
+            store = service.store(None)
+            used = service.query_encoder(store.model)
+            assert isinstance(used, LightTextEncoder)
+            assert used.tower.session.get_session_options().intra_op_num_threads == 1
+            full = m.load(store.model)
+            want = search(index, text="a river between fields", k=4, encoder=full)
+            assert [h["id"] for h in got.json()] == [h.id for h in want]
+    finally:
+        vectors.PROBE_THREADS = True  # a module setting: the rest of the run searches as the CLI does

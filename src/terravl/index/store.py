@@ -168,6 +168,9 @@ class IndexStore:
         """(store version, tile count): COUNT(*) walks a whole index b-tree (tens of ms at a million tiles), and
         every search asks; the version (one row of ``meta``) says when to count again."""
         self._ids: np.ndarray | None = None
+        self._meta: tuple[int, dict] | None = None
+        """A read-only store's (``PRAGMA data_version``, meta): every search reads the version and model several
+        times, and the pragma (no table read, no JSON) says whether another connection has committed since."""
         try:
             self.db, self.immutable = _connect(db, self.readonly)
         except sqlite3.DatabaseError as exc:
@@ -297,7 +300,13 @@ class IndexStore:
     # -- metadata -------------------------------------------------------------------------------------------
     @_sqlite_errors()
     def meta(self) -> dict:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        """The index's metadata (a new dict each call)."""
+        if not self.readonly:  # this connection's own writes do not change data_version: read every time
+            return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        stamp = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if self._meta is None or self._meta[0] != stamp:
+            self._meta = (stamp, {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")})
+        return dict(self._meta[1])
 
     @property
     def model(self) -> str:

@@ -129,9 +129,9 @@ def _folder(name: str) -> tuple[Path, str, str] | None:
     return (folder, cfg.name, cfg.name) if folder.is_dir() else None
 
 
-def open_text_encoder(name: str) -> LightTextEncoder | None:
+def open_text_encoder(name: str, threads: int | None = None) -> LightTextEncoder | None:
     """The PyTorch-free text side of the TerraVL model ``name`` (a registry name or a model folder), or None when
-    it cannot serve here: not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
+    it cannot serve here (``threads``: of its ONNX session, default :func:`~terravl.models.text_onnx.cpu_threads`): not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
     MiniLM graph not exported yet, the weights' fingerprint not recorded yet, or anything unreadable."""
     from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower
 
@@ -149,7 +149,7 @@ def open_text_encoder(name: str) -> LightTextEncoder | None:
         fingerprint = recorded_fingerprint(folder / WEIGHTS_FILE)
         if not fingerprint:
             return None
-        tower = onnx_text_tower(export_missing=False)
+        tower = onnx_text_tower(export_missing=False, threads=threads)
         layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
         dim = int(config["embed_dim"])
     except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it

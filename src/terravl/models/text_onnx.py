@@ -162,14 +162,15 @@ def fall_back(backend: str, what: str, exc: OnnxUnavailable) -> None:
         log.warning("%s on PyTorch: %s", what, exc)
 
 
-def cpu_session(path: str | Path):
-    """An ONNX Runtime CPU session with torch's thread count, full graph optimisation and no busy-waiting between
-    runs: a query's encoding is followed by numpy/BLAS work on the same cores (dense retrieval, FAISS, memory
-    blending), which spinning ONNX threads slow down (bench_kb.py end to end p50: 75.3 -> 41.9 ms)."""
+def cpu_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with ``threads`` threads (default torch's thread count), full graph
+    optimisation and no busy-waiting between runs: a query's encoding is followed by numpy/BLAS work on the same
+    cores (dense retrieval, FAISS, memory blending), which spinning ONNX threads slow down (bench_kb.py end to end
+    p50: 75.3 -> 41.9 ms)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
+    options.intra_op_num_threads = max(1, int(threads)) if threads else cpu_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -183,8 +184,8 @@ class OnnxSentenceEncoder:
     :class:`~terravl.models.text_towers.SentenceEncoder`, run by ONNX Runtime. Thread-safe (one session and one
     tokenizer serve every thread)."""
 
-    def __init__(self, tokenizer, path: str | Path):
-        self.session = cpu_session(path)
+    def __init__(self, tokenizer, path: str | Path, threads: int | None = None):
+        self.session = cpu_session(path, threads)
         self.tokenizer = tokenizer  # truncation and padding set by load_tokenizer
         self.path = Path(path)
 
@@ -266,11 +267,13 @@ def minilm_path() -> Path:
 
 
 def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | None = None,
-                    max_length: int = 128, export_missing: bool = True) -> OnnxSentenceEncoder:
+                    max_length: int = 128, export_missing: bool = True,
+                    threads: int | None = None) -> OnnxSentenceEncoder:
     """The ONNX twin of the MiniLM tower in ``model_path`` (default: the packaged all-MiniLM-L6-v2): exported and
-    parity-checked on first use, then read from ``folder`` (default :func:`onnx_dir`); one per process. Raises
-    :class:`OnnxUnavailable` with the reason when it cannot be used (``export_missing`` False: also when it has
-    not been exported yet, which needs PyTorch)."""
+    parity-checked on first use, then read from ``folder`` (default :func:`onnx_dir`); one per process and thread
+    count. ``threads``: the session's threads (default :func:`cpu_threads`; a server running queries side by side
+    in several workers wants 1 each). Raises :class:`OnnxUnavailable` with the reason when it cannot be used
+    (``export_missing`` False: also when it has not been exported yet, which needs PyTorch)."""
     try:
         importlib.import_module("onnxruntime")
     except ImportError as exc:
@@ -279,7 +282,7 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
     default = model_path is None
     model_path = Path(model_path) if model_path else minilm_path()
     path = Path(folder or onnx_dir()) / graph_name(model_path, max_length)
-    key = str(path)
+    key = f"{path}|{threads or ''}"
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
@@ -299,7 +302,7 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
                     from exc
             log.info("exported the text tower to %s (parity cosine %.6f)", path, cosine)
         try:
-            tower = OnnxSentenceEncoder(tokenizer, path)
+            tower = OnnxSentenceEncoder(tokenizer, path, threads)
         except Exception as exc:  # noqa: BLE001 - a damaged cached graph: say so and let the caller fall back
             raise OnnxUnavailable(f"could not load {path} ({type(exc).__name__}: {exc}); delete it to export again") \
                 from exc

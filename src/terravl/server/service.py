@@ -138,9 +138,14 @@ class Service:
         """Grounding methods by the name a request gives (auto, trained, baseline), each loaded on first use."""
         self._ground_lock = threading.Lock()
         self.light = WorkPool(light_workers, queue, "terravl-light")
+        if light_workers > 1:  # searches run side by side: each keeps one FAISS thread
+            from terravl.index import vectors
+
+            vectors.PROBE_THREADS = False
         self.heavy = WorkPool(workers, queue, "terravl-heavy")
         self.preload = preload
         self.encoders: dict[str, Any] = {}
+        self.query_encoders: dict[str, Any] = {}
         self.texts = TextCache()
         self._captioner = None
         self._local = threading.local()
@@ -156,6 +161,7 @@ class Service:
         """Load every index's encoder (and the captioner) once; then the service is ready."""
         for name in self.paths:
             self.encoder(self.store(name).model).encode_texts(["warm-up"])  # loads the text tower too
+            self.query_encoder(self.store(name).model).encode_texts(["warm-up"])
         for name in self.kb_paths:
             self.encoder(self.kb_store(name).model).encode_texts(["warm-up"])
         if self.preload:
@@ -302,6 +308,24 @@ class Service:
 
                 self.encoders[model] = m.load(model)
             return self.encoders[model]
+
+    def query_encoder(self, model: str):
+        """What encodes a search's text: the model's PyTorch-free text side
+        (:func:`~terravl.models.light_text.open_text_encoder`, the same numbers) with ONNX sessions of one core's
+        share of threads each — the light pool runs queries side by side, and one thread per query gives more
+        queries per second than two threads per query contending — else the full model. After :meth:`encoder`:
+        loading the full model records what the light side needs."""
+        with self._load_lock:
+            found = self.query_encoders.get(model)
+        if found is not None:
+            return found
+        full = self.encoder(model)
+        from terravl.models.light_text import open_text_encoder
+        from terravl.models.text_onnx import cpu_threads
+
+        light = open_text_encoder(model, threads=max(1, cpu_threads() // max(1, self.light.workers)))
+        with self._load_lock:
+            return self.query_encoders.setdefault(model, light or full)
 
     def text_cached(self, model: str) -> CachedTextEncoder:
         """The model's encoder with its text embeddings cached (label lists come back often)."""
@@ -708,8 +732,9 @@ class Service:
         from terravl.tasks import search
 
         store = self.store(index)  # query embeddings cached: popular queries skip the text tower
+        encoder = CachedTextEncoder(self.query_encoder(store.model), self.texts, store.model)
         return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
-                                 encoder=self.text_cached(store.model)), index)
+                                 encoder=encoder), index)
 
     def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search

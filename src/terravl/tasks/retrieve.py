@@ -59,31 +59,33 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
 
 def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
             approximate) -> list[SearchHit]:
+    ann = None
     if not isinstance(store, ShardSet) and _use_ann(store, bbox, date_from, date_to, approximate):
-        IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate index
-        # while the text tower still loads in its background thread (terravl.cli.warm); kept per process
+        ann = IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate
+        # index while the text tower still loads in its background thread (terravl.cli.warm); kept per process
     encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
     sample = lambda: encoder.encode_texts(list(TUNING_PROMPTS))  # noqa: E731 - called only when a cache is built
     if isinstance(store, ShardSet):
         return _search_shards(store, query, k, bbox, date_from, date_to, approximate, sample)
-    hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample)
+    hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample, ann)
     rows = store.rows(hit_ids)
     return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores)]
 
 
 def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date_to, approximate,
-             sample=None) -> tuple[np.ndarray, np.ndarray]:
+             sample=None, ann: IVFIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(tile ids, scores) of the ``k`` best tiles of one index, best first.
 
     The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-flat), so a search
     of a large index neither reads every vector from SQLite nor holds them twice; the vectors are read when the
     cache must be built (its ``nprobe`` tuned on a sample of text queries, ``sample``) or an IVF-PQ index
-    re-ranks with them."""
+    re-ranks with them. ``ann``: the approximate index already loaded for this search (as :meth:`IVFIndex.load`
+    gives it), if any."""
     allowed = store.filter_ids(bbox, date_from, date_to)
     if allowed is None and _use_ann(store, bbox, date_from, date_to, approximate):
-        ann = IVFIndex.load(store.path, store.version)
+        ann = ann or IVFIndex.load(store.path, store.version)
         if ann is None or ann.kind == "pq":
             ids, vectors = store.vectors()
             ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly,

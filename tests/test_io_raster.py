@@ -130,3 +130,21 @@ def test_real_samples_open_with_their_georeference(samples):
     with open_raster(samples / "landsat7_rgb.tif") as src:
         _, valid = src.read()
         assert 0.5 < valid.mean() < 0.9  # the scene's nodata collar is masked
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_unsigned_percentiles_equal_the_float64_ones_exactly(dtype):
+    """8- and 16-bit data skip the float64 copy when the stretch limits are computed; the limits must not move."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    for case in range(20):
+        shape = (3, int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        data = np.minimum(rng.gamma(2.0, top / 8, shape), top).astype(dtype)
+        valid = rng.random(shape[1:]) < 0.8 if case % 2 else None
+        for percentiles in ((2, 98), (0, 100), (13.7, 61.3)):
+            got = percentile_stretch(data, valid, percentiles)
+            floats = data.astype(np.float64)
+            keep = np.ones(shape[1:], bool) if valid is None else valid
+            want = [np.percentile(floats[b][keep], percentiles) if keep.any() else (0.0, 1.0) for b in range(3)]
+            assert got.low == tuple(float(w[0]) for w in want)
+            assert got.high == tuple(float(w[1]) if w[1] > w[0] else float(w[0]) + 1.0 for w in want)

@@ -173,20 +173,40 @@ def test_float16_lists_give_the_float32_lists_hits_with_near_exact_scores(vector
         assert np.abs(scores - vectors[pos] @ q).max() < 1e-3
         assert np.all(np.diff(scores) <= 1e-6)  # best first
     assert np.mean(same) >= 0.99
+    # a vector's score does not depend on the clustering (the vector itself is stored, not its offset from its
+    # cell's centre): another index over half the vectors, other cells, gives the shared hits the same scores
+    other = IVFIndex.build(vectors[::2], ids[::2], kind="fp16", nlist=32, nprobe=32, tune_queries=0)
+    for q in queries[:20]:
+        (pa, sa), (pb, sb) = half.search(q, 50), other.search(q, 50)
+        a, b = dict(zip(half.ids[pa].tolist(), sa)), dict(zip(other.ids[pb].tolist(), sb))
+        common = [i for i in a if i in b]
+        assert common and all(a[i] == b[i] for i in common)
 
 
-def test_a_lone_query_scanned_by_all_threads_gets_the_same_answer(vectors, monkeypatch):
-    from terravl.index import vectors as vec
+def test_a_lone_query_scanned_by_all_threads_gets_the_same_answer(vectors):
+    """Which FAISS mode a search uses (threads over a lone query's cells, or over a batch's queries) is chosen per
+    call and per thread, and never changes the answer."""
+    import threading
+
+    from terravl.index.vectors import probe_threads, set_probe_threads
 
     ann = IVFIndex.build(vectors, np.arange(len(vectors)), nprobe=24, tune_queries=0)
-    for q in clustered(20, seed=12):
-        monkeypatch.setattr(vec, "PROBE_THREADS", True)
-        pos, scores = ann.search(q, 10)
-        assert ann.index.parallel_mode == 1
-        monkeypatch.setattr(vec, "PROBE_THREADS", False)
-        again = ann.search(q, 10)
-        assert ann.index.parallel_mode == 0
-        assert np.array_equal(pos, again[0]) and np.allclose(scores, again[1], atol=1e-6)
-    monkeypatch.setattr(vec, "PROBE_THREADS", True)
-    ann._search_batch(clustered(5, seed=13), 10)
-    assert ann.index.parallel_mode == 0  # a batch: threads over its queries
+    try:
+        for q in clustered(20, seed=12):
+            set_probe_threads(True)
+            pos, scores = ann.search(q, 10)
+            assert ann.index.parallel_mode == 1
+            set_probe_threads(False)
+            again = ann.search(q, 10)
+            assert ann.index.parallel_mode == 0
+            assert np.array_equal(pos, again[0]) and np.allclose(scores, again[1], atol=1e-6)
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(probe_threads()))
+        other.start()
+        other.join()
+        assert seen == [True] and probe_threads() is False  # the setting is the calling thread's own
+        set_probe_threads(True)
+        ann._search_batch(clustered(5, seed=13), 10)
+        assert ann.index.parallel_mode == 0  # a batch: threads over its queries
+    finally:
+        set_probe_threads(True)

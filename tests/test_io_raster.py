@@ -148,3 +148,12 @@ def test_unsigned_percentiles_equal_the_float64_ones_exactly(dtype):
             want = [np.percentile(floats[b][keep], percentiles) if keep.any() else (0.0, 1.0) for b in range(3)]
             assert got.low == tuple(float(w[0]) for w in want)
             assert got.high == tuple(float(w[1]) if w[1] > w[0] else float(w[0]) + 1.0 for w in want)
+    # over a million samples (the even subsample) and nothing valid (the fallback limits)
+    big = rng.integers(0, top, (2, 1100, 1000), endpoint=True).astype(dtype)
+    got = percentile_stretch(big, None)
+    for b in range(2):
+        floats = big[b].astype(np.float64).reshape(-1)
+        lo, hi = np.percentile(floats[:: floats.size // 1_000_000], (2, 98))
+        assert (got.low[b], got.high[b]) == (float(lo), float(hi))
+    nothing = percentile_stretch(big[:, :4, :4], np.zeros((4, 4), bool))
+    assert nothing.low == (0.0, 0.0) and nothing.high == (1.0, 1.0)

@@ -33,24 +33,25 @@ def test_text_searches_use_the_light_text_side_with_one_thread_per_worker_and_th
     ONNX session of one core's share of threads, and FAISS keeps one thread per search; the hits are the full
     model's."""
     import terravl.models as m
-    from terravl.index import vectors
+    from terravl.index.vectors import probe_threads
     from terravl.models.light_text import LightTextEncoder
+    from terravl.models.text_onnx import cpu_threads
     from terravl.tasks import search
 
     index = build_index(shared_data, tmp_path / "samples.idx")
     app = create_app([index], preload=False, workers=1, allowed_hosts=allowed_hosts("127.0.0.1", ["testserver"]))
-    try:
-        with TestClient(app) as client:
-            service = service_of(app)
-            assert vectors.PROBE_THREADS is False  # two light workers by default
-            got = client.get("/api/v1/search", params={"q": "a river between fields", "k": 4})
-            assert got.status_code == 200, got.text
-            store = service.store(None)
-            used = service.query_encoder(store.model)
-            assert isinstance(used, LightTextEncoder)
-            assert used.tower.session.get_session_options().intra_op_num_threads == 1
-            full = m.load(store.model)
-            want = search(index, text="a river between fields", k=4, encoder=full)
-            assert [h["id"] for h in got.json()] == [h.id for h in want]
-    finally:
-        vectors.PROBE_THREADS = True  # a module setting: the rest of the run searches as the CLI does
+    with TestClient(app) as client:
+        service = service_of(app)
+        got = client.get("/api/v1/search", params={"q": "a river between fields", "k": 4})
+        assert got.status_code == 200, got.text
+        store = service.store(None)
+        used = service.query_encoder(store.model)
+        assert isinstance(used, LightTextEncoder)
+        threads = used.tower.session.get_session_options().intra_op_num_threads
+        assert threads == max(1, cpu_threads() // service.light.workers)
+        assert service.light.submit(probe_threads).result() is False  # the pools' threads: one FAISS thread
+        assert service.heavy.submit(probe_threads).result() is False
+        assert probe_threads() is True  # everyone else's threads are left alone
+        full = m.load(store.model)
+        want = search(index, text="a river between fields", k=4, encoder=full)
+        assert [h["id"] for h in got.json()] == [h.id for h in want]

@@ -48,17 +48,29 @@ TUNING_PROMPTS: tuple[str, ...] = tuple(t.format(s) for s in _SCENES for t in (
     "an aerial image of {}", "a satellite photo showing {}", "{} with some buildings and trees around"))
 """Generic remote-sensing text queries (50 scenes × 3 phrasings) whose embeddings a caller can pass as
 ``query_sample`` so the build-time recall covers text queries, not only image-like ones."""
-PROBE_THREADS = True
-"""A single query's probed cells are scanned by all of FAISS's threads (0.39 against 0.65 ms on the 1M × 384
-benchmark archive, 2 cores): right for one search at a time (the CLI, a script). A server that runs searches side
-by side sets it False — there each search keeps one thread, and the workers share the cores (threads over probes
-there cost a third of the requests per second)."""
+_THREAD = threading.local()
+
+
+def set_probe_threads(on: bool) -> None:
+    """Whether a single query searched *from the calling thread* has its probed cells scanned by all of FAISS's
+    threads (the default: 0.39 against 0.65 ms on the 1M × 384 benchmark archive, 2 cores) — right for one search
+    at a time (the CLI, a script). A server's worker threads, which search side by side, turn it off for
+    themselves: there each search keeps one thread and the workers share the cores (threads over probes cost a
+    third of the requests per second there)."""
+    _THREAD.probe_threads = bool(on)
+
+
+def probe_threads() -> bool:
+    """The calling thread's setting of :func:`set_probe_threads` (True unless it turned it off)."""
+    return getattr(_THREAD, "probe_threads", True)
+
 _MAX_REFINE = 80
 _FORMAT = 2
 KINDS = ("auto", "fp16", "flat", "pq")
 """``fp16`` (what ``auto`` builds below :data:`PQ_THRESHOLD`): the vectors in float16 in the inverted lists, scores
-within 1e-4 of the exact cosines, half the memory and bytes read per query of ``flat`` (float32) at the same
-recall — on the 1M × 384 benchmark archive 0.74 against 0.98 ms a query at nprobe 20."""
+within about 1e-4 of the exact cosines (float16 rounding of each component), half the memory and bytes read per
+query of ``flat`` (float32) at the same recall — on the 1M × 384 benchmark archive 0.45 against 0.56 ms a query at
+nprobe 20 (README, "The query path on a million tiles")."""
 BYTES_PER_VALUE = {"flat": 4, "fp16": 2}
 
 
@@ -125,7 +137,7 @@ def estimate_bytes(n: int, dim: int, kind: str = "fp16", nlist: int | None = Non
 class IVFIndex:
     """FAISS IVF with inner-product metric over L2-normalised vectors (so scores are cosines).
 
-    ``kind`` is ``fp16`` (``IndexIVFScalarQuantizer`` with float16 codes: scores within 1e-4 of exact), ``flat``
+    ``kind`` is ``fp16`` (``IndexIVFScalarQuantizer`` with float16 codes: scores within about 1e-4 of exact), ``flat``
     (``IndexIVFFlat``: exact scores within the probed cells) or ``pq`` (``IndexIVFPQ``: compressed
     codes; the top ``k × refine`` candidates are re-ranked by exact dot product with the attached vectors, so the
     scores returned are exact cosines). ``nprobe`` is the number of cells searched; ``recall`` the recall@10
@@ -183,6 +195,8 @@ class IVFIndex:
         elif kind == "fp16":
             index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
                                                   faiss.METRIC_INNER_PRODUCT)
+            index.by_residual = False  # the vector itself in float16, not its offset from its cell's centre: a
+            # vector's score is then the same in any index (shards, a rebuild), whatever the clustering
         else:
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m or pq_subquantizers(dim), 8,
                                      faiss.METRIC_INNER_PRODUCT)
@@ -270,9 +284,10 @@ class IVFIndex:
         """Row-wise positions (and scores) for a batch of queries; PQ candidates re-ranked when vectors are
         attached. Rows may be shorter than ``k`` where fewer vectors were found."""
         fetch = k * self.refine if self.kind == "pq" and self.rerank_vectors is not None else k
-        # FAISS parallelises a batch over its queries (parallel_mode 0), a lone query over its cells (1); the
-        # mode changes only how the work is shared, never the result
-        self.index.parallel_mode = 1 if PROBE_THREADS and len(queries) == 1 else 0
+        # FAISS parallelises a batch over its queries (parallel_mode 0), a lone query over its cells (1). The mode
+        # changes only how the work is shared, never the result, so threads that set it differently on a shared
+        # index at the same moment can only cost each other speed
+        self.index.parallel_mode = 1 if len(queries) == 1 and probe_threads() else 0
         dist, pos = self.index.search(queries, fetch)
         out_pos, out_scores = [], []
         for q, d, p in zip(queries, dist, pos):

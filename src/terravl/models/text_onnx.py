@@ -282,7 +282,8 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
     default = model_path is None
     model_path = Path(model_path) if model_path else minilm_path()
     path = Path(folder or onnx_dir()) / graph_name(model_path, max_length)
-    key = f"{path}|{threads or ''}"
+    threads = max(1, int(threads)) if threads else cpu_threads()
+    key = f"{path}|{threads}"
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]

@@ -88,6 +88,14 @@ PILLOW_PLUGIN = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 """The one Pillow plugin allowed to decode an upload stored under each content-chosen suffix."""
 
 
+def _worker_thread() -> None:
+    """Set up a pool thread: searches run side by side in the two pools, so each keeps one FAISS thread
+    (:func:`terravl.index.vectors.set_probe_threads`; for these threads only)."""
+    from terravl.index.vectors import set_probe_threads
+
+    set_probe_threads(False)
+
+
 class Service:
     """Served indexes, shared models, uploads and the work pools (``light``: search, listings, thumbnails;
     ``heavy``: image-model work)."""
@@ -137,12 +145,8 @@ class Service:
         self.ground_methods: dict[str, Any] = {}
         """Grounding methods by the name a request gives (auto, trained, baseline), each loaded on first use."""
         self._ground_lock = threading.Lock()
-        self.light = WorkPool(light_workers, queue, "terravl-light")
-        if light_workers > 1:  # searches run side by side: each keeps one FAISS thread
-            from terravl.index import vectors
-
-            vectors.PROBE_THREADS = False
-        self.heavy = WorkPool(workers, queue, "terravl-heavy")
+        self.light = WorkPool(light_workers, queue, "terravl-light", initializer=_worker_thread)
+        self.heavy = WorkPool(workers, queue, "terravl-heavy", initializer=_worker_thread)
         self.preload = preload
         self.encoders: dict[str, Any] = {}
         self.query_encoders: dict[str, Any] = {}
@@ -311,10 +315,11 @@ class Service:
 
     def query_encoder(self, model: str):
         """What encodes a search's text: the model's PyTorch-free text side
-        (:func:`~terravl.models.light_text.open_text_encoder`, the same numbers) with ONNX sessions of one core's
-        share of threads each — the light pool runs queries side by side, and one thread per query gives more
-        queries per second than two threads per query contending — else the full model. After :meth:`encoder`:
-        loading the full model records what the light side needs."""
+        (:func:`~terravl.models.light_text.open_text_encoder`, the same numbers to 1e-5) on one ONNX session shared
+        by the light pool's workers, with one worker's share of the cores as its threads (the workers run queries
+        side by side: on 2 cores one thread per query gave more queries per second than two contending) — else
+        the full model. After :meth:`encoder`: loading the full model records what the light side needs. It holds
+        a second MiniLM session (~90 MB) beside the full model's."""
         with self._load_lock:
             found = self.query_encoders.get(model)
         if found is not None:
@@ -732,7 +737,9 @@ class Service:
         from terravl.tasks import search
 
         store = self.store(index)  # query embeddings cached: popular queries skip the text tower
-        encoder = CachedTextEncoder(self.query_encoder(store.model), self.texts, store.model)
+        encoder = self.query_encoder(store.model)  # its own cache entries: light and full agree only to 1e-5
+        encoder = CachedTextEncoder(encoder, self.texts, store.model if encoder is self.encoder(store.model)
+                                    else f"{store.model}|text side")
         return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
                                  encoder=encoder), index)
 

@@ -42,10 +42,11 @@ class WorkPool:
     ``busy`` and ``queued`` count jobs in the threads, not requests: a job whose client has left still counts
     until it ends (or is skipped), so admission reflects the real load."""
 
-    def __init__(self, workers: int = 2, queue: int = 64, name: str = "terravl-work"):
+    def __init__(self, workers: int = 2, queue: int = 64, name: str = "terravl-work",
+                 initializer: Callable[[], Any] | None = None):
         self.name = name
         self.workers, self.capacity = int(workers), int(workers) + int(queue)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=name, initializer=initializer)
         self._lock = threading.Lock()
         self._queued = 0
         self._busy = 0

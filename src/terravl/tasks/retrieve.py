@@ -61,8 +61,9 @@ def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_
             approximate) -> list[SearchHit]:
     ann = None
     if not isinstance(store, ShardSet) and _use_ann(store, bbox, date_from, date_to, approximate):
-        ann = IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate
-        # index while the text tower still loads in its background thread (terravl.cli.warm); kept per process
+        version = store.version
+        ann = (version, IVFIndex.load(store.path, version))  # first: a cold CLI process reads the saved
+        # approximate index while the text tower still loads in its background thread (terravl.cli.warm)
     encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
@@ -70,22 +71,23 @@ def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_
     if isinstance(store, ShardSet):
         return _search_shards(store, query, k, bbox, date_from, date_to, approximate, sample)
     hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample, ann)
-    rows = store.rows(hit_ids)
-    return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores)]
+    rows = store.rows(hit_ids)  # a tile removed since the search (another process): left out, not an error
+    return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores) if int(i) in rows]
 
 
 def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date_to, approximate,
-             sample=None, ann: IVFIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+             sample=None, ann: tuple[int, IVFIndex | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(tile ids, scores) of the ``k`` best tiles of one index, best first.
 
-    The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-flat), so a search
+    The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-fp16, IVF-flat), so a search
     of a large index neither reads every vector from SQLite nor holds them twice; the vectors are read when the
     cache must be built (its ``nprobe`` tuned on a sample of text queries, ``sample``) or an IVF-PQ index
-    re-ranks with them. ``ann``: the approximate index already loaded for this search (as :meth:`IVFIndex.load`
-    gives it), if any."""
+    re-ranks with them. ``ann``: (store version, :meth:`IVFIndex.load`'s answer for it) when this search loaded
+    it already; used only while the store is still at that version."""
     allowed = store.filter_ids(bbox, date_from, date_to)
     if allowed is None and _use_ann(store, bbox, date_from, date_to, approximate):
-        ann = ann or IVFIndex.load(store.path, store.version)
+        version = store.version
+        ann = ann[1] if ann is not None and ann[0] == version else IVFIndex.load(store.path, version)
         if ann is None or ann.kind == "pq":
             ids, vectors = store.vectors()
             ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly,

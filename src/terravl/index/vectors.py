@@ -33,6 +33,10 @@ PQ_THRESHOLD = 2_000_000
 512-d vectors, on top of the store's own copy), IVF-PQ about 72 bytes a vector (see :func:`estimate_bytes`)."""
 RECALL_TARGET = 0.95
 """Default recall@10 that build-time tuning raises ``nprobe`` (and, for PQ, the re-rank depth) to reach."""
+SAMPLE_MARGIN = 0.01
+"""How far above the target the query sample's recall must reach: generic prompts (:data:`TUNING_PROMPTS`) are an
+easier proxy than real captions — on the benchmark's crop archive 0.959 for the prompts against 0.947 for RSICD
+test captions at the same nprobe (7), 0.969 against 0.956 at 8 — so tuning asks the prompts for target + 0.01."""
 TUNE_QUERIES = 1000
 """Leave-one-out queries used to measure recall at build time (recall@10 over 1,000 queries: ±0.01)."""
 PQ_REFINE = 10
@@ -217,8 +221,8 @@ class IVFIndex:
              fixed: bool = False, seed: int = 0, k: int = 10, query_sample: np.ndarray | None = None) -> float:
         """Measure recall@``k`` on leave-one-out queries drawn from ``vectors`` (the indexed rows, in order) and on
         ``query_sample`` (queries not in the index), and unless ``fixed`` raise ``nprobe`` (doubling up to
-        ``nlist``; for PQ then ``refine``) until the lower of the two reaches ``target``. Sets and returns
-        :attr:`recall` (that lower value)."""
+        ``nlist``; for PQ then ``refine``) until the leave-one-out recall reaches ``target`` and the sample's
+        ``target`` + :data:`SAMPLE_MARGIN`. Sets and returns :attr:`recall` (the lower of the two measured)."""
         n = len(vectors)
         rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(n_queries, n), replace=False))
         q = np.ascontiguousarray(vectors[rows], dtype=np.float32)
@@ -236,7 +240,7 @@ class IVFIndex:
                 return loo, loo, None
             found = self._search_batch(sample, k)
             other = float(np.mean([len(t & set(f.tolist())) / k for t, f in zip(sample_truth, found)]))
-            return min(loo, other), loo, other
+            return min(loo, other - SAMPLE_MARGIN), loo, other  # compared with the target (see SAMPLE_MARGIN)
 
         measured = measure()
         best = (measured[0], self.nprobe, self.refine, measured)
@@ -266,13 +270,16 @@ class IVFIndex:
                     hi, best = mid, (measured[0], mid, self.refine, measured)
                 else:
                     lo = mid
-        self.recall, self.target, self.tune_queries = best[0], float(target), len(rows)
+        self.recall = min(v for v in best[3][1:] if v is not None)  # what was measured, without the margin
+        self.target, self.tune_queries = float(target), len(rows)
         self.recall_rows, self.recall_sample = best[3][1], best[3][2]
         self.sample_queries = 0 if sample is None else len(sample)
         self.index.nprobe, self.refine = best[1], best[2]
-        if self.recall < target:
-            log.warning("approximate index (%s, nlist %d): recall@%d %.3f at nprobe %d is below the target %.2f",
-                        self.kind, self.nlist, k, self.recall, self.nprobe, target)
+        if best[0] < target:
+            log.warning("approximate index (%s, nlist %d): at nprobe %d recall@%d is %.3f on indexed rows and %s on "
+                        "the query sample; the target is %.2f (the sample's: %.2f)", self.kind, self.nlist,
+                        self.nprobe, k, self.recall_rows, "unmeasured" if self.recall_sample is None else
+                        f"{self.recall_sample:.3f}", target, target + SAMPLE_MARGIN)
         return self.recall
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

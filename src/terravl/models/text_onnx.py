@@ -115,6 +115,11 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def session_threads(threads: int | None = None) -> int:
+    """An ONNX session's thread count: ``threads`` when given (at least 1), else :func:`cpu_threads`."""
+    return max(1, int(threads)) if threads else cpu_threads()
+
+
 def graph_name(model_path: str | Path, max_length: int) -> str:
     """File name of the exported graph of the MiniLM folder ``model_path``: keyed on its config and weight files
     (name, size, first MiB) and on the torch and onnxruntime versions, so that a new model or an upgrade exports
@@ -170,7 +175,7 @@ def cpu_session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads)) if threads else cpu_threads()
+    options.intra_op_num_threads = session_threads(threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -282,7 +287,7 @@ def onnx_text_tower(model_path: str | Path | None = None, folder: str | Path | N
     default = model_path is None
     model_path = Path(model_path) if model_path else minilm_path()
     path = Path(folder or onnx_dir()) / graph_name(model_path, max_length)
-    threads = max(1, int(threads)) if threads else cpu_threads()
+    threads = session_threads(threads)
     key = f"{path}|{threads}"
     with _LOCK:
         if key in _LOADED:

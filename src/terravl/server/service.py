@@ -149,7 +149,7 @@ class Service:
         self.heavy = WorkPool(workers, queue, "terravl-heavy", initializer=_worker_thread)
         self.preload = preload
         self.encoders: dict[str, Any] = {}
-        self.query_encoders: dict[str, Any] = {}
+        self.query_encoders: dict[str, CachedTextEncoder] = {}
         self.texts = TextCache()
         self._captioner = None
         self._local = threading.local()
@@ -313,24 +313,26 @@ class Service:
                 self.encoders[model] = m.load(model)
             return self.encoders[model]
 
-    def query_encoder(self, model: str):
-        """What encodes a search's text: the model's PyTorch-free text side
-        (:func:`~terravl.models.light_text.open_text_encoder`, the same numbers to 1e-5) on one ONNX session shared
-        by the light pool's workers, with one worker's share of the cores as its threads (the workers run queries
-        side by side: on 2 cores one thread per query gave more queries per second than two contending) — else
-        the full model. After :meth:`encoder`: loading the full model records what the light side needs. It holds
-        a second MiniLM session (~90 MB) beside the full model's."""
+    def query_encoder(self, model: str) -> CachedTextEncoder:
+        """What encodes a search's text, its embeddings cached: the model's PyTorch-free text side
+        (:func:`~terravl.models.light_text.open_text_encoder`, the full model's numbers to 1e-5, so cached under a
+        key of its own) on one ONNX session shared by the light pool's workers, with one worker's share of the
+        cores as its threads (the workers run queries side by side: on 2 cores one thread per query gave more
+        queries per second than two contending) — else :meth:`text_cached`. After :meth:`encoder`: loading the
+        full model records what the light side needs. It holds a second MiniLM session (~90 MB) beside the full
+        model's."""
         with self._load_lock:
             found = self.query_encoders.get(model)
         if found is not None:
             return found
-        full = self.encoder(model)
+        self.encoder(model)
         from terravl.models.light_text import open_text_encoder
         from terravl.models.text_onnx import cpu_threads
 
         light = open_text_encoder(model, threads=max(1, cpu_threads() // max(1, self.light.workers)))
+        cached = CachedTextEncoder(light, self.texts, f"{model}|text side") if light else self.text_cached(model)
         with self._load_lock:
-            return self.query_encoders.setdefault(model, light or full)
+            return self.query_encoders.setdefault(model, cached)
 
     def text_cached(self, model: str) -> CachedTextEncoder:
         """The model's encoder with its text embeddings cached (label lists come back often)."""
@@ -737,11 +739,8 @@ class Service:
         from terravl.tasks import search
 
         store = self.store(index)  # query embeddings cached: popular queries skip the text tower
-        encoder = self.query_encoder(store.model)  # its own cache entries: light and full agree only to 1e-5
-        encoder = CachedTextEncoder(encoder, self.texts, store.model if encoder is self.encoder(store.model)
-                                    else f"{store.model}|text side")
         return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
-                                 encoder=encoder), index)
+                                 encoder=self.query_encoder(store.model)), index)
 
     def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search

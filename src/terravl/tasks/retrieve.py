@@ -59,35 +59,31 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
 
 def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
             approximate) -> list[SearchHit]:
-    ann = None
     if not isinstance(store, ShardSet) and _use_ann(store, bbox, date_from, date_to, approximate):
-        version = store.version
-        ann = (version, IVFIndex.load(store.path, version))  # first: a cold CLI process reads the saved
-        # approximate index while the text tower still loads in its background thread (terravl.cli.warm)
+        IVFIndex.load(store.path, store.version)  # first: a cold CLI process reads the saved approximate index
+        # while the text tower still loads in its background thread (terravl.cli.warm); kept per process
     encoder = _encoder_for(store, encoder, text_only=text is not None)
     query = encoder.encode_texts([text])[0] if text is not None else encoder.encode_images([image])[0]
     # text queries sit farther from image vectors than images do: tune IVF's nprobe on a sample of them too
     sample = lambda: encoder.encode_texts(list(TUNING_PROMPTS))  # noqa: E731 - called only when a cache is built
     if isinstance(store, ShardSet):
         return _search_shards(store, query, k, bbox, date_from, date_to, approximate, sample)
-    hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample, ann)
+    hit_ids, scores = _nearest(store, query, k, bbox, date_from, date_to, approximate, sample)
     rows = store.rows(hit_ids)  # a tile removed since the search (another process): left out, not an error
     return [SearchHit(**rows[int(i)].to_dict(), score=float(s)) for i, s in zip(hit_ids, scores) if int(i) in rows]
 
 
 def _nearest(store: IndexStore, query: np.ndarray, k: int, bbox, date_from, date_to, approximate,
-             sample=None, ann: tuple[int, IVFIndex | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             sample=None) -> tuple[np.ndarray, np.ndarray]:
     """(tile ids, scores) of the ``k`` best tiles of one index, best first.
 
-    The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-fp16, IVF-flat), so a search
-    of a large index neither reads every vector from SQLite nor holds them twice; the vectors are read when the
+    The approximate path reads only the FAISS cache when it holds the vectors it needs (IVF-fp16, IVF-flat), so a
+    search of a large index neither reads every vector from SQLite nor holds them twice; the vectors are read when the
     cache must be built (its ``nprobe`` tuned on a sample of text queries, ``sample``) or an IVF-PQ index
-    re-ranks with them. ``ann``: (store version, :meth:`IVFIndex.load`'s answer for it) when this search loaded
-    it already; used only while the store is still at that version."""
+    re-ranks with them."""
     allowed = store.filter_ids(bbox, date_from, date_to)
     if allowed is None and _use_ann(store, bbox, date_from, date_to, approximate):
-        version = store.version
-        ann = ann[1] if ann is not None and ann[0] == version else IVFIndex.load(store.path, version)
+        ann = IVFIndex.load(store.path, store.version)  # the process's copy after the first search
         if ann is None or ann.kind == "pq":
             ids, vectors = store.vectors()
             ann = IVFIndex.cached(store.path, store.version, vectors, ids, persist=not store.readonly,

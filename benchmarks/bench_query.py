@@ -11,6 +11,8 @@ noise (σ = 0.02 per dimension, cosine ≈ 0.93 to its origin) and renormalised,
 archive's, not isotropic. It is written through `IndexStore.add` and its approximate index built as `search`
 builds it (nprobe tuned to recall@10 0.95 on rows and the text-prompt sample). Queries are distinct RSICD
 *test* captions, each sent once ("uncached"), then again through the server's query-embedding cache ("cached").
+Each text tower's in-process rows are measured in a fresh process started as the `terravl` command starts (its
+OpenMP setting); the PyTorch-free one never loads PyTorch, as a `terravl search` or a script using only it.
 
 Targets (issue 20): whole `search` call p50 ≤ 5 ms uncached and ≤ 1 ms cached; a cold `terravl search` process
 (start to answer) ≤ 1.5 s; the server's resident memory ≤ 1.3× the vector bytes (N × dim × 4) — shown as the
@@ -99,51 +101,68 @@ def build(n: int, seed: int = 0) -> Path:
     return folder
 
 
+TOWERS = {"torch": "PyTorch", "onnx": "ONNX Runtime", "light": "PyTorch-free (what `terravl search` uses)"}
+
+
 def in_process(index: Path, queries: list[str]) -> list[dict]:
-    """Text encoding alone and the whole `search` call, per text tower; then cached queries."""
-    import terravl.models as m
+    """Text encoding alone and the whole `search` call, each text tower in a fresh process started as the `terravl`
+    command starts (its OpenMP setting, :func:`terravl.index.faiss_runtime.openmp_spin_default`); the PyTorch-free
+    one never loads PyTorch. Then cached queries, in that last process."""
+    rows = []
+    for tower in TOWERS:
+        done = subprocess.run([sys.executable, __file__, "--worker", tower, "--index", str(index),
+                               "--queries", str(len(queries))], capture_output=True, text=True, timeout=1800)
+        if done.returncode:
+            raise SystemExit(f"in-process worker ({tower}) failed: {done.stderr[-2000:]}")
+        rows += json.loads(done.stdout.splitlines()[-1])
+    return rows
+
+
+def worker(index: Path, queries: list[str], tower: str) -> list[dict]:
+    """One text tower's rows of :func:`in_process`, measured in this process."""
     from terravl.index.store import IndexStore
-    from terravl.models.light_text import open_text_encoder
-    from terravl.models.text_onnx import onnx_text_tower
-    from terravl.models.text_towers import shared_sentence_encoder
     from terravl.server.textcache import CachedTextEncoder, TextCache
     from terravl.tasks import search
 
     store = IndexStore(index, readonly=True)
-    rows = []
     half = len(queries) // 2
-    for label, tower in (("PyTorch", shared_sentence_encoder()), ("ONNX Runtime", onnx_text_tower()),
-                         ("PyTorch-free (what `terravl search` uses)", None)):
+    if tower == "light":
+        from terravl.models.light_text import open_text_encoder
+
+        encoder = open_text_encoder(store.model)
+        if encoder is None:
+            raise SystemExit(f"the PyTorch-free text side of {store.model} cannot serve here")
+    else:
+        import terravl.models as m
+        from terravl.models.text_onnx import onnx_text_tower
+        from terravl.models.text_towers import shared_sentence_encoder
+
         encoder = m.load(store.model)  # the model the index records (one built before v3 holds v2 vectors)
-        if tower is None:
-            encoder = open_text_encoder(store.model)
-            if encoder is None:
-                raise SystemExit(f"the PyTorch-free text side of {store.model} cannot serve here")
-        else:
-            encoder._text = tower
-        search(store, text="warm-up", encoder=encoder)
-        encode = []
-        for q in queries[:half]:
-            t = time.perf_counter()
-            encoder.encode_texts([q])
-            encode.append(1000 * (time.perf_counter() - t))
-        whole = []
-        for q in queries[half:]:
-            t = time.perf_counter()
-            search(store, text=q, k=10, encoder=encoder)
-            whole.append(1000 * (time.perf_counter() - t))
-        rows.append({"what": f"text tower: {label}", "encode_p50_ms": p50(encode), "search_p50_ms": p50(whole),
-                     "queries": len(whole)})
-    cached = CachedTextEncoder(encoder, TextCache(), store.model)
-    for q in queries[half:]:
-        cached.encode_texts([q])
-    hits = []
+        encoder._text = shared_sentence_encoder() if tower == "torch" else onnx_text_tower()
+    search(store, text="warm-up", encoder=encoder)
+    encode = []
+    for q in queries[:half]:
+        t = time.perf_counter()
+        encoder.encode_texts([q])
+        encode.append(1000 * (time.perf_counter() - t))
+    whole = []
     for q in queries[half:]:
         t = time.perf_counter()
-        search(store, text=q, k=10, encoder=cached)
-        hits.append(1000 * (time.perf_counter() - t))
-    rows.append({"what": "query embedding cached", "encode_p50_ms": None, "search_p50_ms": p50(hits),
-                 "queries": len(hits)})
+        search(store, text=q, k=10, encoder=encoder)
+        whole.append(1000 * (time.perf_counter() - t))
+    rows = [{"what": f"text tower: {TOWERS[tower]}", "encode_p50_ms": p50(encode), "search_p50_ms": p50(whole),
+             "queries": len(whole), "torch_loaded": "torch" in sys.modules}]
+    if tower == "light":
+        cached = CachedTextEncoder(encoder, TextCache(), store.model)
+        for q in queries[half:]:
+            cached.encode_texts([q])
+        hits = []
+        for q in queries[half:]:
+            t = time.perf_counter()
+            search(store, text=q, k=10, encoder=cached)
+            hits.append(1000 * (time.perf_counter() - t))
+        rows.append({"what": "query embedding cached", "encode_p50_ms": None, "search_p50_ms": p50(hits),
+                     "queries": len(hits), "torch_loaded": "torch" in sys.modules})
     store.close()
     return rows
 
@@ -227,6 +246,9 @@ def table(title: str, rows: list[dict]) -> None:
 
 
 def main() -> None:
+    from terravl.index.faiss_runtime import openmp_spin_default
+
+    openmp_spin_default()  # as the `terravl` command starts; the workers and servers started from here inherit it
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="rows in the index")
     parser.add_argument("--queries", type=int, default=400, help="distinct text queries in process")
@@ -234,7 +256,12 @@ def main() -> None:
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--only-cold", action="store_true", help="only the fresh-process measurement")
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--worker", choices=sorted(TOWERS), help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.index, captions(args.queries), args.worker)))
+        return
 
     index = build(args.n)
     info = json.loads((index / "built.json").read_text())

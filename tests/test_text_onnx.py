@@ -124,3 +124,31 @@ def test_a_folder_without_a_fast_tokenizer_is_refused_with_the_reason(tmp_path):
 
     with pytest.raises(OnnxUnavailable, match="tokenizer.json not found"):
         load_tokenizer(tmp_path, 128)
+
+
+def test_the_kept_graph_is_fused_into_bert_operators(onnx_graphs):
+    import onnx
+
+    tower = onnx_text_tower()
+    assert json.loads(tower.path.with_suffix(".json").read_text())["fused"] is True
+    ops = {node.op_type for node in onnx.load(str(tower.path)).graph.node}
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= ops
+
+
+def test_a_fused_graph_that_fails_parity_gives_way_to_the_plain_one(tmp_path, monkeypatch):
+    import onnx
+
+    checked = []
+    real = text_onnx.parity
+
+    def parity(source, candidate):
+        checked.append(candidate.path.name)
+        return 0.5 if candidate.path.name.endswith("-fused.onnx") else real(source, candidate)
+
+    monkeypatch.setattr(text_onnx, "parity", parity)
+    tower = onnx_text_tower(folder=tmp_path)
+    assert [name.endswith("-fused.onnx") for name in checked] == [True, False]
+    info = json.loads(tower.path.with_suffix(".json").read_text())
+    assert info["fused"] is False and info["parity_cosine"] >= text_onnx.PARITY_MIN
+    assert "Attention" not in {node.op_type for node in onnx.load(str(tower.path)).graph.node}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([tower.path.name, tower.path.with_suffix(".json").name])

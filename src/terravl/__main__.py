@@ -2,6 +2,6 @@
 
 import sys
 
-from terravl.cli.main import main
+from terravl.cli.main import entry
 
-sys.exit(main())
+sys.exit(entry())

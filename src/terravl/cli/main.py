@@ -125,5 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else EXIT_OK
 
 
+QUERY_COMMANDS = frozenset({"search", "kb", "serve", "mcp", "chat"})
+"""Commands that answer queries one after another (FAISS searches between text encodings): their process gets
+:func:`terravl.index.faiss_runtime.openmp_spin_default`. Training and batch commands keep libgomp's default, which
+suits long runs of PyTorch's small parallel sections on many cores."""
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The ``terravl`` console script: :func:`main`, where a query command's OpenMP threads sleep soon after a
+    parallel section (set before anything loads OpenMP or starts a thread). Tests and embedding programs call
+    :func:`main`, which leaves the environment alone."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    if command in QUERY_COMMANDS:
+        from terravl.index.faiss_runtime import openmp_spin_default
+
+        openmp_spin_default()
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -12,7 +12,7 @@ from typing import Iterator
 @contextmanager
 def text_tower_warming(enabled: bool = True) -> Iterator[None]:
     """Load the PyTorch-free text tower (:func:`terravl.models.light_text.warm_up`) in a thread for the duration
-    of the block; the query's encoder takes that tower (one lock, never loaded twice). The block's exit waits for
+    of the block (FAISS first, when loading it sets an environment variable: :mod:`terravl.index.faiss_runtime`); the query's encoder takes that tower (one lock, never loaded twice). The block's exit waits for
     the thread, so ONNX Runtime is never left mid-set-up when the process exits."""
     if not enabled:
         yield
@@ -23,6 +23,10 @@ def text_tower_warming(enabled: bool = True) -> Iterator[None]:
 
         warm_up()
 
+    from terravl.index.faiss_runtime import load_faiss, load_sets_environment
+
+    if load_sets_environment():  # then FAISS loads before the thread, which reads the environment
+        load_faiss()
     thread = threading.Thread(target=run, name="terravl-text-warm-up", daemon=True)
     thread.start()
     try:

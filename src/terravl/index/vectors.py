@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from terravl.index.faiss_runtime import load_faiss
+
 log = logging.getLogger("terravl.index")
 ANN_THRESHOLD = 100_000
 """Below this many vectors exact search answers in about 10 ms or less on 2 cores (measured: 9.9 ms for
@@ -188,7 +190,7 @@ class IVFIndex:
         cosine 0.67 against 0.92 for an image crop in the benchmark), so their neighbours are spread over more
         cells and need a larger ``nprobe`` than leave-one-out rows show (at nprobe 6 on the crop archive: 0.977
         leave-one-out, 0.929 for RSICD captions)."""
-        import faiss
+        faiss = load_faiss()
 
         n, dim = vectors.shape
         kind = resolve_kind(n, kind, pq_threshold)
@@ -325,7 +327,7 @@ class IVFIndex:
         writers and readers (server threads, a CLI run) never see a mix of two builds. Best effort: on a read-only
         or full folder it is kept in memory for this process instead (it is derived data; search must not fail
         for want of a cache)."""
-        import faiss
+        faiss = load_faiss()
 
         token = f"{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
         tmp = folder / f"{CACHE_FILE}.{token}.tmp"
@@ -360,7 +362,7 @@ class IVFIndex:
         """The cached index if it was built from this version of the store, else None (also for a cache written
         before recall was measured: it is rebuilt, so every index in use has a measured recall). ``vectors`` (the
         indexed rows, in order; may be memory-mapped) are what an IVF-PQ index re-ranks with."""
-        import faiss
+        faiss = load_faiss()
 
         unsaved = _UNSAVED.get(str(Path(folder).resolve()))
         if unsaved is not None and unsaved[0] == version:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from terravl.errors import InputError, RasterReadError, WorkBudgetError
+from terravl.index.faiss_runtime import load_faiss
 from terravl.model_versions import HEADS_ENCODER
 from terravl.server.errors import NotFound, Unavailable
 from terravl.server.textcache import CachedTextEncoder, TextCache
@@ -145,6 +146,7 @@ class Service:
         self.ground_methods: dict[str, Any] = {}
         """Grounding methods by the name a request gives (auto, trained, baseline), each loaded on first use."""
         self._ground_lock = threading.Lock()
+        load_faiss()  # sets an environment variable while it loads: before the pools' threads start
         self.light = WorkPool(light_workers, queue, "terravl-light", initializer=_worker_thread)
         self.heavy = WorkPool(workers, queue, "terravl-heavy", initializer=_worker_thread)
         self.preload = preload

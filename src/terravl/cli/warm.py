@@ -12,8 +12,10 @@ from typing import Iterator
 @contextmanager
 def text_tower_warming(enabled: bool = True) -> Iterator[None]:
     """Load the PyTorch-free text tower (:func:`terravl.models.light_text.warm_up`) in a thread for the duration
-    of the block (FAISS first, when loading it sets an environment variable: :mod:`terravl.index.faiss_runtime`); the query's encoder takes that tower (one lock, never loaded twice). The block's exit waits for
-    the thread, so ONNX Runtime is never left mid-set-up when the process exits."""
+    of the block; the query's encoder takes that tower (one lock, never loaded twice). FAISS is loaded first when
+    loading it sets an environment variable (:mod:`terravl.index.faiss_runtime`), which must not happen while the
+    thread runs. The block's exit waits for the thread, so ONNX Runtime is never left mid-set-up when the process
+    exits."""
     if not enabled:
         yield
         return

@@ -281,6 +281,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=sorted(TOWERS), help=argparse.SUPPRESS)
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     if args.worker:
         print(json.dumps(worker(args.index, captions(args.queries), args.worker)))
         return

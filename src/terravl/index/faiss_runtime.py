@@ -29,8 +29,8 @@ import threading
 from types import ModuleType
 
 SPIN_COUNT = 3000
-"""Pause loops an idle FAISS OpenMP thread spins before it sleeps (libgomp's default: 300,000). The whole search
-call measured the same at 0, 3,000 and 30,000; waking a sleeping thread costs microseconds."""
+"""Pause loops an idle FAISS OpenMP thread spins before it sleeps (libgomp's default: 300,000). A loop of whole
+searches measured the same at 0, 3,000 and 30,000; waking a sleeping thread costs microseconds."""
 USER_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 _LOCK = threading.Lock()
 
@@ -59,7 +59,7 @@ def load_faiss() -> ModuleType:
     that may read the environment (the CLI's warm-up thread, the server's pools): a C ``getenv`` running at the
     moment ``setenv`` grows the environment can read freed memory."""
     with _LOCK:
-        if "faiss" in sys.modules or _user_setting():
+        if not load_sets_environment():
             import faiss
 
             return faiss

@@ -355,7 +355,7 @@ class IVFIndex:
 
     def keep(self, folder: Path, version: int) -> None:
         """Keep the cache in this process's memory only (a read-only index is never written to)."""
-        _UNSAVED[str(Path(folder).resolve())] = (int(version), self)
+        _UNSAVED[_folder_key(folder)] = (int(version), self)
 
     @classmethod
     def load(cls, folder: Path, version: int, vectors: np.ndarray | None = None) -> "IVFIndex | None":
@@ -364,7 +364,7 @@ class IVFIndex:
         indexed rows, in order; may be memory-mapped) are what an IVF-PQ index re-ranks with."""
         faiss = load_faiss()
 
-        unsaved = _UNSAVED.get(str(Path(folder).resolve()))
+        unsaved = _UNSAVED.get(_folder_key(folder))
         if unsaved is not None and unsaved[0] == version:
             try:
                 return unsaved[1]._attach(vectors)
@@ -418,7 +418,7 @@ class IVFIndex:
         concurrent searches wait for it rather than each building their own) and saved if ``persist``.
         ``query_sample`` (an array, or a function that makes one, called only when building: e.g. the text
         encoder over :data:`TUNING_PROMPTS`) is passed to :meth:`build`."""
-        key = str(Path(folder).resolve())
+        key = _folder_key(folder)
         with _LOCKS_GUARD:
             lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
         with lock:
@@ -514,5 +514,11 @@ _LOCKS_GUARD = threading.Lock()
 
 
 _UNSAVED: dict[str, tuple[int, IVFIndex]] = {}
+
+
+def _folder_key(folder: Path) -> str:
+    """One name per index folder however it is spelled (relative, through a symlink): the key of this process's
+    caches (:data:`_UNSAVED`) and build locks."""
+    return str(Path(folder).resolve())
 """Approximate indexes this process holds, by folder: (store version, index), one per folder — loaded from the
 cache file once (not at every search), or built for a read-only index whose cache cannot be saved."""

@@ -131,8 +131,9 @@ def _folder(name: str) -> tuple[Path, str, str] | None:
 
 def open_text_encoder(name: str, threads: int | None = None) -> LightTextEncoder | None:
     """The PyTorch-free text side of the TerraVL model ``name`` (a registry name or a model folder), or None when
-    it cannot serve here (``threads``: of its ONNX session, default :func:`~terravl.models.text_onnx.cpu_threads`): not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
-    MiniLM graph not exported yet, the weights' fingerprint not recorded yet, or anything unreadable."""
+    it cannot serve here: not a TerraVL model, ``TERRAVL_TEXT_BACKEND=torch`` or ``TERRAVL_LIGHT_TEXT=0``, the
+    MiniLM graph not exported yet, the weights' fingerprint not recorded yet, or anything unreadable.
+    ``threads``: of its ONNX session (default :func:`~terravl.models.text_onnx.cpu_threads`)."""
     from terravl.models.text_onnx import OnnxUnavailable, onnx_text_tower
 
     if not _switched_on():

@@ -132,6 +132,34 @@ def test_real_samples_open_with_their_georeference(samples):
         assert 0.5 < valid.mean() < 0.9  # the scene's nodata collar is masked
 
 
+def test_histogram_percentiles_are_numpys_to_the_bit():
+    """integer_percentiles reads percentiles off a histogram; it must give np.percentile's float64 values exactly
+    (both sides of its interpolation formula, single values, constant data, the extremes)."""
+    from terravl.io.bands import integer_percentiles
+
+    rng = np.random.default_rng(11)
+    for case in range(1500):
+        dtype = (np.uint8, np.uint16)[case % 2]
+        top = int(rng.integers(1, np.iinfo(dtype).max + 1))
+        n = int(rng.integers(1, 3000)) if case % 7 else int(rng.integers(1, 200_000))
+        values = rng.integers(0, top, n, endpoint=True).astype(dtype)
+        if case % 5 == 0:
+            values = np.minimum(rng.gamma(2.0, top / 6, n), top).astype(dtype)
+        if case % 11 == 0:
+            values[:] = values[0]
+        percentiles = ((2, 98), (0, 100), (50, 50), tuple(rng.uniform(0, 100, 3)))[case % 4]
+        want = np.percentile(values, percentiles)
+        got = integer_percentiles(values, percentiles)
+        assert got.dtype == want.dtype == np.float64
+        assert got.tobytes() == want.tobytes(), (case, n, percentiles, got, want)
+    # a case where numpy's second form (b − d·(1 − γ), for γ ≥ 0.5) differs from a + d·γ in the last bit
+    values = np.full(7034, 16997, np.uint16)
+    values[:141] = 12653  # the 2nd percentile sits at 140.66, between the 141st and 142nd values
+    want = np.percentile(values, (2, 98))
+    assert want[0] != 12653 + (16997 - 12653) * (7033 * 0.02 - 140)
+    assert integer_percentiles(values, (2, 98)).tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_unsigned_percentiles_equal_the_float64_ones_exactly(dtype):
     """8- and 16-bit data skip the float64 copy when the stretch limits are computed; the limits must not move."""

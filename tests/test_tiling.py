@@ -1,4 +1,5 @@
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -100,6 +101,28 @@ def test_sixteen_bit_tiles_share_one_stretch(tmp_path):
     path = write_geotiff(tmp_path / "u16.tif", 128, 128, count=4, dtype="uint16", data=data)
     left, right = [t for t in iter_tiles(path, size=64) if t.row == 0]
     assert left.array.max() < right.array.min()  # a per-tile stretch would map both to the same value
+
+
+def test_workers_sample_the_stretch_as_one_thread_does(tmp_path):
+    """With worker threads, the stretch's sample windows are read by the workers (faster in a fresh process):
+    the same windows in the same order, so the same limits and the same tiles as one thread reading them all."""
+    from terravl.io.raster import open_raster
+
+    rng = np.random.default_rng(5)
+    data = np.minimum(rng.gamma(2.0, 900.0, (3, 1300, 1100)), 65535).astype(np.uint16)  # > 1024²: windows
+    path = write_geotiff(tmp_path / "u16.tif", 1100, 1300, dtype="uint16", data=data, tiled=True,
+                         blockxsize=256, blockysize=256)
+    with open_raster(path) as src:
+        alone = src.stretch
+    with open_raster(path) as src, ThreadPoolExecutor(2) as pool:
+        assert src.prepare_stretch(pool.map) == alone
+        assert src.stretch == alone
+    one = list(iter_tiles(path, size=200, workers=1))
+    two = list(iter_tiles(path, size=200, workers=2))
+    assert len(one) == len(two) == 6 * 7
+    for a, b in zip(one, two):
+        assert (a.row, a.col) == (b.row, b.col)
+        np.testing.assert_array_equal(a.array, b.array)
 
 
 def test_tile_size_is_bounded_before_any_allocation(tmp_path, samples, capsys):

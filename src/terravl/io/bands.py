@@ -177,10 +177,13 @@ def percentile_stretch(samples: np.ndarray, valid: np.ndarray | None, percentile
                        ) -> Stretch:
     """Compute stretch limits from ``samples`` shaped (bands, H, W), ignoring invalid pixels and NaNs."""
     lows, highs = [], []
+    small_ints = samples.dtype.kind == "u" and samples.dtype.itemsize <= 2
+    if valid is not None and small_ints and valid.all():
+        valid = None  # the same values, without a masked copy of each band
     for band in range(samples.shape[0]):
-        if samples.dtype.kind == "u" and samples.dtype.itemsize <= 2:
-            # 8- and 16-bit unsigned: no NaNs, and np.percentile gives the float64 path's exact values (sorted, so no
-            # difference overflows) while partitioning 2-byte rather than 8-byte values: 2× faster at 16 bits
+        if small_ints:
+            # 8- and 16-bit unsigned: no NaNs, and the percentiles come from a histogram (exactly np.percentile's
+            # values, which are the float64 path's: tested), 4× faster than partitioning a million values
             values = samples[band][valid] if valid is not None else samples[band].reshape(-1)
         else:
             values = samples[band].astype(np.float64, copy=False)
@@ -194,12 +197,32 @@ def percentile_stretch(samples: np.ndarray, valid: np.ndarray | None, percentile
             lows.append(0.0)
             highs.append(1.0)
             continue
-        lo, hi = np.percentile(values, percentiles)
+        lo, hi = integer_percentiles(values, percentiles) if small_ints else np.percentile(values, percentiles)
         if hi <= lo:
             hi = lo + 1.0
         lows.append(float(lo))
         highs.append(float(hi))
     return Stretch(tuple(lows), tuple(highs))
+
+
+def integer_percentiles(values: np.ndarray, percentiles: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(values, percentiles)`` (its default, linear method) of non-empty 8- or 16-bit unsigned
+    ``values``, read off their histogram instead of partitioning them: the two order statistics around each
+    percentile's position come from the cumulative counts, then numpy's own interpolation formula (``_lerp``,
+    including its second form above a fraction of 0.5) gives the same float64 bits (a test compares thousands
+    of arrays)."""
+    cumulative = np.cumsum(np.bincount(values.reshape(-1)))
+    n = int(cumulative[-1])
+    position = (n - 1) * np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
+    below = np.floor(position)
+    gamma = position - below
+    first = below.astype(np.intp)
+    a = np.searchsorted(cumulative, first, side="right").astype(values.dtype)
+    b = np.searchsorted(cumulative, np.minimum(first + 1, n - 1), side="right").astype(values.dtype)
+    diff = b - a
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
 
 
 def to_uint8(data: np.ndarray, stretch: Stretch, valid: np.ndarray | None = None) -> np.ndarray:

@@ -120,7 +120,6 @@ def iter_tiles(path: str | Path, size: int = 256, overlap: int = 0, bands="auto"
     workers = workers or min(2, os.cpu_count() or 1)
     with open_raster(path, bands=bands, stretch=stretch, trusted=trusted) as src:
         info = src.info
-        src.stretch  # noqa: B018 - computed once, before the workers start
         chunks = _chunks(tile_windows(info.width, info.height, size, overlap), max(1, chunk))
 
         def load(cells: list[tuple[int, int, PixelWindow]]) -> list[Tile]:
@@ -136,10 +135,12 @@ def iter_tiles(path: str | Path, size: int = 256, overlap: int = 0, bands="auto"
             return tiles
 
         if workers <= 1 or len(chunks) <= 1:
+            src.stretch  # noqa: B018 - computed once, before the first tile
             for cells in chunks:
                 yield from load(cells)
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="terravl-tiles") as pool:
+            src.prepare_stretch(pool.map)  # its sample windows read by the workers, before any tile
             todo = iter(chunks)
             pending: deque = deque(pool.submit(load, c) for c in islice(todo, 2 * workers))
             try:

@@ -295,3 +295,24 @@ def test_an_int8_caption_memory_saves_smaller_loads_bit_identical_and_keeps_dire
     fp16_again = TerraVLModel.load(tmp_path / "int8")
     fp16_again.set_memory(keys, values, k=5, tau=0.05, alpha=0.5)  # back to float16: no stale scales remain
     assert "memory_keys_scale" not in fp16_again.state_dict() and "storage" not in fp16_again.config["memory"]
+
+
+@pytest.mark.parametrize("mean,std", [([0.5] * 3, [0.5] * 3), ([0.398, 0.409, 0.370], [0.207, 0.189, 0.186])])
+def test_preprocess_in_numpy_gives_the_torch_formulas_bits(mean, std):
+    """ImagePreprocess normalises in numpy: the same float32 operations as (x / 255 - mean) / std in PyTorch,
+    so every embedding stays the same to the bit (resized and already-sized images, odd sizes)."""
+    from terravl.models.terravl_encoder import ImagePreprocess
+
+    prepare = ImagePreprocess(112, mean, std)
+    rng = np.random.default_rng(4)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    for size in [(150, 150), (112, 112), (97, 203)]:
+        for _ in range(5):
+            image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+            resized = image.resize((112, 112), Image.BILINEAR, reducing_gap=None) if size != (112, 112) else image
+            array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+            want = (array.float().div_(255) - m) / s
+            got = prepare(image)
+            assert got.dtype == torch.float32 and got.shape == (3, 112, 112) and got.is_contiguous()
+            assert torch.equal(got, want)

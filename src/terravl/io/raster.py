@@ -169,8 +169,10 @@ class RasterSource:
                 self._driver = DRIVERS[fmt][0] if fmt else None
                 self.info = self._open_rasterio()
             choice = choose_bands(bands, self.info.count, self.path, self.info.colorinterp, self.info.descriptions)
-            with gdal_env(not trusted, self._s3):
-                flags = self._ds.mask_flag_enums[0] if self._ds is not None else ()
+            flags = ()
+            if self._ds is not None:  # (a file Pillow decoded has no GDAL handle: no GDAL settings to enter)
+                with gdal_env(not trusted, self._s3):
+                    flags = self._ds.mask_flag_enums[0]
         except BaseException:
             self.close()
             raise

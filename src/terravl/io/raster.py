@@ -417,8 +417,10 @@ def read_image(path: str | Path, bands="auto", stretch: str | Stretch = "auto",
     limit = config.max_pixels() if max_pixels is None else max_pixels
     path = to_url(path) if is_remote(path) else str(path)
     fmt = None if trusted or is_remote(path) else sniff_format(path)
-    if (fmt in PILLOW_FORMATS) if fmt else (trusted and not is_remote(path)
-                                            and Path(path).suffix.lower() in PILLOW_SUFFIXES):
+    # a Pillow file is checked on its header before decoding: against the default limit by open_raster itself,
+    # so here only against a caller's own limit (one header read less for each image an index build reads)
+    if max_pixels is not None and ((fmt in PILLOW_FORMATS) if fmt else (
+            trusted and not is_remote(path) and Path(path).suffix.lower() in PILLOW_SUFFIXES)):
         _check_pixels(path, *_pillow_size(path, (PILLOW_FORMATS[fmt],) if fmt else None), limit=limit)
     with open_raster(path, bands=bands, stretch=stretch, trusted=trusted) as src:
         _check_pixels(path, src.info.width, src.info.height, limit=limit)

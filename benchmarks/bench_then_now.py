@@ -10,8 +10,9 @@ sample rasters (`terravl index build src/terravl/samples`, 34 tiles: the index i
 measured on) and serves it with `terravl serve` (its defaults); the servers run one at a time, in back-to-back
 pairs whose order alternates, so a drift of the machine's speed falls on both. Load: 8 httpx clients
 (`bench_server.load`) for ``--seconds`` each, first with every query new (distinct RSICD captions: the text tower
-encodes each), then bench_server's 10 queries repeated (what issue 20's figure was measured with; today's server
-answers repeats from its query cache). The median of the pair ratios is reported for both.
+encodes each; every server is a fresh process with an empty cache, so all get the same list), then bench_server's
+10 queries repeated (what issue 20's figure was measured with; today's server answers repeats from its query
+cache). The median of the pair ratios is reported for both, with the seconds each load actually ran.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_index(src: Path, out: Path) -> None:
                     "--out", str(out)], check=True, env=env, cwd=src.parent, stdout=subprocess.DEVNULL)
 
 
-def measure(src: Path, index: Path, logs: Path, fresh: list[str], seconds: float) -> dict:
+def measure(src: Path, index: Path, logs: Path, warm: list[str], fresh: list[str], seconds: float) -> dict:
     """requests/s of one server (the code under ``src``): every query new, then 10 queries repeated."""
     from bench_server import QUERIES, load, start_server
 
@@ -57,14 +58,21 @@ def measure(src: Path, index: Path, logs: Path, fresh: list[str], seconds: float
         else:
             os.environ["PYTHONPATH"] = previous
     try:
-        asyncio.run(load(url, 8, 2, 10**9, fresh[-200:], cycle=False))  # warm-up: models, caches, page cache
-        latencies, failures, elapsed = asyncio.run(load(url, 8, seconds, 10**9, fresh[:-200], cycle=False))
+        asyncio.run(load(url, 8, 2, 10**9, warm, cycle=False))  # warm-up: models, page cache
+        latencies, failures, elapsed = asyncio.run(load(url, 8, seconds, 10**9, fresh, cycle=False))
         repeated, failures_r, elapsed_r = asyncio.run(load(url, 8, seconds, 10**9, QUERIES, cycle=True))
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
-    return {"new_s": len(latencies) / elapsed, "repeated_s": len(repeated) / elapsed_r,
-            "failures": failures + failures_r}
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if elapsed < 0.9 * seconds:
+        log(f"  every query new: the {len(fresh)} queries ran out after {elapsed:.1f} s")
+    return {"new_s": len(latencies) / elapsed, "new_elapsed_s": elapsed, "new_failures": failures,
+            "repeated_s": len(repeated) / elapsed_r, "repeated_elapsed_s": elapsed_r,
+            "repeated_failures": failures_r}
 
 
 def main() -> None:
@@ -78,8 +86,9 @@ def main() -> None:
         parser.error("--pairs must be at least 1")
     from bench_query import captions
 
+    os.chdir(ROOT)  # so that `python -m terravl` never finds a package in the current folder first
     pool = captions(20_000)
-    share = len(pool) // (2 * args.pairs)  # distinct captions for each server, none sent to another
+    warm, fresh = pool[:200], pool[200:]  # each server is a fresh process: new to it, whoever had them before
     with tempfile.TemporaryDirectory(prefix="terravl-then-") as tmp:
         tmp = Path(tmp)
         tree = tmp / "tree"
@@ -93,34 +102,34 @@ def main() -> None:
                 log(f"building the samples index with the code of {which}")
                 build_index(src, tmp / f"{which}.idx")
             runs: dict[str, list[dict]] = {"then": [], "now": []}
-            turn = 0
             for i in range(args.pairs):
                 for which in (("then", "now") if i % 2 == 0 else ("now", "then")):
-                    fresh = pool[turn * share:(turn + 1) * share]
-                    turn += 1
-                    runs[which].append(measure(code[which], tmp / f"{which}.idx", tmp / f"{which}.log", fresh,
-                                               args.seconds))
+                    runs[which].append(measure(code[which], tmp / f"{which}.idx", tmp / f"{which}.log", warm,
+                                               fresh, args.seconds))
                     log(f"{which}: {runs[which][-1]}")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     result = {"rev": rev, "pairs": args.pairs, "seconds": args.seconds, "runs": runs}
-    for key in ("new_s", "repeated_s"):
-        ratios = [now[key] / then[key] for then, now in zip(runs["then"], runs["now"])]
-        result[key] = {"then": statistics.median(r[key] for r in runs["then"]),
-                       "now": statistics.median(r[key] for r in runs["now"]),
-                       "pair_ratios": ratios, "median_ratio": statistics.median(ratios)}
+    for key in ("new", "repeated"):
+        rate = f"{key}_s"
+        ratios = [now[rate] / then[rate] for then, now in zip(runs["then"], runs["now"])]
+        result[rate] = {"then": statistics.median(r[rate] for r in runs["then"]),
+                        "now": statistics.median(r[rate] for r in runs["now"]),
+                        "pair_ratios": ratios, "median_ratio": statistics.median(ratios),
+                        "seconds": [round(r[f"{key}_elapsed_s"], 1) for r in runs["then"] + runs["now"]],
+                        "failures": sum(r[f"{key}_failures"] for r in runs["then"] + runs["now"])}
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return
     print(f"\nterravl serve, samples index (34 tiles), 8 clients: code of {rev} (then) against this working tree "
           f"(now), {args.pairs} back-to-back pairs of {args.seconds:.0f} s per level")
-    print("| load | then req/s | now req/s | pair ratios | median ratio | failures |")
-    print("|---|---|---|---|---|---|")
+    print("| load | then req/s | now req/s | pair ratios | median ratio | seconds run | failures |")
+    print("|---|---|---|---|---|---|---|")
     for key, what in (("new_s", "every query new"), ("repeated_s", "bench_server's 10 queries repeated")):
         r = result[key]
-        failures = sum(x["failures"] for x in runs["then"] + runs["now"])
         print(f"| {what} | {r['then']:.1f} | {r['now']:.1f} | {', '.join(f'{x:.2f}' for x in r['pair_ratios'])} | "
-              f"{r['median_ratio']:.2f}× | {failures} |")
+              f"{r['median_ratio']:.2f}× | {min(r['seconds']):.1f}–{max(r['seconds']):.1f} | {r['failures']} |")
 
 
 if __name__ == "__main__":

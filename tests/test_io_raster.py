@@ -96,6 +96,20 @@ def test_decompression_bomb_header_is_refused_before_decoding(tmp_path, monkeypa
     bomb = write_png_bomb(tmp_path / "bomb.png")
     with pytest.raises(ImageTooLargeError, match="bomb.png.*10,000,000,000 pixels"):
         read_image(bomb)
+    with pytest.raises(ImageTooLargeError, match="bomb.png.*10,000,000,000 pixels"):
+        read_image(bomb, trusted=False)  # an upload: the format sniffed, the same header check
+    # a caller's own, smaller limit is checked on the header too, before any pixel is decoded
+    small = write_image(tmp_path / "ok.png", 100, 100)
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1) or real_load(self))
+    with pytest.raises(ImageTooLargeError, match="ok.png.*10,000 pixels"):
+        read_image(small, max_pixels=5_000)
+    assert not decoded
+    assert read_image(small, max_pixels=10_000).array.shape == (100, 100, 3) and decoded
+    monkeypatch.undo()
     monkeypatch.setenv("TERRAVL_MAX_PIXELS", "100")
     with pytest.raises(ImageTooLargeError, match="small.tif"):
         read_image(write_geotiff(tmp_path / "small.tif", 20, 20))
@@ -135,7 +149,7 @@ def test_real_samples_open_with_their_georeference(samples):
 def test_histogram_percentiles_are_numpys_to_the_bit():
     """integer_percentiles reads percentiles off a histogram; it must give np.percentile's float64 values exactly
     (both sides of its interpolation formula, single values, constant data, the extremes)."""
-    from terravl.io.bands import integer_percentiles
+    from terravl.io.bands import _integer_percentiles as integer_percentiles
 
     rng = np.random.default_rng(11)
     for case in range(1500):
@@ -158,6 +172,11 @@ def test_histogram_percentiles_are_numpys_to_the_bit():
     want = np.percentile(values, (2, 98))
     assert want[0] != 12653 + (16997 - 12653) * (7033 * 0.02 - 140)
     assert integer_percentiles(values, (2, 98)).tobytes() == want.tobytes()
+    for bad in ((-1, 50), (2, 101), (float("nan"), 50)):
+        with pytest.raises(ValueError):
+            integer_percentiles(values, bad)
+    with pytest.raises(ValueError):
+        integer_percentiles(values[:0], (2, 98))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

@@ -1,4 +1,5 @@
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -114,9 +115,17 @@ def test_workers_sample_the_stretch_as_one_thread_does(tmp_path):
                          blockxsize=256, blockysize=256)
     with open_raster(path) as src:
         alone = src.stretch
-    with open_raster(path) as src, ThreadPoolExecutor(2) as pool:
+    readers = set()
+
+    def read(window):  # which threads read the sample windows
+        readers.add(threading.current_thread().name)
+        return reader(window)
+
+    with open_raster(path) as src, ThreadPoolExecutor(2, thread_name_prefix="sampler") as pool:
+        reader, src.read = src.read, read
         assert src.prepare_stretch(pool.map) == alone
         assert src.stretch == alone
+    assert readers and all(name.startswith("sampler") for name in readers)
     one = list(iter_tiles(path, size=200, workers=1))
     two = list(iter_tiles(path, size=200, workers=2))
     assert len(one) == len(two) == 6 * 7

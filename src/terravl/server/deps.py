@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from terravl.server.service import Service
 
 
-def get_service(request: Request) -> Service:
-    """The service stored on the application at creation (tests may swap it in ``app.state.service``)."""
+async def get_service(request: Request) -> Service:
+    """The service stored on the application at creation (tests may swap it in ``app.state.service``). A
+    coroutine, so FastAPI calls it on the event loop: a plain function would be sent to a worker thread and back
+    on every request (the event loop's CPU per search: 0.95 → 0.83 ms)."""
     return request.app.state.service
 
 

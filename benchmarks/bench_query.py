@@ -196,24 +196,21 @@ def server(index: Path, queries: list[str], seconds: float, n: int, dim: int, pa
     every query new) and the ONNX tower with every query new, in ``pairs`` back-to-back pairs whose order
     alternates (old-new, new-old, ...) so that a drift of the machine's speed falls on both; the median of each
     and every pair's ratio are reported. Then the ONNX tower with 10 repeated queries (cache hits)."""
-    from bench_server import load, rss_mib, start_server
+    from bench_server import load, rss_mib, start_server, warn_if_short
 
     def hammer(url: str, pool: list[str], repeat: bool) -> tuple[float, int, float]:
         latencies, failures, elapsed = asyncio.run(load(url, 8, seconds, 10**9, pool, cycle=repeat))
+        if not repeat:
+            warn_if_short(elapsed, seconds, len(pool))
         return len(latencies) / elapsed, failures, p50(latencies)
-
-    share = max(200, len(queries) // (2 * pairs))  # distinct captions for each server, none sent before
-    slices = iter(range(0, 2 * pairs * share, share))
 
     def serve(backend: str, pool: list[str] | None) -> dict:
         os.environ["TERRAVL_TEXT_BACKEND"] = backend  # the server process inherits it
         proc, url = start_server(index, CACHE / f"serve-{backend}.log")
         try:
             repeat = pool is not None
-            if pool is None:
-                first = next(slices)
-                pool = queries[first:first + share]
-            rate, failures, lat = hammer(url, pool, repeat)
+            # each server is a fresh process with an empty query cache: the same distinct captions are new to all
+            rate, failures, lat = hammer(url, queries if pool is None else pool, repeat)
             return {"requests_s": rate, "p50_ms": lat, "failures": failures, "rss_mib": rss_mib(proc.pid)}
         finally:
             proc.terminate()

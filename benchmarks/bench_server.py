@@ -64,6 +64,14 @@ def in_process(index: Path, n: int) -> list[float]:
     return times
 
 
+def warn_if_short(elapsed: float, seconds: float, queries: int) -> None:
+    """Say so on stderr when a load with every query new ran out of queries before ``seconds``: its rate is then
+    timed over a shorter window than the load it is compared with."""
+    if elapsed < 0.9 * seconds:
+        print(f"  every query new: the {queries} queries ran out after {elapsed:.1f} s of {seconds:.0f}",
+              file=sys.stderr, flush=True)
+
+
 async def load(url: str, clients: int, seconds: float, max_requests: int, queries: Sequence[str] = QUERIES,
                cycle: bool = True) -> tuple[list[float], int, float]:
     """Text searches from ``clients`` concurrent clients for ``seconds`` or ``max_requests``: (latencies in ms of

@@ -46,7 +46,7 @@ def build_index(src: Path, out: Path) -> None:
 
 def measure(src: Path, index: Path, logs: Path, warm: list[str], fresh: list[str], seconds: float) -> dict:
     """requests/s of one server (the code under ``src``): every query new, then 10 queries repeated."""
-    from bench_server import QUERIES, load, start_server
+    from bench_server import QUERIES, load, start_server, warn_if_short
 
     previous = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(src)  # the server process imports this code
@@ -68,8 +68,7 @@ def measure(src: Path, index: Path, logs: Path, warm: list[str], fresh: list[str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if elapsed < 0.9 * seconds:
-        log(f"  every query new: the {len(fresh)} queries ran out after {elapsed:.1f} s")
+    warn_if_short(elapsed, seconds, len(fresh))
     return {"new_s": len(latencies) / elapsed, "new_elapsed_s": elapsed, "new_failures": failures,
             "repeated_s": len(repeated) / elapsed_r, "repeated_elapsed_s": elapsed_r,
             "repeated_failures": failures_r}

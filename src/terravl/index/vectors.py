@@ -514,11 +514,11 @@ _LOCKS_GUARD = threading.Lock()
 
 
 _UNSAVED: dict[str, tuple[int, IVFIndex]] = {}
+"""Approximate indexes this process holds, by folder: (store version, index), one per folder — loaded from the
+cache file once (not at every search), or built for a read-only index whose cache cannot be saved."""
 
 
 def _folder_key(folder: Path) -> str:
     """One name per index folder however it is spelled (relative, through a symlink): the key of this process's
     caches (:data:`_UNSAVED`) and build locks."""
     return str(Path(folder).resolve())
-"""Approximate indexes this process holds, by folder: (store version, index), one per folder — loaded from the
-cache file once (not at every search), or built for a read-only index whose cache cannot be saved."""

@@ -289,11 +289,11 @@ def fuse(source: str, target: str, config) -> bool:
     """Rewrite the exported BERT graph ``source`` into ONNX Runtime's fused operators, saved as ``target``; False
     (with the reason logged) when the optimiser is missing or finds no attention to fuse. Only graph rewrites that
     any CPU runs (``opt_level=0``: no machine-specific kernels are written into the file)."""
+    if config is None:  # no head count or width to fuse with
+        return False
     try:
         from onnxruntime.transformers import optimizer
 
-        if config is None:
-            return False
         model = optimizer.optimize_model(source, model_type="bert", num_heads=int(config.num_attention_heads),
                                          hidden_size=int(config.hidden_size), opt_level=0)
         if not model.get_fused_operator_statistics().get("Attention"):

@@ -501,6 +501,35 @@ def test_a_kb_refuses_an_encoder_with_other_weights_under_the_same_name(tmp_path
         build_kb([tmp_path / "a.md"], retrained, kb)
 
 
+def test_a_kb_records_how_texts_read_the_caption_memory_and_refuses_vectors_made_otherwise(tmp_path):
+    """terravl-default's texts read its caption memory (settings in its config, not its weights): a knowledge base
+    records that with its passages' vectors, and one whose passages were embedded otherwise (built before the
+    setting existed) is refused by name instead of comparing mismatched vectors."""
+    import sqlite3
+
+    import terravl.models as m
+    from terravl.kb import KBOpenError
+    from terravl.models.light_text import query_encoder
+
+    (tmp_path / "a.md").write_text("Solar panels cover the depot roof.", encoding="utf-8")
+    kb = tmp_path / "t.kb"
+    encoder = m.load("terravl-default")
+    settings = encoder.model.config["memory"]["text"]
+    build_kb([tmp_path / "a.md"], encoder, kb)
+    with KBStore(kb, readonly=True) as store:
+        assert store.meta()["text_side"] == settings
+        assert retrieve(store, query_encoder("terravl-default"), "solar panels").evidence  # the light side agrees
+        with pytest.raises(ValueError, match="store's own"):
+            KBStore(kb).set_meta("text_side", None)
+    with sqlite3.connect(kb) as db:  # as a knowledge base built before texts read the memory
+        db.execute("UPDATE meta SET value = 'null' WHERE key = 'text_side'")
+    with KBStore(kb, readonly=True) as store:
+        with pytest.raises(KBOpenError, match="text vectors were made without the caption memory"):
+            retrieve(store, encoder, "solar panels")
+    with pytest.raises(KBOpenError, match="rebuild it"):
+        build_kb([tmp_path / "a.md"], encoder, kb)
+
+
 # -- the bridge weighed against the evidence, calibrated per collection -------------------------------------------
 def test_fusion_follows_an_unsure_bridge_to_the_evidence_and_keeps_a_confident_one():
     from terravl.tasks.rag import fuse_presence, fuse_scene

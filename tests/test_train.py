@@ -162,7 +162,7 @@ def test_fine_tuning_an_open_clip_checkpoint(tmp_path, fake_captions, mode):
 def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
     data = write_karpathy(tmp_path / "data" / "d.json", n_train=40, n_test=4)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "mem"), epochs=2, val_fraction=0.2, memory_storage="int8",
-                      **TINY)
+                      text_memory=True, **TINY)
     info = train(cfg, log=lambda _: None)
     assert info["data"]["train_images"] == 32 and info["data"]["validation_images"] == 8
     folder = tmp_path / "mem" / "model"
@@ -172,6 +172,8 @@ def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
     if "memory" in info["scores"]:  # attached: the saved model carries it and uses it
         assert config["memory"]["size"] == 32 and encoder.model.memory_keys.shape == (32, 32)
         assert config["memory"]["storage"] == "int8" and encoder.model.memory_keys.dtype == torch.int8
+        text = info["scores"]["memory"].get("text")  # the text side: in the config exactly when it was chosen
+        assert config["memory"].get("text") == ({k: text[k] for k in ("k", "tau", "beta")} if text else None)
     else:
         assert "memory" not in config
     assert encoder.encode_images([image]).shape == (1, 32)

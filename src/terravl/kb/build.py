@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from terravl.kb.sources import Source, expand, fingerprint, read
-from terravl.kb.store import KBItem, KBStore, KBWriteError, encoder_weights
+from terravl.kb.store import KBItem, KBStore, KBWriteError, encoder_text_side, encoder_weights
 from terravl.paths import shown
 from terravl.results import Problem
 
@@ -104,7 +104,8 @@ def build_kb(sources: Iterable[str | Path], encoder, out: str | Path, split: str
     build with :class:`KBWriteError` saying how many items of this run were committed (they stay; re-run to
     resume); bad items are reported and skipped."""
     model = encoder.source or encoder.name
-    store = KBStore(out, create=True, model=model, dim=encoder.embed_dim, weights=encoder_weights(encoder))
+    store = KBStore(out, create=True, model=model, dim=encoder.embed_dim, weights=encoder_weights(encoder),
+                    text_side=encoder_text_side(encoder))
     try:
         store.check_encoder(encoder)  # adding to a knowledge base: the same model and weights
     except BaseException:

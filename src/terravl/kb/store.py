@@ -105,8 +105,9 @@ class KBStore:
     read-only when the file or its folder cannot be written."""
 
     def __init__(self, path: str | Path, create: bool = False, model: str | None = None, dim: int | None = None,
-                 readonly: bool | None = None, weights: str = ""):
+                 readonly: bool | None = None, weights: str = "", text_side: dict | None = None):
         self.path = Path(path)
+        self._text_side = text_side
         if self.path.is_dir():
             raise KBOpenError(self.path, "is a folder; a knowledge base is one file (e.g. site.kb)")
         if not self.path.is_file():
@@ -174,8 +175,8 @@ class KBStore:
             c.execute("CREATE INDEX sources_hash ON sources(hash)")
             c.execute("CREATE TABLE problems (path TEXT, error TEXT, at REAL)")
             for key, value in {"kind": "terravl-kb", "schema": SCHEMA_VERSION, "model": model, "dim": int(dim),
-                               "weights": weights, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "version": 0}.items():
+                               "weights": weights, "text_side": self._text_side,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "version": 0}.items():
                 c.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def check_encoder(self, encoder) -> None:
@@ -189,6 +190,11 @@ class KBStore:
         if built and now and not same_weights(built, now):
             raise KBOpenError(self.path, f"was built with other weights of {name!r} (fingerprint {built}, installed "
                                          f"now {now}): its vectors do not match this model; rebuild it with "
+                                         f"`terravl kb build`")
+        made, makes = meta.get("text_side"), encoder_text_side(encoder)  # absent: built before text sides existed
+        if made != makes:
+            raise KBOpenError(self.path, f"its text vectors were made {_text_side_words(made)}, and {name!r} now makes "
+                                         f"them {_text_side_words(makes)}: they do not match; rebuild it with "
                                          f"`terravl kb build`")
 
     def _writable(self) -> None:
@@ -205,7 +211,7 @@ class KBStore:
     def set_meta(self, key: str, value) -> None:
         """Write one metadata entry (JSON), e.g. the answer-fusion weights that ``terravl kb calibrate`` fits."""
         self._writable()
-        if key in ("kind", "schema", "model", "dim", "weights", "created", "version"):
+        if key in ("kind", "schema", "model", "dim", "weights", "text_side", "created", "version"):
             raise ValueError(f"metadata {key!r} is the store's own")
         with _Transaction(self.db):
             self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -443,6 +449,20 @@ class KBStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def encoder_text_side(encoder) -> dict | None:
+    """What shapes the encoder's text vectors besides its weights: a TerraVL model's caption-memory blend of texts
+    (its ``memory.text`` settings), None for none. A knowledge base records it, as its passages' vectors depend on
+    it (a model's settings can change while its weights, and so their fingerprint, stay)."""
+    encoder = getattr(encoder, "wrapped", encoder)
+    return getattr(encoder, "text_memory_settings", None)
+
+
+def _text_side_words(settings: dict | None) -> str:
+    if not settings:
+        return "without the caption memory"
+    return "with the caption memory (" + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")"
 
 
 def encoder_weights(encoder) -> str:

@@ -1,7 +1,8 @@
 """Text queries without PyTorch: a TerraVL model's text side as ONNX Runtime + numpy.
 
 A TerraVL dual encoder embeds a text as MiniLM (frozen; its ONNX twin, :mod:`terravl.models.text_onnx`) → the
-model's text projection → L2 normalisation. Once the MiniLM graph is exported and the model's weight fingerprint
+model's text projection → (when the model's config asks for it) the blend with its caption memory
+(:func:`terravl.models.terravl_encoder.blend_text_with_memory`) → L2 normalisation. Once the MiniLM graph is exported and the model's weight fingerprint
 recorded (both happen the first time the full model runs here), a text query needs neither PyTorch (about 3 s
 to import) nor the image tower: :func:`open_text_encoder` gives an object with the same ``encode_texts`` (same
 numbers: tested against the full encoder) for ``terravl search`` and knowledge-base queries. Nothing here imports
@@ -84,9 +85,12 @@ class LightTextEncoder:
     """``encode_texts`` of a TerraVL model on ONNX Runtime and numpy (no image side). Stateless between calls."""
 
     def __init__(self, name: str, source: str, tower, weights: list[tuple[np.ndarray, np.ndarray]],
-                 embed_dim: int, fingerprint: str):
+                 embed_dim: int, fingerprint: str, memory: "TextMemory | None" = None):
         self.name, self.source, self.tower, self.layers = name, source, tower, weights
         self.embed_dim = embed_dim
+        self.memory = memory
+        self.text_memory_settings = ({"k": memory.k_setting, "tau": memory.tau, "beta": memory.beta}
+                                     if memory is not None else None)
         self._terravl_weights_fingerprint = fingerprint  # read by feature_cache.encoder_fingerprint
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
@@ -101,8 +105,67 @@ class LightTextEncoder:
                 x = x @ weight.T + bias
                 if n < len(self.layers) - 1:  # nn.GELU() (exact, erf) between the MLP's two layers
                     x = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-            out.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+            x = _unit(x)
+            out.append(_unit(self.memory.blend(x)) if self.memory is not None else x)
         return np.concatenate(out).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class TextMemory:
+    """The caption memory's text-side blend in numpy, the same arithmetic as
+    :func:`terravl.models.terravl_encoder.blend_text_with_memory` (float32 keys and values as the model holds
+    them: int8 codes times their row's scale, or float16 rows)."""
+
+    def __init__(self, keys: np.ndarray, unique: np.ndarray, inverse: np.ndarray, k: int, tau: float, beta: float):
+        self.keys, self.unique, self.inverse = keys, unique, np.asarray(inverse, dtype=np.int64)
+        self.k, self.tau, self.beta = min(int(k), len(keys)), float(tau), float(beta)
+        self.k_setting = int(k)  # as the config says it (k above is capped at the memory's size)
+        self.members = np.argsort(self.inverse, kind="stable")  # the rows of each prototype, ascending
+        self.starts = np.searchsorted(self.inverse[self.members], np.arange(len(unique) + 1))
+
+    def blend(self, text: np.ndarray) -> np.ndarray:
+        """The rows ranked by (similarity of their prototype, descending; row, ascending) — the order of the
+        PyTorch side's stable sort over every row — without sorting every row: the top k rows all belong to
+        prototypes at least as similar as the k-th most similar prototype, so only those are expanded."""
+        sims = text @ self.unique.T
+        kth = min(self.k, sims.shape[1]) - 1
+        threshold = -np.partition(-sims, kth, axis=1)[:, kth]
+        out = np.empty_like(text)
+        for n in range(len(text)):
+            chosen = np.flatnonzero(sims[n] >= threshold[n])
+            rows = np.concatenate([self.members[self.starts[c]:self.starts[c + 1]] for c in chosen])
+            row_sims = sims[n, self.inverse[rows]]
+            order = np.lexsort((rows, -row_sims))[:self.k]
+            logits = row_sims[order] / self.tau
+            weights = np.exp(logits - logits.max())
+            weights /= weights.sum()
+            neighbour = weights @ self.keys[rows[order]]
+            out[n] = self.beta * text[n] + (1 - self.beta) * neighbour / max(float(np.linalg.norm(neighbour)), 1e-12)
+        return out
+
+    @classmethod
+    def read(cls, weights_file: Path, settings: dict) -> "TextMemory":
+        """The memory of a model file: keys, and the caption prototypes as distinct rows plus each key's row (a
+        packed file stores them so; an unpacked one is reduced here)."""
+        from safetensors import safe_open
+
+        with safe_open(str(weights_file), framework="numpy") as f:
+            names = set(f.keys())
+
+            def rows(name: str) -> np.ndarray:
+                data = f.get_tensor(name).astype(np.float32)
+                scale = f"{name}_scale"
+                return data * f.get_tensor(scale).astype(np.float32) if scale in names else data
+
+            keys = rows("memory_keys")
+            if "memory_values_index" in names:
+                unique, inverse = rows("memory_values_unique"), f.get_tensor("memory_values_index").astype(np.int64)
+            else:
+                unique, inverse = np.unique(rows("memory_values"), axis=0, return_inverse=True)
+        return cls(keys, unique, inverse.reshape(-1), settings["k"], settings["tau"], settings["beta"])
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -153,9 +216,11 @@ def open_text_encoder(name: str, threads: int | None = None) -> LightTextEncoder
         tower = onnx_text_tower(export_missing=False, threads=threads)
         layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
         dim = int(config["embed_dim"])
+        settings = (config.get("memory") or {}).get("text")
+        memory = TextMemory.read(folder / WEIGHTS_FILE, settings) if settings else None
     except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it
         return None
-    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint)
+    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint, memory)
 
 
 def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -142,10 +142,42 @@ class TerraVLModel(nn.Module):
 
     def quantize_memory(self) -> None:
         """Store the attached caption memory as int8 rows (what ``memory_storage: int8`` in a training config
-        does after choosing the memory's settings)."""
+        does after choosing the memory's settings); its text-side settings are kept."""
         keys, values = self._memory_fp32()
         memory = self.config["memory"]
         self.set_memory(keys, values, memory["k"], memory["tau"], memory["alpha"], storage="int8")
+        if memory.get("text"):
+            self.set_text_memory(**memory["text"])
+
+    def set_text_memory(self, k: int, tau: float, beta: float) -> None:
+        """Let text embeddings read the attached caption memory too (:func:`blend_text_with_memory`); settings
+        only, no new tensors, so the weights' fingerprint and every stored image vector stay as they were."""
+        if not self.config.get("memory"):
+            raise ValueError("a text-side memory needs the caption memory attached first (set_memory)")
+        if not (int(k) >= 1 and float(tau) > 0 and 0.0 <= float(beta) <= 1.0):
+            raise ValueError(f"text memory: k ≥ 1, tau > 0 and 0 ≤ beta ≤ 1, got k={k}, tau={tau}, beta={beta}")
+        self.config["memory"]["text"] = {"k": int(k), "tau": float(tau), "beta": float(beta)}
+
+    def apply_text_memory(self, projected: torch.Tensor) -> torch.Tensor:
+        """Projected text features blended with the caption memory when the model's config asks for it (its
+        ``memory.text`` settings); unchanged otherwise, and always during training, before a memory exists."""
+        text = (self.config.get("memory") or {}).get("text")
+        if not text:
+            return projected
+        keys, unique, inverse = self._text_memory_rows()
+        return blend_text_with_memory(F.normalize(projected.float(), dim=-1), keys, unique, inverse,
+                                      int(text["k"]), float(text["tau"]), float(text["beta"]))
+
+    def _text_memory_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, distinct caption prototypes, each row's prototype) of the caption memory in float32, found once
+        per memory like :meth:`_memory_fp32` (many training images share one prototype: templated captions)."""
+        keys, values = self._memory_fp32()
+        cached = self.__dict__.get("_text_rows")
+        if cached is None or cached[0] is not values:
+            unique, inverse = torch.unique(values, dim=0, return_inverse=True)
+            cached = (values, keys, unique, inverse)
+            self.__dict__["_text_rows"] = cached
+        return cached[1], cached[2], cached[3]
 
     def encode_text_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.text_projection(features)
@@ -228,6 +260,22 @@ def blend_with_memory(image: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     return alpha * image + (1 - alpha) * neighbours
 
 
+def blend_text_with_memory(text: torch.Tensor, keys: torch.Tensor, unique: torch.Tensor, inverse: torch.Tensor,
+                           k: int, tau: float, beta: float) -> torch.Tensor:
+    """beta · text + (1 − beta) · (softmax(sim/τ)-weighted embeddings of the k training images whose caption
+    prototypes are most like the text): the image side's blend mirrored. A query is lent the look of scenes
+    described that way, which narrows the gap between the two towers' outputs.
+
+    The prototypes come as their distinct rows (``unique``) and each training image's row in them (``inverse``):
+    images that share a prototype then tie exactly, and ties go to the lowest row (a stable sort), so this and
+    the numpy twin in :mod:`terravl.models.light_text` pick the same images."""
+    sims = (text @ unique.T)[:, inverse]
+    order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :min(k, keys.shape[0])]
+    weights = torch.softmax(sims.gather(1, order) / tau, dim=1)
+    neighbours = F.normalize((weights[:, :, None] * keys[order]).sum(1), dim=-1)
+    return beta * text + (1 - beta) * neighbours
+
+
 class ImagePreprocess:
     """PIL → (3, R, R) float tensor: bilinear resize of the whole image (no crop: scenes are framed on purpose)
     and per-channel normalisation with the training set's statistics, ``(x / 255 − mean) / std`` in float32.
@@ -284,6 +332,11 @@ class TerraVLEncoder(Encoder):
         return encoder
 
     @property
+    def text_memory_settings(self) -> dict | None:
+        """The caption memory's text-side settings (``memory.text``), None when texts do not read it."""
+        return (self.model.config.get("memory") or {}).get("text")
+
+    @property
     def text_tower(self):
         if self._text is None:
             from terravl.models.text_towers import text_tower
@@ -321,7 +374,7 @@ class TerraVLEncoder(Encoder):
             return None
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text_features(self.text_tower(texts))
+        return self.model.apply_text_memory(self.model.encode_text_features(self.text_tower(texts)))
 
 
 def _version(tensor: torch.Tensor) -> int | None:

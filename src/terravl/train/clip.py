@@ -74,6 +74,7 @@ class TrainConfig:
     stop_after_epochs: int | None = None
     val_fraction: float = 0.05
     memory: bool = True
+    text_memory: bool = False            # texts read the caption memory too (settings chosen on validation)
     limit_train: int | None = None
     limit_eval: int | None = None
     progress: bool = True
@@ -223,7 +224,7 @@ def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Ten
     out: dict = {}
     caps = [c for ids in evaluation.captions for c in ids]
     if caps:
-        text_emb = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
+        text_emb = F.normalize(_embed_text(model, feats[caps]), dim=-1)
         owner = np.repeat(np.arange(len(evaluation.paths)), [len(c) for c in evaluation.captions])
         out.update(retrieval_metrics((image_emb @ text_emb.T).cpu().numpy(), owner))
     labels = np.array(evaluation.labels)
@@ -231,13 +232,20 @@ def evaluate(model: TerraVLModel, evaluation, table: TextTable, feats: torch.Ten
     if table.classes and (labels >= 0).all() and set(labels.tolist()) <= set(class_ids):
         # zero-shot over this dataset's own classes only (UC Merced's 21, AID's 30), as `eval zeroshot` scores it
         prompt_ids = torch.tensor([table.prompt_ids[c] for c in class_ids])
-        prompts = F.normalize(model.encode_text_features(feats[prompt_ids].reshape(-1, feats.shape[1])),
+        prompts = F.normalize(_embed_text(model, feats[prompt_ids].reshape(-1, feats.shape[1])),
                               dim=-1).reshape(len(class_ids), -1, image_emb.shape[1]).mean(1)
         pred = (image_emb @ F.normalize(prompts, dim=-1).T).argmax(1).cpu().numpy()
         local = np.searchsorted(np.array(class_ids), labels)
         out["zeroshot_top1"] = classification_metrics(local, pred, [table.classes[c] for c in class_ids])["top1"]
     model.train()
     return out
+
+
+def _embed_text(model, features: torch.Tensor) -> torch.Tensor:
+    """Projected text features as the shipped encoder makes them (the caption memory's text side, once the model
+    has one; during training it has none)."""
+    projected = model.encode_text_features(features)
+    return model.apply_text_memory(projected) if hasattr(model, "apply_text_memory") else projected
 
 
 def evaluate_all(model: TerraVLModel, evaluations: list, table: TextTable, feats: torch.Tensor, mean, std) -> dict:
@@ -381,6 +389,7 @@ def _base_image(model, images: torch.Tensor) -> torch.Tensor:
 
 
 MEMORY_GRID = {"k": (10, 20, 50), "tau": (0.02, 0.05, 0.1), "alpha": (0.0, 0.25, 0.5, 0.75)}
+TEXT_MEMORY_GRID = {"k": (5, 10, 20, 50), "tau": (0.02, 0.05, 0.1), "beta": (0.5, 0.6, 0.7, 0.8, 0.9)}
 
 
 @torch.inference_mode()
@@ -428,7 +437,36 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
     if best["alpha"] >= 1.0:
         return None
     model.set_memory(keys, values, best["k"], best["tau"], best["alpha"], storage=cfg.memory_storage)
-    return {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
+    choice = {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
+    if cfg.text_memory:
+        blended = F.normalize(model.apply_memory(val_images), dim=-1)
+        text_choice = choose_text_memory(model, blended, text, owner, best["mR"], log)
+        if text_choice is not None:
+            choice["text"] = text_choice
+    return choice
+
+
+def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts: torch.Tensor, owner: np.ndarray,
+                       baseline_mR: float, log=print) -> dict | None:
+    """Choose the text side's blend (k, τ, β; :data:`TEXT_MEMORY_GRID`) on validation images (their final
+    embeddings) and captions (projected, normalised) against the attached caption memory, and set it on the
+    model when it beats ``baseline_mR`` (those images and texts unblended); None when it does not."""
+    from terravl.models.terravl_encoder import blend_text_with_memory
+
+    keys, unique, inverse = model._text_memory_rows()
+    best = {"mR": baseline_mR}
+    for k in TEXT_MEMORY_GRID["k"]:
+        for tau in TEXT_MEMORY_GRID["tau"]:
+            for beta in TEXT_MEMORY_GRID["beta"]:
+                text = F.normalize(blend_text_with_memory(val_texts, keys, unique, inverse, k, tau, beta), dim=-1)
+                score = retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]
+                if score > best["mR"]:
+                    best = {"k": k, "tau": tau, "beta": beta, "mR": score}
+    log(f"text side of the caption memory on the validation part: mR {baseline_mR:.2f} without, best {best}")
+    if "k" not in best:
+        return None
+    model.set_text_memory(best["k"], best["tau"], best["beta"])
+    return best
 
 
 def _open_clip_model(cfg: TrainConfig):

@@ -1,7 +1,6 @@
-"""The caption memory's text side: a text embedding blended with the training images whose caption prototypes it
-resembles. It picks the same images in PyTorch and in the numpy twin (ties included), it is settings only (no new
-tensors: the weights' fingerprint and every image vector stay), it survives saving and int8 quantisation, and
-training chooses it on validation only when it helps there."""
+"""The caption memory's text side: a text embedding blended with the image centroids of the caption clusters it
+resembles. PyTorch and the numpy twin agree, image vectors do not move, it survives saving and int8 quantisation,
+and training chooses it on validation only when it helps there."""
 
 from __future__ import annotations
 
@@ -10,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from terravl.models.feature_cache import weights_fingerprint
 from terravl.models.light_text import TextMemory
-from terravl.models.terravl_encoder import TerraVLModel, blend_text_with_memory
+from terravl.models.terravl_encoder import TerraVLModel, blend_text_with_memory, text_memory_clusters
 
 CONFIG = {"arch": "terravl-cnn", "embed_dim": 16,
           "image": {"widths": [8], "depths": [1], "resolution": 32, "dropout": 0.0, "mean": [0.5] * 3,
@@ -24,68 +22,73 @@ def _unit(rows: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
     return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
-def test_ties_go_to_the_lowest_rows_and_numpy_picks_the_same_images():
-    keys = _unit(6, seed=1)
-    shared, other = _unit(2, seed=2)
-    values = torch.stack([other, shared, other, shared, shared, other])  # rows 1, 3, 4 share one prototype
-    unique, inverse = torch.unique(values, dim=0, return_inverse=True)
-    text = shared[None].clone()
-    got = blend_text_with_memory(text, keys, unique, inverse, k=2, tau=0.05, beta=0.6)
-    # the two exact ties that come first (rows 1 and 3), equal weights
-    want = 0.6 * text + 0.4 * F.normalize((keys[1] + keys[3])[None] / 2, dim=-1)
-    assert torch.allclose(got, want, atol=1e-6)
-    twin = TextMemory(keys.numpy(), unique.numpy(), inverse.numpy(), k=2, tau=0.05, beta=0.6)
-    assert np.abs(twin.blend(text.numpy()) - got.numpy()).max() < 1e-6
-    # beta = 1 leaves the text alone; k larger than the memory takes all of it
-    assert torch.allclose(blend_text_with_memory(text, keys, unique, inverse, 5, 0.05, 1.0), text)
-    assert blend_text_with_memory(text, keys, unique, inverse, 99, 0.05, 0.5).shape == (1, 16)
-    many = _unit(7, seed=3)
-    assert np.abs(TextMemory(keys.numpy(), unique.numpy(), inverse.numpy(), 3, 0.1, 0.7).blend(many.numpy())
-                  - blend_text_with_memory(many, keys, unique, inverse, 3, 0.1, 0.7).numpy()).max() < 1e-6
+def test_the_blend_and_its_numpy_twin():
+    keys, values = _unit(6, seed=1), _unit(6, seed=2)
+    text = F.normalize(values[4:5] + 0.01 * _unit(1, seed=3), dim=-1)  # nearest cluster: row 4
+    got = blend_text_with_memory(text, keys, values, k=1, tau=0.05, beta=0.6)
+    assert torch.allclose(got, 0.6 * text + 0.4 * keys[4:5], atol=1e-6)
+    many = _unit(7, seed=4)
+    for k, tau, beta in ((3, 0.1, 0.7), (6, 0.02, 0.5), (99, 0.05, 0.8)):  # k above the cluster count: all of them
+        want = blend_text_with_memory(many, keys, values, k, tau, beta).numpy()
+        assert np.abs(TextMemory(keys.numpy(), values.numpy(), k, tau, beta).blend(many.numpy()) - want).max() < 1e-6
+    big = _unit(40, seed=5)  # more than a query's few texts: the BLAS product, same numbers
+    assert np.abs(TextMemory(keys.numpy(), values.numpy(), 3, 0.1, 0.7).blend(big.numpy())
+                  - blend_text_with_memory(big, keys, values, 3, 0.1, 0.7).numpy()).max() < 1e-6
+    assert torch.allclose(blend_text_with_memory(text, keys, values, 3, 0.05, 1.0), text)  # beta 1: unchanged
 
 
-def test_it_changes_texts_only_keeps_the_fingerprint_and_survives_save_and_int8(tmp_path):
+def test_clusters_pair_each_caption_centroid_with_its_images():
+    # 4 well-separated caption groups; each group's images point one way
+    groups = _unit(4, seed=6)
+    member = torch.arange(40) % 4
+    values = F.normalize(groups[member] + 0.01 * _unit(40, seed=7), dim=-1)
+    image_dirs = _unit(4, seed=8)
+    keys = F.normalize(image_dirs[member] + 0.01 * _unit(40, seed=9), dim=-1)
+    centroid_keys, centroid_values = text_memory_clusters(keys, values, 4)
+    assert centroid_keys.shape == centroid_values.shape == (4, 16)
+    match = (centroid_values @ groups.T).argmax(1)  # which caption group each cluster is
+    assert sorted(match.tolist()) == [0, 1, 2, 3]
+    assert ((centroid_keys * image_dirs[match]).sum(1) > 0.99).all()  # ...and its images' direction
+    assert text_memory_clusters(keys, values, 100)[0].shape == (40, 16)  # never more clusters than prototypes
+
+
+def test_it_changes_texts_only_and_survives_save_and_int8(tmp_path):
     torch.manual_seed(0)
     model = TerraVLModel(CONFIG).eval()
+    centroid_keys, centroid_values = _unit(8, seed=10), _unit(8, seed=11)
     with pytest.raises(ValueError, match="caption memory attached first"):
-        model.set_text_memory(5, 0.05, 0.8)
-    keys, values = _unit(40, seed=4), _unit(40, seed=5)
-    values[20:] = values[:20]  # shared prototypes, as templated captions give
-    model.set_memory(keys, values, k=5, tau=0.05, alpha=0.75)
+        model.set_text_memory(centroid_keys, centroid_values, 3, 0.05, 0.8)
+    model.set_memory(_unit(40, seed=4), _unit(40, seed=5), k=5, tau=0.05, alpha=0.75)
     features, pixels = torch.randn(4, 384), torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         text_before = model.apply_text_memory(model.encode_text_features(features))
-        images_before, fingerprint = model.encode_image(pixels), weights_fingerprint(_Holder(model))
-        for bad in ((0, 0.05, 0.8), (5, 0.0, 0.8), (5, 0.05, 1.5)):
+        images_before = model.encode_image(pixels)
+        for bad in ((0, 0.05, 0.8), (3, 0.0, 0.8), (3, 0.05, 1.5)):
             with pytest.raises(ValueError, match="text memory"):
-                model.set_text_memory(*bad)
-        model.set_text_memory(5, 0.05, 0.8)
+                model.set_text_memory(centroid_keys, centroid_values, *bad)
+        with pytest.raises(ValueError, match="both be"):
+            model.set_text_memory(centroid_keys, centroid_values[:5], 3, 0.05, 0.8)
+        model.set_text_memory(centroid_keys, centroid_values, 3, 0.05, 0.8)
+        assert model.config["memory"]["text"] == {"clusters": 8, "k": 3, "tau": 0.05, "beta": 0.8}
         text_after = model.apply_text_memory(model.encode_text_features(features))
         assert not torch.allclose(text_before, text_after)  # texts move towards the images
         assert torch.equal(model.encode_image(pixels), images_before)  # images do not
-        assert weights_fingerprint(_Holder(model)) == fingerprint  # settings only: stores stay comparable
-        model.quantize_memory()
-        assert model.config["memory"]["text"] == {"k": 5, "tau": 0.05, "beta": 0.8}
+        model.quantize_memory()  # the image side to int8: the text side stays
+        assert model.config["memory"]["text"]["clusters"] == 8 and model.memory_text_keys.dtype == torch.int8
+        assert torch.allclose(model.apply_text_memory(model.encode_text_features(features)), text_after, atol=1e-6)
+        model.config["storage"] = "float16"
         model.save(tmp_path / "m")
         again = TerraVLModel.load(tmp_path / "m").eval()
-        assert again.config["memory"]["text"] == {"k": 5, "tau": 0.05, "beta": 0.8}
-        assert torch.allclose(again.apply_text_memory(again.encode_text_features(features)),
-                              model.apply_text_memory(model.encode_text_features(features)), atol=1e-6)
-        twin = TextMemory.read(tmp_path / "m" / "model.safetensors", again.config["memory"]["text"])
-        keys_q, unique_q, inverse_q = again._text_memory_rows()
-        assert len(twin.unique) == len(unique_q) == 20 and np.array_equal(twin.keys, keys_q.numpy())
+        assert again.memory_text_keys_scale.dtype == torch.float32  # scales stay exact in a float16 file
         projected = F.normalize(again.encode_text_features(features), dim=-1)
+        twin = TextMemory.read(tmp_path / "m" / "model.safetensors", again.config["memory"]["text"])
         assert np.abs(twin.blend(projected.numpy()) - again.apply_text_memory(projected).numpy()).max() < 1e-6
-
-
-class _Holder:
-    """What :func:`weights_fingerprint` reads: an object with a ``model``."""
-
-    def __init__(self, model):
-        self.model = model
+        model.set_memory(_unit(40, seed=6), _unit(40, seed=7), k=5, tau=0.05, alpha=0.75)  # a new memory
+        assert "text" not in model.config["memory"] and "memory_text_keys" not in model.state_dict()
 
 
 def test_training_chooses_it_on_validation_only_when_it_helps():
+    from terravl.eval.retrieval import retrieval_metrics
     from terravl.train.clip import choose_text_memory
 
     # two modalities that see 10 scene kinds through different directions (a modality gap)
@@ -101,11 +104,9 @@ def test_training_chooses_it_on_validation_only_when_it_helps():
     model = TerraVLModel(CONFIG).eval()
     model.set_memory(keys, values, k=5, tau=0.05, alpha=0.75)
     logs = []
-    assert choose_text_memory(model, images, texts, owner, baseline_mR=101.0, log=logs.append) is None
+    assert choose_text_memory(model, images, texts, owner, 101.0, clusters=10, log=logs.append) is None
     assert "text" not in model.config["memory"] and "without" in logs[-1]
-    from terravl.eval.retrieval import retrieval_metrics
-
     baseline = retrieval_metrics((images @ texts.T).numpy(), owner)["mR"]
-    choice = choose_text_memory(model, images, texts, owner, baseline_mR=baseline, log=logs.append)
-    assert choice is not None and choice["mR"] > baseline
-    assert model.config["memory"]["text"] == {k: choice[k] for k in ("k", "tau", "beta")}
+    choice = choose_text_memory(model, images, texts, owner, baseline, clusters=10, log=logs.append)
+    assert choice is not None and choice["mR"] > baseline and choice["clusters"] == 10
+    assert model.config["memory"]["text"] == {"clusters": 10, **{k: choice[k] for k in ("k", "tau", "beta")}}

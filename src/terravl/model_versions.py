@@ -16,11 +16,13 @@ BEFORE_FINGERPRINTS = "terravl-default-v2"
 the default before — since :data:`V2_SHIPPED`; one created earlier was built with v1."""
 V2_SHIPPED = "2026-11-27T09:10:01Z"
 """When v2 became the default (the commit that shipped it); stores record ``created`` in this format."""
-SAME_VECTORS = {"732a83366a39515d": "a2afcb9b4546896b"}
-"""Recorded fingerprint → installed fingerprint whose vectors stand in for it: v3 as first shipped (float16 caption
-memory) → v3 with its memory stored as int8 rows (its image vectors within cosine 0.9993 of the first's on both
-evaluation splits; text vectors identical), so indexes and knowledge bases built before the switch stay usable.
-When a v4 ships, :data:`SHIPPED_FINGERPRINTS` must name both v3 fingerprints ``terravl-default-v3``."""
+SAME_VECTORS = {"732a83366a39515d": "87fef9b6ef50ff19", "a2afcb9b4546896b": "87fef9b6ef50ff19"}
+"""Recorded fingerprint → installed fingerprint whose vectors stand in for it. v3 as first shipped (float16 caption
+memory, ``732a…``) → v3 with its memory stored as int8 rows (``a2af…``: image vectors within cosine 0.9993 of the
+first's on both evaluation splits; text vectors identical) → v3 with the caption memory's text side (``87fe…``:
+the same image vectors, bit for bit; new tensors, so a new fingerprint). Indexes built with any of them stay
+usable; a knowledge base's text vectors are checked on their own (``text_side``, :mod:`terravl.kb.store`).
+When a v4 ships, :data:`SHIPPED_FINGERPRINTS` must name all three v3 fingerprints ``terravl-default-v3``."""
 
 
 def same_weights(built: str, installed: str) -> bool:

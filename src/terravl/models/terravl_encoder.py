@@ -25,6 +25,9 @@ _RUNNER_LOCK = threading.Lock()
 WEIGHTS_FILE = "model.safetensors"
 MEMORY_SCALES = ("memory_keys_scale", "memory_values_scale")
 """The per-row scales of an int8 caption memory (float32, also in a float16-storage file)."""
+TEXT_PARTS = ("memory_text_keys", "memory_text_values")
+"""The caption memory's text side: cluster centroids of the caption prototypes and of their images (int8 rows)."""
+KEEP_FLOAT32 = MEMORY_SCALES + tuple(f"{p}_scale" for p in TEXT_PARTS)
 
 DEFAULT_CONFIG = {
     "arch": "terravl-cnn",
@@ -77,6 +80,11 @@ class TerraVLModel(nn.Module):
                                                                    torch.float16))
                 if int8:
                     self.register_buffer(f"memory_{part}_scale", torch.ones(size, 1))
+            if memory.get("text"):
+                clusters = int(memory["text"]["clusters"])
+                for name in TEXT_PARTS:
+                    self.register_buffer(name, torch.zeros(clusters, dim, dtype=torch.int8))
+                    self.register_buffer(f"{name}_scale", torch.ones(clusters, 1))
 
     def encode_image_base(self, pixels: torch.Tensor) -> torch.Tensor:
         """The image tower alone (what training optimises)."""
@@ -116,6 +124,7 @@ class TerraVLModel(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_memory_cache", None)  # loading copies into the same buffers
+        self.__dict__.pop("_text_cache", None)
         return super()._load_from_state_dict(*args, **kwargs)
 
     def set_memory(self, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float, alpha: float,
@@ -126,7 +135,7 @@ class TerraVLModel(nn.Module):
         if storage not in ("float16", "int8"):
             raise ValueError(f"memory storage: float16 or int8, got {storage!r}")
         self.__dict__.pop("_memory_cache", None)
-        for name in MEMORY_SCALES:
+        for name in MEMORY_SCALES + TEXT_PARTS + KEEP_FLOAT32:  # a new memory: no text side made from the old
             self._buffers.pop(name, None)
         self.config["memory"] = {"size": int(keys.shape[0]), "k": int(k), "tau": float(tau), "alpha": float(alpha)}
         if storage == "int8":
@@ -142,42 +151,55 @@ class TerraVLModel(nn.Module):
 
     def quantize_memory(self) -> None:
         """Store the attached caption memory as int8 rows (what ``memory_storage: int8`` in a training config
-        does after choosing the memory's settings); its text-side settings are kept."""
+        does after choosing the memory's settings); its text side is kept."""
         keys, values = self._memory_fp32()
         memory = self.config["memory"]
+        text = memory.get("text")
+        text_rows = self._text_memory_fp32() if text else None
         self.set_memory(keys, values, memory["k"], memory["tau"], memory["alpha"], storage="int8")
-        if memory.get("text"):
-            self.set_text_memory(**memory["text"])
+        if text:
+            self.set_text_memory(*text_rows, k=text["k"], tau=text["tau"], beta=text["beta"])
 
-    def set_text_memory(self, k: int, tau: float, beta: float) -> None:
-        """Let text embeddings read the attached caption memory too (:func:`blend_text_with_memory`); settings
-        only, no new tensors, so the weights' fingerprint and every stored image vector stay as they were."""
+    def set_text_memory(self, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float, beta: float) -> None:
+        """Let text embeddings read the caption memory too (:func:`blend_text_with_memory`): ``values`` are
+        centroids of the caption prototypes, ``keys`` the matching centroids of their images
+        (:func:`text_memory_clusters`), stored as int8 rows. Image vectors do not change; the weights'
+        fingerprint does (new tensors)."""
         if not self.config.get("memory"):
             raise ValueError("a text-side memory needs the caption memory attached first (set_memory)")
         if not (int(k) >= 1 and float(tau) > 0 and 0.0 <= float(beta) <= 1.0):
             raise ValueError(f"text memory: k ≥ 1, tau > 0 and 0 ≤ beta ≤ 1, got k={k}, tau={tau}, beta={beta}")
-        self.config["memory"]["text"] = {"k": int(k), "tau": float(tau), "beta": float(beta)}
+        if keys.shape != values.shape or keys.shape[1] != int(self.config["embed_dim"]):
+            raise ValueError(f"text memory: keys and values must both be (clusters, {self.config['embed_dim']}), "
+                             f"got {tuple(keys.shape)} and {tuple(values.shape)}")
+        self.__dict__.pop("_text_cache", None)
+        for name, tensor in zip(TEXT_PARTS, (keys, values)):
+            codes, scale = quantize_rows(tensor.detach().float())
+            self.register_buffer(name, codes)
+            self.register_buffer(f"{name}_scale", scale)
+        self.config["memory"]["text"] = {"clusters": int(keys.shape[0]), "k": int(k), "tau": float(tau),
+                                         "beta": float(beta)}
 
     def apply_text_memory(self, projected: torch.Tensor) -> torch.Tensor:
-        """Projected text features blended with the caption memory when the model's config asks for it (its
-        ``memory.text`` settings); unchanged otherwise, and always during training, before a memory exists."""
+        """Projected text features blended with the caption memory's text side when the model has one;
+        unchanged otherwise, and always during training, before a memory exists."""
         text = (self.config.get("memory") or {}).get("text")
         if not text:
             return projected
-        keys, unique, inverse = self._text_memory_rows()
-        return blend_text_with_memory(F.normalize(projected.float(), dim=-1), keys, unique, inverse,
-                                      int(text["k"]), float(text["tau"]), float(text["beta"]))
+        keys, values = self._text_memory_fp32()
+        return blend_text_with_memory(F.normalize(projected.float(), dim=-1), keys, values, int(text["k"]),
+                                      float(text["tau"]), float(text["beta"]))
 
-    def _text_memory_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys, distinct caption prototypes, each row's prototype) of the caption memory in float32, found once
-        per memory like :meth:`_memory_fp32` (many training images share one prototype: templated captions)."""
-        keys, values = self._memory_fp32()
-        cached = self.__dict__.get("_text_rows")
-        if cached is None or cached[0] is not values:
-            unique, inverse = torch.unique(values, dim=0, return_inverse=True)
-            cached = (values, keys, unique, inverse)
-            self.__dict__["_text_rows"] = cached
-        return cached[1], cached[2], cached[3]
+    def _text_memory_fp32(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text side's (keys, values) in float32: int8 codes times their row's scale, converted once per
+        set of buffers (read-only derived data, shared by concurrent calls)."""
+        parts = [getattr(self, n) for n in TEXT_PARTS] + [getattr(self, f"{n}_scale") for n in TEXT_PARTS]
+        key = tuple((id(t), _version(t)) for t in parts)
+        cached = self.__dict__.get("_text_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, parts[0].float() * parts[2], parts[1].float() * parts[3])
+            self.__dict__["_text_cache"] = cached
+        return cached[1], cached[2]
 
     def encode_text_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.text_projection(features)
@@ -189,7 +211,7 @@ class TerraVLModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         if self.config.get("storage") == "float16":  # half the file; loading casts back to float32
-            state = {k: v.half() if v.dtype == torch.float32 and k not in MEMORY_SCALES else v
+            state = {k: v.half() if v.dtype == torch.float32 and k not in KEEP_FLOAT32 else v
                      for k, v in state.items()}  # an int8 memory's scales stay exact: a re-save changes nothing
         save_file(pack_memory(state), str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config, **(extra or {})}, indent=2) + "\n")
@@ -260,20 +282,33 @@ def blend_with_memory(image: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     return alpha * image + (1 - alpha) * neighbours
 
 
-def blend_text_with_memory(text: torch.Tensor, keys: torch.Tensor, unique: torch.Tensor, inverse: torch.Tensor,
-                           k: int, tau: float, beta: float) -> torch.Tensor:
-    """beta · text + (1 − beta) · (softmax(sim/τ)-weighted embeddings of the k training images whose caption
-    prototypes are most like the text): the image side's blend mirrored. A query is lent the look of scenes
-    described that way, which narrows the gap between the two towers' outputs.
-
-    The prototypes come as their distinct rows (``unique``) and each training image's row in them (``inverse``):
-    images that share a prototype then tie exactly, and ties go to the lowest row (a stable sort), so this and
-    the numpy twin in :mod:`terravl.models.light_text` pick the same images."""
-    sims = (text @ unique.T)[:, inverse]
-    order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :min(k, keys.shape[0])]
-    weights = torch.softmax(sims.gather(1, order) / tau, dim=1)
-    neighbours = F.normalize((weights[:, :, None] * keys[order]).sum(1), dim=-1)
+def blend_text_with_memory(text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, k: int, tau: float,
+                           beta: float) -> torch.Tensor:
+    """beta · text + (1 − beta) · (softmax(sim/τ)-weighted image centroids of the k caption clusters most like
+    the text): the image side's blend mirrored. A query is lent the look of scenes described that way, which
+    narrows the gap between the two towers' outputs. Clusters rather than all training images: the same gain on
+    the validation images at a fraction of the cost per query (2,048 rows against 7,590 distinct prototypes)."""
+    top = (text @ values.T).topk(min(k, values.shape[0]), dim=1)
+    weights = torch.softmax(top.values / tau, dim=1)
+    neighbours = F.normalize((weights[:, :, None] * keys[top.indices]).sum(1), dim=-1)
     return beta * text + (1 - beta) * neighbours
+
+
+def text_memory_clusters(keys: torch.Tensor, values: torch.Tensor, clusters: int,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image centroids, caption centroids) of spherical k-means over the caption prototypes ``values`` (FAISS,
+    25 iterations): each cluster's normalised mean prototype, and the normalised mean of its images' ``keys``."""
+    import faiss
+
+    data = np.ascontiguousarray(values.detach().float().cpu().numpy())
+    clusters = min(int(clusters), len(data))
+    kmeans = faiss.Kmeans(data.shape[1], clusters, niter=25, seed=seed, spherical=True, verbose=False)
+    kmeans.train(data)
+    assign = torch.from_numpy(kmeans.index.search(data, 1)[1][:, 0]).long()
+    dim = values.shape[1]
+    centroid_values = torch.zeros(clusters, dim).index_add_(0, assign, values.detach().float().cpu())
+    centroid_keys = torch.zeros(clusters, dim).index_add_(0, assign, keys.detach().float().cpu())
+    return F.normalize(centroid_keys, dim=-1), F.normalize(centroid_values, dim=-1)
 
 
 class ImagePreprocess:

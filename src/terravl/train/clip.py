@@ -75,6 +75,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     memory: bool = True
     text_memory: bool = False            # texts read the caption memory too (settings chosen on validation)
+    text_memory_clusters: int = 2048     # ... through this many k-means clusters of its caption prototypes
     limit_train: int | None = None
     limit_eval: int | None = None
     progress: bool = True
@@ -389,7 +390,7 @@ def _base_image(model, images: torch.Tensor) -> torch.Tensor:
 
 
 MEMORY_GRID = {"k": (10, 20, 50), "tau": (0.02, 0.05, 0.1), "alpha": (0.0, 0.25, 0.5, 0.75)}
-TEXT_MEMORY_GRID = {"k": (5, 10, 20, 50), "tau": (0.02, 0.05, 0.1), "beta": (0.5, 0.6, 0.7, 0.8, 0.9)}
+TEXT_MEMORY_GRID = {"k": (1, 3, 5, 10, 20), "tau": (0.02, 0.05, 0.1), "beta": (0.5, 0.6, 0.7, 0.8, 0.9)}
 
 
 @torch.inference_mode()
@@ -440,33 +441,36 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
     choice = {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
     if cfg.text_memory:
         blended = F.normalize(model.apply_memory(val_images), dim=-1)
-        text_choice = choose_text_memory(model, blended, text, owner, best["mR"], log)
+        text_choice = choose_text_memory(model, blended, text, owner, best["mR"], cfg.text_memory_clusters,
+                                         seed=cfg.seed, log=log)
         if text_choice is not None:
             choice["text"] = text_choice
     return choice
 
 
 def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts: torch.Tensor, owner: np.ndarray,
-                       baseline_mR: float, log=print) -> dict | None:
-    """Choose the text side's blend (k, τ, β; :data:`TEXT_MEMORY_GRID`) on validation images (their final
-    embeddings) and captions (projected, normalised) against the attached caption memory, and set it on the
-    model when it beats ``baseline_mR`` (those images and texts unblended); None when it does not."""
-    from terravl.models.terravl_encoder import blend_text_with_memory
+                       baseline_mR: float, clusters: int = 2048, seed: int = 0, log=print) -> dict | None:
+    """Cluster the attached caption memory's prototypes (:func:`text_memory_clusters`) and choose the text
+    side's blend (k, τ, β; :data:`TEXT_MEMORY_GRID`) on validation images (their final embeddings) and captions
+    (projected, normalised); set it on the model when it beats ``baseline_mR`` (those images and texts
+    unblended), else return None and leave the model as it was."""
+    from terravl.models.terravl_encoder import blend_text_with_memory, text_memory_clusters
 
-    keys, unique, inverse = model._text_memory_rows()
+    keys, values = text_memory_clusters(*model._memory_fp32(), clusters, seed=seed)
     best = {"mR": baseline_mR}
     for k in TEXT_MEMORY_GRID["k"]:
         for tau in TEXT_MEMORY_GRID["tau"]:
             for beta in TEXT_MEMORY_GRID["beta"]:
-                text = F.normalize(blend_text_with_memory(val_texts, keys, unique, inverse, k, tau, beta), dim=-1)
+                text = F.normalize(blend_text_with_memory(val_texts, keys, values, k, tau, beta), dim=-1)
                 score = retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]
                 if score > best["mR"]:
                     best = {"k": k, "tau": tau, "beta": beta, "mR": score}
-    log(f"text side of the caption memory on the validation part: mR {baseline_mR:.2f} without, best {best}")
+    log(f"text side of the caption memory ({len(values)} clusters) on the validation part: mR {baseline_mR:.2f} "
+        f"without, best {best}")
     if "k" not in best:
         return None
-    model.set_text_memory(best["k"], best["tau"], best["beta"])
-    return best
+    model.set_text_memory(keys, values, best["k"], best["tau"], best["beta"])
+    return {**best, "clusters": int(len(values))}
 
 
 def _open_clip_model(cfg: TrainConfig):

@@ -29,7 +29,7 @@ def synthetic_kb(path: Path, items: int, model: str, dim: int, seed: int = 0) ->
     vocabulary = [f"w{n}" for n in range(4000)]
     weights = 1.0 / np.arange(1, len(vocabulary) + 1)
     weights /= weights.sum()
-    with KBStore(path, create=True, model=model, dim=dim) as store:
+    with KBStore(path, create=True, model=model, dim=dim) as store:  # by name alone: not checked against weights
         for start in range(0, items, 5000):
             batch = []
             for n in range(start, min(items, start + 5000)):

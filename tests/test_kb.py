@@ -526,8 +526,12 @@ def test_a_kb_records_how_texts_read_the_caption_memory_and_refuses_vectors_made
     with KBStore(kb, readonly=True) as store:
         with pytest.raises(KBOpenError, match="text vectors were made without the caption memory"):
             retrieve(store, encoder, "solar panels")
-    with pytest.raises(KBOpenError, match="rebuild it"):
+    with pytest.raises(KBOpenError, match="delete the file"):
         build_kb([tmp_path / "a.md"], encoder, kb)
+    by_name = tmp_path / "by-name.kb"  # created by name alone (API users, benchmarks): not checked, as for weights
+    KBStore(by_name, create=True, model="terravl-default", dim=encoder.embed_dim).close()
+    with KBStore(by_name, readonly=True) as store:
+        assert retrieve(store, encoder, "solar panels").evidence == []
 
 
 # -- the bridge weighed against the evidence, calibrated per collection -------------------------------------------

@@ -50,6 +50,8 @@ def test_clusters_pair_each_caption_centroid_with_its_images():
     assert sorted(match.tolist()) == [0, 1, 2, 3]
     assert ((centroid_keys * image_dirs[match]).sum(1) > 0.99).all()  # ...and its images' direction
     assert text_memory_clusters(keys, values, 100)[0].shape == (40, 16)  # never more clusters than prototypes
+    with pytest.raises(ValueError, match="at least 1"):
+        text_memory_clusters(keys, values, 0)
 
 
 def test_it_changes_texts_only_and_survives_save_and_int8(tmp_path):
@@ -104,9 +106,11 @@ def test_training_chooses_it_on_validation_only_when_it_helps():
     model = TerraVLModel(CONFIG).eval()
     model.set_memory(keys, values, k=5, tau=0.05, alpha=0.75)
     logs = []
-    assert choose_text_memory(model, images, texts, owner, 101.0, clusters=10, log=logs.append) is None
+    # texts that already find their images perfectly (mR 100): nothing can beat that, nothing is attached
+    assert choose_text_memory(model, images, images, owner, clusters=10, log=logs.append) is None
     assert "text" not in model.config["memory"] and "without" in logs[-1]
     baseline = retrieval_metrics((images @ texts.T).numpy(), owner)["mR"]
-    choice = choose_text_memory(model, images, texts, owner, baseline, clusters=10, log=logs.append)
+    choice = choose_text_memory(model, images, texts, owner, clusters=10, log=logs.append)
     assert choice is not None and choice["mR"] > baseline and choice["clusters"] == 10
+    assert choice["validation_mR_without"] == baseline
     assert model.config["memory"]["text"] == {"clusters": 10, **{k: choice[k] for k in ("k", "tau", "beta")}}

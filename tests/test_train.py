@@ -173,7 +173,8 @@ def test_caption_memory_is_chosen_on_validation_and_round_trips(tmp_path):
         assert config["memory"]["size"] == 32 and encoder.model.memory_keys.shape == (32, 32)
         assert config["memory"]["storage"] == "int8" and encoder.model.memory_keys.dtype == torch.int8
         text = info["scores"]["memory"].get("text")  # the text side: in the config exactly when it was chosen
-        assert config["memory"].get("text") == ({k: text[k] for k in ("clusters", "k", "tau", "beta")} if text else None)
+        wanted = {k: text[k] for k in ("clusters", "k", "tau", "beta")} if text else None
+        assert config["memory"].get("text") == wanted
     else:
         assert "memory" not in config
     assert encoder.encode_images([image]).shape == (1, 32)

@@ -192,10 +192,11 @@ class KBStore:
                                          f"now {now}): its vectors do not match this model; rebuild it with "
                                          f"`terravl kb build`")
         made, makes = meta.get("text_side"), encoder_text_side(encoder)  # absent: built before text sides existed
-        if made != makes:
+        if built and made != makes:  # a store created by name alone (API users, benchmarks) is not checked
             raise KBOpenError(self.path, f"its text vectors were made {_text_side_words(made)}, and {name!r} now makes "
-                                         f"them {_text_side_words(makes)}: they do not match; rebuild it with "
-                                         f"`terravl kb build`")
+                                         f"them {_text_side_words(makes)}: they do not match. Rebuild it: delete "
+                                         f"the file (or choose a new --out), run `terravl kb build`, then "
+                                         f"`terravl kb calibrate` again")
 
     def _writable(self) -> None:
         if self.readonly:

@@ -1,13 +1,13 @@
 """Text queries without PyTorch: a TerraVL model's text side as ONNX Runtime + numpy.
 
 A TerraVL dual encoder embeds a text as MiniLM (frozen; its ONNX twin, :mod:`terravl.models.text_onnx`) → the
-model's text projection → (when the model's config asks for it) the blend with its caption memory
-(:func:`terravl.models.terravl_encoder.blend_text_with_memory`) → L2 normalisation. Once the MiniLM graph is exported and the model's weight fingerprint
-recorded (both happen the first time the full model runs here), a text query needs neither PyTorch (about 3 s
-to import) nor the image tower: :func:`open_text_encoder` gives an object with the same ``encode_texts`` (same
-numbers: tested against the full encoder) for ``terravl search`` and knowledge-base queries. Nothing here imports
-PyTorch; when anything is missing it returns None and the caller loads the full model, which prepares the files
-for next time.
+model's text projection → (when the model has one) the blend with its caption memory's text side
+(:func:`terravl.models.terravl_encoder.blend_text_with_memory`) → L2 normalisation. Once the MiniLM graph is
+exported and the model's weight fingerprint recorded (both happen the first time the full model runs here), a
+text query needs neither PyTorch (about 3 s to import) nor the image tower: :func:`open_text_encoder` gives an
+object with the same ``encode_texts`` (same numbers: tested against the full encoder) for ``terravl search`` and
+knowledge-base queries. Nothing here imports PyTorch; when anything is missing it returns None and the caller
+loads the full model, which prepares the files for next time.
 """
 
 from __future__ import annotations
@@ -85,11 +85,12 @@ class LightTextEncoder:
     """``encode_texts`` of a TerraVL model on ONNX Runtime and numpy (no image side). Stateless between calls."""
 
     def __init__(self, name: str, source: str, tower, weights: list[tuple[np.ndarray, np.ndarray]],
-                 embed_dim: int, fingerprint: str, memory: "TextMemory | None" = None):
+                 embed_dim: int, fingerprint: str, memory: "TextMemory | None" = None,
+                 memory_settings: dict | None = None):
         self.name, self.source, self.tower, self.layers = name, source, tower, weights
         self.embed_dim = embed_dim
         self.memory = memory
-        self.text_memory_settings: dict | None = None  # set by open_text_encoder: the config's ``memory.text``
+        self.text_memory_settings = memory_settings if memory is not None else None  # the config's memory.text
         self._terravl_weights_fingerprint = fingerprint  # read by feature_cache.encoder_fingerprint
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
@@ -124,8 +125,9 @@ class TextMemory:
 
     def blend(self, text: np.ndarray) -> np.ndarray:
         """A few texts (a query) are multiplied by numpy's own loop, not BLAS: OpenBLAS's second thread keeps
-        spinning after a call and takes a core from the FAISS search that follows (measured: even cached queries,
-        which never come here, were 0.5 ms slower)."""
+        spinning after a call and takes a core from the FAISS search that follows (with a BLAS product over all
+        memory rows even cached queries, which never come here, were 0.5 ms slower: MODEL_CARD.md). The
+        projection before it (one 384 × 384 product) still uses BLAS; it was not measured for the same effect."""
         if len(text) <= 16:
             sims = np.einsum("nd,cd->nc", text, self.values)  # no BLAS (einsum's default optimize=False)
         else:
@@ -202,9 +204,7 @@ def open_text_encoder(name: str, threads: int | None = None) -> LightTextEncoder
         memory = TextMemory.read(folder / WEIGHTS_FILE, settings) if settings else None
     except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it
         return None
-    light = LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint, memory)
-    light.text_memory_settings = settings or None
-    return light
+    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint, memory, settings)
 
 
 def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:

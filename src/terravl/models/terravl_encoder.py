@@ -135,7 +135,8 @@ class TerraVLModel(nn.Module):
         if storage not in ("float16", "int8"):
             raise ValueError(f"memory storage: float16 or int8, got {storage!r}")
         self.__dict__.pop("_memory_cache", None)
-        for name in MEMORY_SCALES + TEXT_PARTS + KEEP_FLOAT32:  # a new memory: no text side made from the old
+        self.__dict__.pop("_text_cache", None)
+        for name in TEXT_PARTS + KEEP_FLOAT32:  # a new memory: no text side made from the old one
             self._buffers.pop(name, None)
         self.config["memory"] = {"size": int(keys.shape[0]), "k": int(k), "tau": float(tau), "alpha": float(alpha)}
         if storage == "int8":
@@ -173,8 +174,9 @@ class TerraVLModel(nn.Module):
             raise ValueError(f"text memory: keys and values must both be (clusters, {self.config['embed_dim']}), "
                              f"got {tuple(keys.shape)} and {tuple(values.shape)}")
         self.__dict__.pop("_text_cache", None)
+        device = self.logit_scale.device  # the model's, wherever the centroids were computed
         for name, tensor in zip(TEXT_PARTS, (keys, values)):
-            codes, scale = quantize_rows(tensor.detach().float())
+            codes, scale = quantize_rows(tensor.detach().float().to(device))
             self.register_buffer(name, codes)
             self.register_buffer(f"{name}_scale", scale)
         self.config["memory"]["text"] = {"clusters": int(keys.shape[0]), "k": int(k), "tau": float(tau),
@@ -194,7 +196,7 @@ class TerraVLModel(nn.Module):
         """The text side's (keys, values) in float32: int8 codes times their row's scale, converted once per
         set of buffers (read-only derived data, shared by concurrent calls)."""
         parts = [getattr(self, n) for n in TEXT_PARTS] + [getattr(self, f"{n}_scale") for n in TEXT_PARTS]
-        key = tuple((id(t), _version(t)) for t in parts)
+        key = tuple((id(t), _version(t)) for t in parts) + (parts[0].device,)
         cached = self.__dict__.get("_text_cache")
         if cached is None or cached[0] != key:
             cached = (key, parts[0].float() * parts[2], parts[1].float() * parts[3])
@@ -300,6 +302,8 @@ def text_memory_clusters(keys: torch.Tensor, values: torch.Tensor, clusters: int
     25 iterations): each cluster's normalised mean prototype, and the normalised mean of its images' ``keys``."""
     import faiss
 
+    if int(clusters) < 1:
+        raise ValueError(f"text memory: clusters must be at least 1, got {clusters}")
     data = np.ascontiguousarray(values.detach().float().cpu().numpy())
     clusters = min(int(clusters), len(data))
     kmeans = faiss.Kmeans(data.shape[1], clusters, niter=25, seed=seed, spherical=True, verbose=False)
@@ -308,7 +312,8 @@ def text_memory_clusters(keys: torch.Tensor, values: torch.Tensor, clusters: int
     dim = values.shape[1]
     centroid_values = torch.zeros(clusters, dim).index_add_(0, assign, values.detach().float().cpu())
     centroid_keys = torch.zeros(clusters, dim).index_add_(0, assign, keys.detach().float().cpu())
-    return F.normalize(centroid_keys, dim=-1), F.normalize(centroid_values, dim=-1)
+    return (F.normalize(centroid_keys, dim=-1).to(values.device),  # back where the memory lives (CUDA training)
+            F.normalize(centroid_values, dim=-1).to(values.device))
 
 
 class ImagePreprocess:

@@ -441,21 +441,22 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
     choice = {**best, "validation_mR_plain": plain, "size": int(keys.shape[0])}
     if cfg.text_memory:
         blended = F.normalize(model.apply_memory(val_images), dim=-1)
-        text_choice = choose_text_memory(model, blended, text, owner, best["mR"], cfg.text_memory_clusters,
-                                         seed=cfg.seed, log=log)
+        text_choice = choose_text_memory(model, blended, text, owner, cfg.text_memory_clusters, seed=cfg.seed,
+                                         log=log)
         if text_choice is not None:
             choice["text"] = text_choice
     return choice
 
 
 def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts: torch.Tensor, owner: np.ndarray,
-                       baseline_mR: float, clusters: int = 2048, seed: int = 0, log=print) -> dict | None:
+                       clusters: int = 2048, seed: int = 0, log=print) -> dict | None:
     """Cluster the attached caption memory's prototypes (:func:`text_memory_clusters`) and choose the text
-    side's blend (k, τ, β; :data:`TEXT_MEMORY_GRID`) on validation images (their final embeddings) and captions
-    (projected, normalised); set it on the model when it beats ``baseline_mR`` (those images and texts
-    unblended), else return None and leave the model as it was."""
+    side's blend (k, τ, β; :data:`TEXT_MEMORY_GRID`) on validation images (their final embeddings, the stored
+    memory's) and captions (projected, normalised); set it on the model when it beats those texts unblended
+    (``validation_mR_without``), else return None and leave the model as it was."""
     from terravl.models.terravl_encoder import blend_text_with_memory, text_memory_clusters
 
+    baseline_mR = retrieval_metrics((val_images @ val_texts.T).cpu().numpy(), owner)["mR"]
     keys, values = text_memory_clusters(*model._memory_fp32(), clusters, seed=seed)
     best = {"mR": baseline_mR}
     for k in TEXT_MEMORY_GRID["k"]:
@@ -470,7 +471,7 @@ def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts:
     if "k" not in best:
         return None
     model.set_text_memory(keys, values, best["k"], best["tau"], best["beta"])
-    return {**best, "clusters": int(len(values))}
+    return {**best, "clusters": int(len(values)), "validation_mR_without": baseline_mR}
 
 
 def _open_clip_model(cfg: TrainConfig):

@@ -204,6 +204,8 @@ def test_a_model_whose_texts_read_its_caption_memory(tmp_path, full):
     light = open_text_encoder(str(folder))
     assert light is not None and light.memory is not None and len(light.memory.values) == 32
     assert light.text_memory_settings == loaded.text_memory_settings == model.config["memory"]["text"]
+    again = open_text_encoder(str(folder))  # `search` opens it on every call: the file's arrays are read once
+    assert again.memory is light.memory and again.layers is light.layers
     got, want = light.encode_texts(TEXTS), loaded.encode_texts(TEXTS)
     assert np.abs(got - want).max() < 1e-5
     plain = TerraVLModel(config)

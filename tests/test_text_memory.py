@@ -30,9 +30,10 @@ def test_the_blend_and_its_numpy_twin():
     many = _unit(7, seed=4)
     for k, tau, beta in ((3, 0.1, 0.7), (6, 0.02, 0.5), (99, 0.05, 0.8)):  # k above the cluster count: all of them
         want = blend_text_with_memory(many, keys, values, k, tau, beta).numpy()
-        assert np.abs(TextMemory(keys.numpy(), values.numpy(), k, tau, beta).blend(many.numpy()) - want).max() < 1e-6
+        twin = TextMemory(keys.numpy(), values.numpy(), {"k": k, "tau": tau, "beta": beta})
+        assert np.abs(twin.blend(many.numpy()) - want).max() < 1e-6
     big = _unit(40, seed=5)  # more than a query's few texts: the BLAS product, same numbers
-    assert np.abs(TextMemory(keys.numpy(), values.numpy(), 3, 0.1, 0.7).blend(big.numpy())
+    assert np.abs(TextMemory(keys.numpy(), values.numpy(), {"k": 3, "tau": 0.1, "beta": 0.7}).blend(big.numpy())
                   - blend_text_with_memory(big, keys, values, 3, 0.1, 0.7).numpy()).max() < 1e-6
     assert torch.allclose(blend_text_with_memory(text, keys, values, 3, 0.05, 1.0), text)  # beta 1: unchanged
 

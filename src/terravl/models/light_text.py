@@ -85,13 +85,16 @@ class LightTextEncoder:
     """``encode_texts`` of a TerraVL model on ONNX Runtime and numpy (no image side). Stateless between calls."""
 
     def __init__(self, name: str, source: str, tower, weights: list[tuple[np.ndarray, np.ndarray]],
-                 embed_dim: int, fingerprint: str, memory: "TextMemory | None" = None,
-                 memory_settings: dict | None = None):
+                 embed_dim: int, fingerprint: str, memory: "TextMemory | None" = None):
         self.name, self.source, self.tower, self.layers = name, source, tower, weights
         self.embed_dim = embed_dim
         self.memory = memory
-        self.text_memory_settings = memory_settings if memory is not None else None  # the config's memory.text
         self._terravl_weights_fingerprint = fingerprint  # read by feature_cache.encoder_fingerprint
+
+    @property
+    def text_memory_settings(self) -> dict | None:
+        """The config's ``memory.text`` when texts read the caption memory (what a knowledge base records)."""
+        return self.memory.settings if self.memory is not None else None
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings, as :meth:`terravl.models.encoder.Encoder.encode_texts`."""
@@ -119,9 +122,10 @@ class TextMemory:
     :func:`terravl.models.terravl_encoder.blend_text_with_memory` (float32 rows as the model holds them: int8
     codes times their row's scale)."""
 
-    def __init__(self, keys: np.ndarray, values: np.ndarray, k: int, tau: float, beta: float):
-        self.keys, self.values = keys, values
-        self.k, self.tau, self.beta = min(int(k), len(values)), float(tau), float(beta)
+    def __init__(self, keys: np.ndarray, values: np.ndarray, settings: dict):
+        self.keys, self.values, self.settings = keys, values, dict(settings)
+        self.k = min(int(settings["k"]), len(values))
+        self.tau, self.beta = float(settings["tau"]), float(settings["beta"])
 
     def blend(self, text: np.ndarray) -> np.ndarray:
         """A few texts (a query) are multiplied by numpy's own loop, not BLAS: OpenBLAS's second thread keeps
@@ -149,7 +153,7 @@ class TextMemory:
                 return f.get_tensor(name).astype(np.float32) * f.get_tensor(f"{name}_scale").astype(np.float32)
 
             keys, values = rows("memory_text_keys"), rows("memory_text_values")
-        return cls(keys, values, settings["k"], settings["tau"], settings["beta"])
+        return cls(keys, values, settings)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -198,13 +202,31 @@ def open_text_encoder(name: str, threads: int | None = None) -> LightTextEncoder
         if not fingerprint:
             return None
         tower = onnx_text_tower(export_missing=False, threads=threads)
-        layers = _projection(folder / WEIGHTS_FILE, str(text["projection"]))
+        layers, memory = _weights(folder / WEIGHTS_FILE, str(text["projection"]),
+                                  (config.get("memory") or {}).get("text"))
         dim = int(config["embed_dim"])
-        settings = (config.get("memory") or {}).get("text")
-        memory = TextMemory.read(folder / WEIGHTS_FILE, settings) if settings else None
     except (Exception, OnnxUnavailable):  # noqa: BLE001 - anything amiss: the full loader answers, or names it
         return None
-    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint, memory, settings)
+    return LightTextEncoder(registry_name, source, tower, layers, dim, fingerprint, memory)
+
+
+_WEIGHTS: dict[tuple, tuple] = {}
+
+
+def _weights(weights_file: Path, kind: str, memory: dict | None) -> tuple[list, "TextMemory | None"]:
+    """(projection layers, text-side memory or None) of a model file, read once per file version
+    (:func:`file_key`) and settings: ``search`` without an encoder opens the text side on every call, and the
+    memory's rows took 4 ms of its 6 to read. Read-only arrays, shared by every encoder of that file."""
+    key = (file_key(weights_file), kind, json.dumps(memory, sort_keys=True))
+    with _LOCK:
+        found = _WEIGHTS.get(key)
+    if found is None:
+        found = (_projection(weights_file, kind), TextMemory.read(weights_file, memory) if memory else None)
+        with _LOCK:
+            if len(_WEIGHTS) >= 8:  # a few models per process; never grows without bound
+                _WEIGHTS.clear()
+            _WEIGHTS[key] = found
+    return found
 
 
 def _projection(weights_file: Path, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:

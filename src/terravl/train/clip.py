@@ -10,6 +10,7 @@ the captioner's training; this module says what one step of contrastive training
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -424,15 +425,10 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
         return None
     text = F.normalize(model.encode_text_features(feats[caps]), dim=-1)
     owner = np.repeat(np.arange(len(val_split.paths)), [len(c) for c in val_split.captions])
-    best = {"alpha": 1.0, "mR": retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]}
-    plain = best["mR"]
-    for k in MEMORY_GRID["k"]:
-        for tau in MEMORY_GRID["tau"]:
-            for alpha in MEMORY_GRID["alpha"]:
-                blended = F.normalize(blend_with_memory(val_images, keys, values, k, tau, alpha), dim=-1)
-                score = retrieval_metrics((blended @ text.T).cpu().numpy(), owner)["mR"]
-                if score > best["mR"]:
-                    best = {"k": k, "tau": tau, "alpha": alpha, "mR": score}
+    plain = retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]
+    best = _best_on_grid(MEMORY_GRID, plain, lambda k, tau, alpha: retrieval_metrics(
+        (F.normalize(blend_with_memory(val_images, keys, values, k, tau, alpha), dim=-1) @ text.T).cpu().numpy(),
+        owner)["mR"]) or {"alpha": 1.0, "mR": plain}
     log(f"caption memory on the validation part ({len(val_split.paths)} images): plain mR {plain:.2f}, best "
         f"{best}")
     if best["alpha"] >= 1.0:
@@ -448,6 +444,18 @@ def attach_memory(model: TerraVLModel, cfg: TrainConfig, train_split, val_split,
     return choice
 
 
+def _best_on_grid(grid: dict[str, tuple], floor: float, score) -> dict | None:
+    """The settings of ``grid`` (every combination, in its order) whose ``score(**settings)`` is highest and above
+    ``floor``, with that score as ``mR``; None when none beats it (the first of equal scores wins)."""
+    best = None
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values))
+        found = score(**settings)
+        if found > (best["mR"] if best else floor):
+            best = {**settings, "mR": found}
+    return best
+
+
 def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts: torch.Tensor, owner: np.ndarray,
                        clusters: int = 2048, seed: int = 0, log=print) -> dict | None:
     """Cluster the attached caption memory's prototypes (:func:`text_memory_clusters`) and choose the text
@@ -458,17 +466,12 @@ def choose_text_memory(model: TerraVLModel, val_images: torch.Tensor, val_texts:
 
     baseline_mR = retrieval_metrics((val_images @ val_texts.T).cpu().numpy(), owner)["mR"]
     keys, values = text_memory_clusters(*model._memory_fp32(), clusters, seed=seed)
-    best = {"mR": baseline_mR}
-    for k in TEXT_MEMORY_GRID["k"]:
-        for tau in TEXT_MEMORY_GRID["tau"]:
-            for beta in TEXT_MEMORY_GRID["beta"]:
-                text = F.normalize(blend_text_with_memory(val_texts, keys, values, k, tau, beta), dim=-1)
-                score = retrieval_metrics((val_images @ text.T).cpu().numpy(), owner)["mR"]
-                if score > best["mR"]:
-                    best = {"k": k, "tau": tau, "beta": beta, "mR": score}
+    best = _best_on_grid(TEXT_MEMORY_GRID, baseline_mR, lambda k, tau, beta: retrieval_metrics(
+        (val_images @ F.normalize(blend_text_with_memory(val_texts, keys, values, k, tau, beta), dim=-1).T)
+        .cpu().numpy(), owner)["mR"])
     log(f"text side of the caption memory ({len(values)} clusters) on the validation part: mR {baseline_mR:.2f} "
-        f"without, best {best}")
-    if "k" not in best:
+        f"without, best {best or 'none better'}")
+    if best is None:
         return None
     model.set_text_memory(keys, values, best["k"], best["tau"], best["beta"])
     return {**best, "clusters": int(len(values)), "validation_mR_without": baseline_mR}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import emit_json, format_option, stderr, table, views_option
+from terravl.cli.output import emit_json, format_option, make_reranker, rerank_option, stderr, table, views_option
 
 
 def _model_option(f):
@@ -177,17 +177,29 @@ def caption(dataset: Path, predictions: Path | None, model: str | None, method: 
 @_model_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @views_option()
+@rerank_option()
 @_out_option
 @format_option()
-def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: int, out: Path | None, fmt: str) -> None:
-    """Image→text and text→image R@1/5/10 and mR (percent) with the RS protocol."""
+def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: int, rerank: bool,
+              rerank_with: str | None, out: Path | None, fmt: str) -> None:
+    """Image→text and text→image R@1/5/10 and mR (percent) with the RS protocol.
+
+    With --rerank, a captioner re-orders each caption's 20 best images and each image's 50 best captions; the
+    JSON result keeps the scores without it too.
+
+    \b
+    Examples:
+      terravl eval retrieval --dataset ../shared/data/ucm_captions/dataset_ucm_captions.json --split val
+      terravl eval retrieval --dataset ../shared/data/ucm_captions/dataset_ucm_captions.json --split val --rerank
+    """
     import terravl.models as m
     from terravl.eval.runners import eval_retrieval
 
-    result = eval_retrieval(m.load(model), dataset, split, batch_size, views)
+    result = eval_retrieval(m.load(model), dataset, split, batch_size, views, rerank=make_reranker(rerank, rerank_with))
     s = result["scores"]
     _finish(result, fmt, out, lambda r: table(
-        f"retrieval: {r['model']} on {r['split']} ({r['images']} images, {r['captions']} captions)",
+        f"retrieval: {r['model']}{' re-ranked by ' + r['rerank']['captioner'] if 'rerank' in r else ''} on "
+        f"{r['split']} ({r['images']} images, {r['captions']} captions)",
         ["i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mR"],
         [[f"{s[k]:.2f}" for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")]]))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from terravl.cli.output import (bands_option, emit_answers, emit_json, format_option, located, report_problems,
-                                stderr, table, views_option, window_text)
+from terravl.cli.output import (bands_option, emit_answers, emit_json, format_option, located, make_reranker,
+                                rerank_option, report_problems, stderr, table, views_option, window_text)
 
 _model_option = click.option("--model", default=None,
                              help="Registry name, checkpoint file or model folder. Default: terravl-default.")
@@ -263,23 +263,31 @@ def _hits_geojson(hits: list[dict]) -> dict:
 @click.option("--bbox", help="Only tiles intersecting minlon,minlat,maxlon,maxlat (WGS84).")
 @click.option("--date-from", help="Only tiles acquired on or after this date (YYYY-MM-DD).")
 @click.option("--date-to", help="Only tiles acquired on or before this date (YYYY-MM-DD).")
+@rerank_option()
 @format_option("table", "json", "geojson")
-def search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None:
+def search(idx, text, image, captions, k, bbox, date_from, date_to, rerank, rerank_with, fmt) -> None:
     """Find the tiles of index IDX that best match TEXT (or --image).
+
+    With --rerank, the captioner reads the 20 best tiles (from their source files) with TEXT and re-orders them;
+    with --image --captions, the 50 best captions. Scores stay the encoder's cosines.
 
     \b
     Examples:
       terravl search aid.idx "a harbor with many boats" --k 5
+      terravl search aid.idx "many cars parked beside a stadium" --rerank
       terravl search scenes.idx "center-pivot irrigation" --bbox -100,46,-98,48 --format geojson
       terravl search aid.idx --image query.jpg
     """
     from terravl.cli.warm import text_tower_warming
 
+    if (rerank or rerank_with is not None) and image is not None and captions is None:
+        raise click.UsageError("--rerank re-ranks a TEXT query's tiles, or --image with --captions")
+    reranker = make_reranker(rerank, rerank_with)
     with text_tower_warming(text is not None and image is None and captions is None):
-        _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt)
+        _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt, reranker)
 
 
-def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> None:
+def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt, reranker=None) -> None:
     from terravl.tasks import search as search_task
 
     if captions is not None:
@@ -290,7 +298,7 @@ def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> Non
 
         with open_index(idx, readonly=True) as store:
             encoder = _load_model(store.model)
-        matches = search_captions(image, _read_captions(captions), encoder, k)
+        matches = search_captions(image, _read_captions(captions), encoder, k, rerank=reranker)
         if fmt == "table":
             table(f"captions for {image}", ["rank", "score", "caption"], [[m.rank, f"{m.score:.3f}", m.caption]
                                                                          for m in matches])
@@ -303,7 +311,7 @@ def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt) -> Non
 
     with open_index(idx, readonly=True) as store:  # read-only: works on a read-only mount, writes nothing
         hits = [h.to_dict() for h in search_task(store, text=text, image=image, k=k, bbox=bbox,
-                                                 date_from=date_from, date_to=date_to)]
+                                                 date_from=date_from, date_to=date_to, rerank=reranker)]
     if fmt == "json":
         emit_json(hits)
     elif fmt == "geojson":

@@ -30,6 +30,29 @@ def views_option() -> Callable:
                              "(all flips and rotations) views; N× slower.")
 
 
+def rerank_option() -> Callable:
+    """``--rerank`` and ``--rerank-with CAPTIONER``: a captioner re-orders the dual encoder's best candidates.
+    The command gets ``rerank``: the captioner's name or folder, or None."""
+    def both(command: Callable) -> Callable:
+        command = click.option("--rerank-with", "rerank_with", default=None, metavar="CAPTIONER",
+                               help="Re-rank with this captioner (a name or folder) instead; implies --rerank.")(command)
+        return click.option("--rerank", is_flag=True,
+                            help="Re-rank the best candidates with the shipped captioner: it reads each candidate "
+                                 "text given the image, finer than one vector each. Slower: one language-model "
+                                 "pass per candidate.")(command)
+    return both
+
+
+def make_reranker(rerank: bool, rerank_with: str | None = None):
+    """The :class:`~terravl.tasks.rerank.Reranker` that ``--rerank`` / ``--rerank-with`` ask for (None: none)."""
+    if not rerank and rerank_with is None:
+        return None
+    import terravl.models as models
+    from terravl.tasks.rerank import Reranker
+
+    return Reranker(models.load_captioner(rerank_with or "terravl-captioner"))
+
+
 def bands_option() -> Callable:
     """``--bands PROFILE|R,G,B`` for every command that reads images (checked by terravl.validation)."""
     return click.option("--bands", default=None, metavar="PROFILE|R,G,B",

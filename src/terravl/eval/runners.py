@@ -135,9 +135,13 @@ def _split_records(dataset: str | Path, split: str | None) -> list:
     return records
 
 
-def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64, views: int = 1) -> dict:
+def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size: int = 64, views: int = 1,
+                   rerank=None) -> dict:
     """Image↔text retrieval on a Karpathy caption split with the RS protocol (every caption of an image counts);
-    ``views`` > 1 averages each image over flips/rotations (see ``Encoder.encode_images``)."""
+    ``views`` > 1 averages each image over flips/rotations (see ``Encoder.encode_images``). ``rerank`` (a
+    :class:`~terravl.tasks.rerank.Reranker`) re-orders each query's top candidates with a captioner: image→text
+    recalls then come from its ranking of texts for each image, text→image recalls from its ranking of images for
+    each text."""
     records = _split_records(dataset, split)
     records = [r for r in records if isinstance(r, CaptionRecord)]
     if not records:
@@ -150,9 +154,20 @@ def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size
     captions = [c for r in records for c in r.captions]
     caption_image = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
     text_emb = encoder.encode_texts(captions)
-    metrics = retrieval_metrics(image_emb @ text_emb.T, caption_image)
+    similarity = image_emb @ text_emb.T
+    extra = {}
+    if rerank is None:
+        metrics = retrieval_metrics(similarity, caption_image)
+    else:
+        features = rerank.image_features([r.path for r in records], batch_size)
+        by_image, by_text = rerank.rerank_matrix(similarity, features, captions, progress=None)
+        i2t, t2i = retrieval_metrics(by_image, caption_image), retrieval_metrics(by_text, caption_image)
+        metrics = {**{k: v for k, v in i2t.items() if k.startswith("i2t")},
+                   **{k: v for k, v in t2i.items() if k.startswith("t2i")}}
+        metrics["mR"] = float(np.mean(list(metrics.values())))
+        extra = {"rerank": rerank.settings(), "without_rerank": retrieval_metrics(similarity, caption_image)}
     return {"task": "retrieval", "model": encoder.name, "dataset": str(dataset), "split": split,
-            "images": len(records), "captions": len(captions), "views": views, "scores": metrics}
+            "images": len(records), "captions": len(captions), "views": views, "scores": metrics, **extra}
 
 
 def eval_zeroshot(encoder, dataset: str | Path, split: str | None = "test", templates=RS_TEMPLATES,

@@ -218,6 +218,44 @@ class Captioner(nn.Module):
             at += len(candidates[row])
         return out
 
+    @torch.inference_mode()
+    def text_logprobs(self, features, texts: Sequence[str], rows: Sequence[int] | None = None,
+                      prompt: str = CAPTION_PROMPT, batch_size: int = 256, progress: bool | None = None
+                      ) -> np.ndarray:
+        """Summed log-probability of each ``texts[j]`` (its tokens and the end of text) after ``prompt``, given the
+        image of feature row ``rows[j]`` (default: row ``j``): how well a text describes an image in the
+        captioner's eyes, the score that re-ranks a dual encoder's candidates (:mod:`terravl.tasks.rerank`).
+
+        Pairs are scored in batches of similar length; a text longer than the language model's positions hold is
+        cut to fit. ``progress`` shows a bar on stderr (default: for more than 256 pairs on a terminal)."""
+        rows = np.arange(len(texts)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(texts):
+            raise InputError("rows", f"{len(rows)} image rows for {len(texts)} texts")
+        if len(texts) and (rows.min() < 0 or rows.max() >= len(features)):
+            raise InputError("rows", f"an image row outside the {len(features)} feature rows")
+        pid = self.prompt_ids(prompt)
+        positions = getattr(self.lm.config, "n_positions", None) or getattr(self.lm.config,
+                                                                             "max_position_embeddings", 1024)
+        room = max(1, int(positions) - int(self.settings["prefix_len"]) - len(pid))
+        tids = [self.target_ids(t)[:room] for t in texts]
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32)) if not torch.is_tensor(features) \
+            else features
+        out = np.zeros(len(tids), dtype=np.float64)
+        order = np.argsort([len(t) for t in tids], kind="stable")
+        was_training = self.training
+        self.eval()
+        bar = progress_bar(len(order), progress, "scoring texts")
+        try:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                out[chunk] = self._sequence_logprobs(features[torch.as_tensor(rows[chunk])], [pid] * len(chunk),
+                                                     [tids[j] for j in chunk])
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            self.train(was_training)
+        return out
+
     def _sequence_logprobs(self, features, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> np.ndarray:
         """Summed log-probability of each target sequence (teacher forcing)."""
         inputs, mask, p = self._teacher_forced(features, prompt_ids, target_ids)

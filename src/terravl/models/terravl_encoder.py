@@ -371,6 +371,15 @@ class TerraVLEncoder(Encoder):
         """The caption memory's text-side settings (``memory.text``), None when texts do not read it."""
         return (self.model.config.get("memory") or {}).get("text")
 
+    def memory_images(self) -> np.ndarray | None:
+        """The caption memory's image vectors (the training images' embeddings, L2-normalised, float32), None when
+        the model has no memory: a sample of the images the model was trained on, for statistics that must not
+        come from the data being searched (:mod:`terravl.tasks.rerank`)."""
+        if not self.model.config.get("memory"):
+            return None
+        keys, _ = self.model._memory_fp32()
+        return F.normalize(keys.float(), dim=-1).cpu().numpy()
+
     @property
     def text_tower(self):
         if self._text is None:

@@ -33,7 +33,8 @@ def _encoder_for(store: IndexStore | ShardSet, encoder=None, text_only: bool = F
 
 def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, image=None, k: int = 10,
            bbox: str | tuple[float, float, float, float] | None = None, date_from: str | None = None,
-           date_to: str | None = None, encoder=None, approximate: bool | None = None) -> list[SearchHit]:
+           date_to: str | None = None, encoder=None, approximate: bool | None = None,
+           rerank=None) -> list[SearchHit]:
     """Top-``k`` tiles for a text or an example image, best first, each a :class:`~terravl.results.SearchHit`
     (id, source path, window, footprint, CRS, acquisition date, score).
 
@@ -43,18 +44,27 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
     A sharded index (:mod:`terravl.index.shards`, by path or as an open :class:`ShardSet`) is searched shard by
     shard, each exactly or approximately by its own size as above, and the shards' top ``k`` merged by score:
     the same hits as one index over the same tiles, with ids that name shard and tile
-    (:func:`~terravl.index.shards.global_id`)."""
+    (:func:`~terravl.index.shards.global_id`).
+
+    ``rerank`` (a :class:`~terravl.tasks.rerank.Reranker`, text queries only) has a captioner re-read the best
+    ``rerank.images_per_text`` tiles from their source files and re-order them; scores stay the cosines. It costs
+    reading and encoding those tiles and one language-model pass each (tens of milliseconds on a CPU)."""
     if (text is None) == (image is None):
         raise InputError("query", "give exactly one of a text or an image")
     if text is not None:
         text = check_text(text, "query")
+    elif rerank is not None:
+        raise InputError("rerank", "re-ranking reads a text query; an image query cannot be re-ranked")
     k = check_k(k)
     bbox = check_bbox(bbox)
     date_from, date_to = check_date_range(date_from, date_to)
+    wanted = k if rerank is None else max(k, rerank.images_per_text)
     if isinstance(index, (IndexStore, ShardSet)):
-        return _search(index, text, image, k, bbox, date_from, date_to, encoder, approximate)
-    with open_index(index, readonly=None) as store:
-        return _search(store, text, image, k, bbox, date_from, date_to, encoder, approximate)
+        hits = _search(index, text, image, wanted, bbox, date_from, date_to, encoder, approximate)
+    else:
+        with open_index(index, readonly=None) as store:
+            hits = _search(store, text, image, wanted, bbox, date_from, date_to, encoder, approximate)
+    return hits if rerank is None else rerank.rank_hits(text, hits)[:k]
 
 
 def _search(store: IndexStore | ShardSet, text, image, k, bbox, date_from, date_to, encoder,
@@ -137,11 +147,18 @@ def _search_shards(shards: ShardSet, query: np.ndarray, k: int, bbox, date_from,
         want *= 2
 
 
-def search_captions(image, captions: list[str], encoder, k: int = 5) -> list[CaptionMatch]:
-    """The ``k`` captions of a collection that best describe ``image`` (image → text retrieval)."""
+def search_captions(image, captions: list[str], encoder, k: int = 5, rerank=None) -> list[CaptionMatch]:
+    """The ``k`` captions of a collection that best describe ``image`` (image → text retrieval). ``rerank`` (a
+    :class:`~terravl.tasks.rerank.Reranker`) has a captioner re-order the best ``rerank.texts_per_image``; scores
+    stay the cosines."""
     k = check_k(k)
     image_emb = encoder.encode_images([image])[0]
     text_emb = encoder.encode_texts(captions)
+    if rerank is not None:
+        cosines = text_emb @ image_emb
+        order = rerank.rank_texts(image, captions, cosines)[:k]
+        return [CaptionMatch(caption=captions[int(p)], score=float(cosines[p]), rank=r + 1)
+                for r, p in enumerate(order)]
     pos, scores = exact_search(text_emb, image_emb, k)
     return [CaptionMatch(caption=captions[int(p)], score=float(s), rank=r + 1)
             for r, (p, s) in enumerate(zip(pos, scores))]

@@ -70,6 +70,11 @@ def test_a_wrong_encoder_order_is_put_right_within_the_candidates(captioner, sha
         assert set(np.argsort(-by_image[i], kind="stable")[:2]) == set(top[i])
         rest = np.setdiff1d(np.arange(n), top[i])
         assert np.array_equal(by_image[i, rest], sim[i, rest])
+    top_t = np.argsort(-sim, axis=0, kind="stable")[:2]
+    for j in range(n):
+        assert set(np.argsort(-by_text[:, j], kind="stable")[:2]) == set(top_t[:, j])
+        rest = np.setdiff1d(np.arange(n), top_t[:, j])
+        assert np.array_equal(by_text[rest, j], sim[rest, j])
 
 
 def test_candidates_are_ordered_by_the_sum_of_standardised_scores(captioner, shared_data):
@@ -90,6 +95,28 @@ def test_candidates_are_ordered_by_the_sum_of_standardised_scores(captioner, sha
     ll = captioner.text_logprobs(features, texts, rows=[0, 0, 0, 0])
     key = _standardise(sim[[0]])[0] + 0.7 * _standardise((ll - priors)[None])[0]
     assert list(np.argsort(-by_image[0], kind="stable")) == list(np.argsort(-key, kind="stable"))
+
+
+def test_edge_inputs(captioner, shared_data):
+    """No texts, one image, texts longer than the language model holds, and wrong arguments by name."""
+    import terravl.models as models
+    from terravl.tasks import search, search_captions
+
+    reranker = Reranker(captioner)
+    image = _paths(shared_data)[0]
+    assert search_captions(image, [], models.load(), rerank=reranker) == []
+    features = reranker.image_features([image])
+    by_image, by_text = reranker.rerank_matrix(np.zeros((1, 0)), features, [])
+    assert by_image.shape == by_text.shape == (1, 0)
+    one = np.array([[0.3, 0.2]])
+    by_image, by_text = reranker.rerank_matrix(one, features, ["a road", "a beach"])
+    assert np.array_equal(by_text, one)  # one image: nothing to re-order for a text
+    long = " ".join(["many white cars parked near the green trees"] * 60)
+    assert np.isfinite(captioner.text_logprobs(features, [long], rows=[0])).all()
+    with pytest.raises(InputError, match="rerank"):
+        search("any.idx", image=image, rerank=reranker)
+    with pytest.raises(InputError, match="rerank"):
+        search_captions(image, ["a road"], models.load(), rerank=True)
 
 
 @pytest.mark.parametrize("field, value", [("images_per_text", 0), ("texts_per_image", 1001), ("references", 1.5),
@@ -120,11 +147,14 @@ def test_search_and_caption_search_rerank_from_the_cli(captioner, shared_data, t
     assert reranked[0]["path"].endswith("harbor89.jpg")
     cosine = {h["id"]: h["score"] for h in plain}
     assert all(abs(h["score"] - cosine[h["id"]]) < 1e-6 for h in reranked)  # scores stay cosines
+    before = [h["path"] for h in plain].index(str(folder / "harbor89.jpg"))
     (folder / "harbor89.jpg").unlink()
     assert main(["search", str(idx), query, "--k", "6", "--rerank", "--format", "json"]) == 0
     hits = json.loads(capsys.readouterr().out)
-    assert len(hits) == 6 and hits[-1]["path"].endswith("harbor89.jpg")
+    assert len(hits) == 6 and hits[before]["path"].endswith("harbor89.jpg")  # unread: left in its place
     assert "harbor89.jpg" in caplog.text and "not read" in caplog.text
+    assert main(["search", str(idx), query, "--k", "1", "--rerank", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
     assert main(["search", str(idx), "--image", str(_paths(shared_data)[0]), "--rerank"]) == 2
     assert main(["search", str(idx), query, "--rerank-with", str(tmp_path / "no-such-captioner")]) == 2
     assert "no-such-captioner" in capsys.readouterr().err
@@ -140,8 +170,10 @@ def test_eval_retrieval_rerank_keeps_the_plain_scores_beside(shared_data, tmp_pa
     from terravl.cli.main import main
 
     data = json.loads((shared_data / "ucm_captions" / "dataset_ucm_captions.json").read_text())
+    kinds = ("denseresidential", "mediumresidential", "sparseresidential", "buildings")  # alike: not all found
     keep = [dict(im, filepath=str(shared_data / im["filepath"])) for im in data["images"]
-            if im["split"] == "val"][::21]
+            if im["split"] == "val" and im["class"] in kinds]
+    keep = [im for k in kinds for im in [m for m in keep if m["class"] == k][:5]]
     path = tmp_path / "ucm_small.json"
     path.write_text(json.dumps({"dataset": "ucm_small", "images": keep}))
     assert main(["eval", "retrieval", "--dataset", str(path), "--split", "val", "--format", "json"]) == 0
@@ -153,3 +185,17 @@ def test_eval_retrieval_rerank_keeps_the_plain_scores_beside(shared_data, tmp_pa
     s = result["scores"]
     assert list(s) == list(plain["scores"]) and all(0 <= v <= 100 for v in s.values())
     assert abs(s["mR"] - np.mean([v for k, v in s.items() if k != "mR"])) < 1e-9
+    # the same figures from the parts: image→text from the matrix ranked per image, text→image per text
+    import terravl.models as models
+    from terravl.eval import retrieval_metrics
+
+    encoder, reranker = models.load(), Reranker.load()
+    paths = [shared_data / im["filepath"] / im["filename"] for im in keep]
+    texts = [c["raw"] for im in keep for c in im["sentences"]]
+    owner = np.repeat(np.arange(len(keep)), [len(im["sentences"]) for im in keep])
+    sim = encoder.encode_images(paths) @ encoder.encode_texts(texts).T
+    by_image, by_text = reranker.rerank_matrix(sim, reranker.image_features(paths), texts)
+    i2t, t2i = retrieval_metrics(by_image, owner), retrieval_metrics(by_text, owner)
+    for k in (1, 5, 10):
+        assert s[f"i2t_R@{k}"] == pytest.approx(i2t[f"i2t_R@{k}"]) and s[f"t2i_R@{k}"] == pytest.approx(t2i[f"t2i_R@{k}"])
+    assert s != result["without_rerank"]  # measured: re-ranking moves these recalls

@@ -195,7 +195,8 @@ def retrieval(dataset: Path, split: str, model: str, batch_size: int, views: int
     import terravl.models as m
     from terravl.eval.runners import eval_retrieval
 
-    result = eval_retrieval(m.load(model), dataset, split, batch_size, views, rerank=make_reranker(rerank, rerank_with))
+    reranker = make_reranker(rerank, rerank_with)  # first: a bad captioner is reported before the encoder loads
+    result = eval_retrieval(m.load(model), dataset, split, batch_size, views, rerank=reranker)
     s = result["scores"]
     _finish(result, fmt, out, lambda r: table(
         f"retrieval: {r['model']}{' re-ranked by ' + r['rerank']['captioner'] if 'rerank' in r else ''} on "

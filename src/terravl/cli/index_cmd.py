@@ -279,9 +279,15 @@ def search(idx, text, image, captions, k, bbox, date_from, date_to, rerank, rera
       terravl search aid.idx --image query.jpg
     """
     from terravl.cli.warm import text_tower_warming
+    from terravl.validation import check_k
 
+    if captions is not None and image is None:
+        raise click.UsageError("--captions needs --image")
+    if captions is None and (text is None) == (image is None):
+        raise click.UsageError("give a TEXT query or --image, not both")
     if (rerank or rerank_with is not None) and image is not None and captions is None:
         raise click.UsageError("--rerank re-ranks a TEXT query's tiles, or --image with --captions")
+    check_k(k)  # before any model loads
     reranker = make_reranker(rerank, rerank_with)
     with text_tower_warming(text is not None and image is None and captions is None):
         _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt, reranker)
@@ -291,8 +297,6 @@ def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt, rerank
     from terravl.tasks import search as search_task
 
     if captions is not None:
-        if image is None:
-            raise click.UsageError("--captions needs --image")
         from terravl.index.shards import open_index
         from terravl.tasks import search_captions
 
@@ -305,8 +309,6 @@ def _search(idx, text, image, captions, k, bbox, date_from, date_to, fmt, rerank
         else:
             emit_json([m.to_dict() for m in matches])
         return
-    if (text is None) == (image is None):
-        raise click.UsageError("give a TEXT query or --image, not both")
     from terravl.index.shards import open_index
 
     with open_index(idx, readonly=True) as store:  # read-only: works on a read-only mount, writes nothing

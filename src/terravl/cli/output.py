@@ -47,10 +47,9 @@ def make_reranker(rerank: bool, rerank_with: str | None = None):
     """The :class:`~terravl.tasks.rerank.Reranker` that ``--rerank`` / ``--rerank-with`` ask for (None: none)."""
     if not rerank and rerank_with is None:
         return None
-    import terravl.models as models
     from terravl.tasks.rerank import Reranker
 
-    return Reranker(models.load_captioner(rerank_with or "terravl-captioner"))
+    return Reranker.load(rerank_with)
 
 
 def bands_option() -> Callable:

@@ -142,6 +142,9 @@ def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size
     :class:`~terravl.tasks.rerank.Reranker`) re-orders each query's top candidates with a captioner: image→text
     recalls then come from its ranking of texts for each image, text→image recalls from its ranking of images for
     each text."""
+    from terravl.tasks.rerank import check_reranker
+
+    check_reranker(rerank)
     records = _split_records(dataset, split)
     records = [r for r in records if isinstance(r, CaptionRecord)]
     if not records:

@@ -371,6 +371,17 @@ class RasterSource:
         return planar.transpose(1, 2, 0), valid
 
 
+def read_window_rgb(path: str | Path, window: dict | None = None, bands="auto") -> np.ndarray:
+    """(H, W, 3) uint8 pixels of ``window`` (an indexed tile's window as stored: a dict of ``col_off``, ``row_off``,
+    ``width``, ``height``; None for the whole file), a copy that outlives the open file. Errors as
+    :func:`open_raster`'s."""
+    from terravl.io.georef import PixelWindow
+
+    with open_raster(path, bands=bands) as src:
+        array, _ = src.read_rgb(PixelWindow(**window) if window else None)
+    return array.copy()
+
+
 def open_raster(path: str | Path, bands="auto", stretch: str | Stretch = "auto", trusted: bool = True
                 ) -> RasterSource:
     """Open ``path`` for windowed reading. Raises :class:`RasterReadError` / :class:`BandError` naming the file,

@@ -340,7 +340,7 @@ def _index_items(path: Path, model: str | None) -> Iterator[KBItem | Problem]:
     """The tiles of a TerraVL index: their vectors are reused when the index was built with the knowledge base's
     model; otherwise each tile's pixels are read again from its source and embedded."""
     from terravl.index.store import IndexStore, bbox_of
-    from terravl.io import PixelWindow, open_raster
+    from terravl.io import read_window_rgb
 
     with IndexStore(path, readonly=True) as store:
         same = store.model == model
@@ -357,8 +357,7 @@ def _index_items(path: Path, model: str | None) -> Iterator[KBItem | Problem]:
                 item.image_vec = vectors[n].copy()
             else:
                 try:
-                    with open_raster(row.source) as src:
-                        item.image = src.read_rgb(PixelWindow(**row.window) if row.window else None)[0].copy()
+                    item.image = read_window_rgb(row.source, row.window)
                 except InputError as exc:
                     yield Problem(f"{shown(path)}#tile {tile_id}", f"{exc.message} (tile skipped)")
                     continue

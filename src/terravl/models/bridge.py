@@ -201,17 +201,8 @@ class Captioner(nn.Module):
                                            f"{len(candidates)} candidate lists")
         pairs = [(row, self.prompt_ids(prompts[row]), self.target_ids(c))
                  for row in range(len(candidates)) for c in candidates[row]]
-        scores = np.zeros(len(pairs), dtype=np.float64)
-        was_training = self.training
-        self.eval()
-        try:
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start:start + batch_size]
-                rows = [r for r, _, _ in chunk]
-                scores[start:start + len(chunk)] = self._sequence_logprobs(
-                    features[rows], [a for _, a, _ in chunk], [b for _, _, b in chunk])
-        finally:
-            self.train(was_training)
+        scores = self._score_pairs(features, np.array([r for r, _, _ in pairs], dtype=np.int64),
+                                   [a for _, a, _ in pairs], [b for _, _, b in pairs], batch_size)
         out, at = [], 0
         for row in range(len(candidates)):
             out.append(scores[at:at + len(candidates[row])])
@@ -238,18 +229,25 @@ class Captioner(nn.Module):
                                                                              "max_position_embeddings", 1024)
         room = max(1, int(positions) - int(self.settings["prefix_len"]) - len(pid))
         tids = [self.target_ids(t)[:room] for t in texts]
-        features = torch.as_tensor(np.asarray(features, dtype=np.float32)) if not torch.is_tensor(features) \
-            else features
-        out = np.zeros(len(tids), dtype=np.float64)
-        order = np.argsort([len(t) for t in tids], kind="stable")
+        return self._score_pairs(features, rows, [pid] * len(tids), tids, batch_size, by_length=True,
+                                 progress=progress)
+
+    def _score_pairs(self, features, rows: np.ndarray, prompt_ids: list[list[int]], target_ids: list[list[int]],
+                     batch_size: int, by_length: bool = False, progress: bool | None = False) -> np.ndarray:
+        """:meth:`_sequence_logprobs` of each (feature row, prompt, target) in batches, in input order; with
+        ``by_length`` the batches group targets of similar length (less padding)."""
+        if not torch.is_tensor(features):
+            features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        out = np.zeros(len(target_ids), dtype=np.float64)
+        order = np.argsort([len(t) for t in target_ids], kind="stable") if by_length else np.arange(len(target_ids))
         was_training = self.training
         self.eval()
         bar = progress_bar(len(order), progress, "scoring texts")
         try:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                out[chunk] = self._sequence_logprobs(features[torch.as_tensor(rows[chunk])], [pid] * len(chunk),
-                                                     [tids[j] for j in chunk])
+                out[chunk] = self._sequence_logprobs(features[torch.as_tensor(rows[chunk])],
+                                                     [prompt_ids[j] for j in chunk], [target_ids[j] for j in chunk])
                 bar.update(len(chunk))
         finally:
             bar.close()

@@ -49,6 +49,9 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
     ``rerank`` (a :class:`~terravl.tasks.rerank.Reranker`, text queries only) has a captioner re-read the best
     ``rerank.images_per_text`` tiles from their source files and re-order them; scores stay the cosines. It costs
     reading and encoding those tiles and one language-model pass each (tens of milliseconds on a CPU)."""
+    from terravl.tasks.rerank import check_reranker
+
+    check_reranker(rerank)
     if (text is None) == (image is None):
         raise InputError("query", "give exactly one of a text or an image")
     if text is not None:
@@ -151,7 +154,10 @@ def search_captions(image, captions: list[str], encoder, k: int = 5, rerank=None
     """The ``k`` captions of a collection that best describe ``image`` (image → text retrieval). ``rerank`` (a
     :class:`~terravl.tasks.rerank.Reranker`) has a captioner re-order the best ``rerank.texts_per_image``; scores
     stay the cosines."""
+    from terravl.tasks.rerank import check_reranker
+
     k = check_k(k)
+    check_reranker(rerank)
     image_emb = encoder.encode_images([image])[0]
     text_emb = encoder.encode_texts(captions)
     if rerank is not None:

@@ -92,6 +92,24 @@ def test_search_see_on_map_open_caption_and_ask(browser, server):
     assert not errors, errors
 
 
+def test_search_with_rerank_ticked_asks_the_server_to_rerank(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{server.url}/?api_key={API_KEY}")
+    wait.until(lambda b: "tiles indexed" in b.find_element(By.ID, "status").text)
+    browser.execute_script("window.__urls = []; const f = window.fetch; window.fetch = (u, o) => "
+                           "(window.__urls.push(String(u)), f(u, o));")
+    browser.find_element(By.ID, "query").send_keys("green farmland with fields")
+    browser.find_element(By.ID, "rerank").click()
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .hit")) == 12)
+    urls = browser.execute_script("return window.__urls")
+    assert any("/api/v1/search?" in u and "rerank=true" in u for u in urls), urls
+    assert not browser.find_element(By.ID, "status").value_of_css_property("color").startswith("rgba(255, 180, 180")
+
+
 def test_compare_a_tile_with_its_other_date_draws_the_changed_regions(browser, server):
     """Issue 15: select a NAIP tile, compare it with the same place's other date (the first choice offered), see
     the changed regions on the map and the change caption in the side panel, then ask how much changed."""

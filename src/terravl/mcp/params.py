@@ -77,6 +77,8 @@ GroundMethod = Annotated[Literal["auto", "trained", "baseline"],
                                            "training-free dense similarity of the dual encoder; auto: trained when "
                                            "installed.")]
 AllInstances = Annotated[bool, Field(description="Every instance found, best first (default: the best one).")]
+Rerank = Annotated[bool, Field(description="Text queries: have the captioner re-read the 20 best tiles and "
+                                           "re-order them (better order, about 20× slower).")]
 Thumbnails = Annotated[int, Field(ge=0, le=MAX_THUMBNAILS, description=f"PNG thumbnails of the best hits to return "
                                                                        f"as image content, 0–{MAX_THUMBNAILS}.")]
 

@@ -737,12 +737,27 @@ class Service:
 
         return class_embeddings(self.text_cached(model), names, RS_TEMPLATES)
 
-    def search_text(self, index: str | None, text: str, k: int, bbox, date_from, date_to) -> list[dict]:
+    def reranker(self):
+        """The captioner as a re-ranker (:mod:`terravl.tasks.rerank`), made once; it keeps no per-call state."""
+        with self._load_lock:
+            cached = self.__dict__.get("_reranker")
+        if cached is None:
+            from terravl.tasks.rerank import Reranker
+
+            cached = Reranker(self.captioner())
+            with self._load_lock:
+                cached = self.__dict__.setdefault("_reranker", cached)
+        return cached
+
+    def search_text(self, index: str | None, text: str, k: int, bbox, date_from, date_to,
+                    rerank: bool = False) -> list[dict]:
+        """Text search; with ``rerank`` the captioner re-reads the best tiles (run it in the heavy pool)."""
         from terravl.tasks import search
 
         store = self.store(index)  # query embeddings cached: popular queries skip the text tower
         return self._hits(search(store, text=text, k=k, bbox=bbox, date_from=date_from, date_to=date_to,
-                                 encoder=self.query_encoder(store.model)), index)
+                                 encoder=self.query_encoder(store.model),
+                                 rerank=self.reranker() if rerank else None), index)
 
     def search_image(self, source: ImageSource, k: int, bbox, date_from, date_to) -> list[dict]:
         from terravl.tasks import search

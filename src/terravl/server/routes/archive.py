@@ -28,11 +28,15 @@ async def search_text(request: Request, service: ServiceDep,
                       bbox: str | None = Query(None, description=BBOX),
                       date_from: str | None = Query(None, description="YYYY-MM-DD"),
                       date_to: str | None = Query(None, description="YYYY-MM-DD"),
-                      index: str | None = None) -> list[dict]:
+                      index: str | None = None,
+                      rerank: bool = Query(False, description="Have the captioner re-read the 20 best tiles and "
+                                                              "re-order them (about 20× the time of a plain "
+                                                              "search).")) -> list[dict]:
     """Text search: the ``k`` best tiles, each with its footprint and thumbnail URL."""
     text, k, box = check_text(q, "q"), check_k(k, maximum=MAX_HITS), check_bbox(bbox)
     date_from, date_to = check_date_range(date_from, date_to)
-    return await service.light.run(service.search_text, index, text, k, box, date_from, date_to, request=request)
+    pool = service.heavy if rerank else service.light  # re-ranking reads tiles and runs the captioner
+    return await pool.run(service.search_text, index, text, k, box, date_from, date_to, rerank, request=request)
 
 
 @router.post("/api/v1/search", response_model=list[Hit], tags=["search"])

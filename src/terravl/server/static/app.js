@@ -95,6 +95,7 @@ async function search(event) {
   if ($("date-from").value) params.set("date_from", $("date-from").value);
   if ($("date-to").value) params.set("date_to", $("date-to").value);
   if ($("index").value) params.set("index", $("index").value);
+  if ($("rerank").checked) params.set("rerank", "true");
   status("searching…");
   try { render(await api("/api/v1/search?" + params)); } catch (e) { status(e.message, true); }
 }

@@ -143,7 +143,10 @@ def test_search_and_caption_search_rerank_from_the_cli(captioner, shared_data, t
     plain = json.loads(capsys.readouterr().out)
     assert main(["search", str(idx), query, "--k", "3", "--rerank", "--format", "json"]) == 0
     reranked = json.loads(capsys.readouterr().out)
-    assert len(reranked) == 3 and {h["id"] for h in reranked} <= {h["id"] for h in plain}
+    from terravl.tasks import search
+
+    expected = Reranker(captioner).rank_hits(query, search(idx, text=query, k=20))[:3]
+    assert [h["id"] for h in reranked] == [h.id for h in expected]
     assert reranked[0]["path"].endswith("harbor89.jpg")
     cosine = {h["id"]: h["score"] for h in plain}
     assert all(abs(h["score"] - cosine[h["id"]]) < 1e-6 for h in reranked)  # scores stay cosines
@@ -199,3 +202,19 @@ def test_eval_retrieval_rerank_keeps_the_plain_scores_beside(shared_data, tmp_pa
     for k in (1, 5, 10):
         assert s[f"i2t_R@{k}"] == pytest.approx(i2t[f"i2t_R@{k}"]) and s[f"t2i_R@{k}"] == pytest.approx(t2i[f"t2i_R@{k}"])
     assert s != result["without_rerank"]  # measured: re-ranking moves these recalls
+
+
+def test_a_server_reads_only_local_tiles_when_reranking(captioner, shared_data, caplog):
+    """The service's tile reader never fetches an object-store source with its credentials: such a hit keeps its
+    place, unread, and the local ones are re-ranked around it."""
+    from terravl.results import SearchHit
+    from terravl.server.service import _served_tile_pixels
+
+    paths = _paths(shared_data)[:4]
+    hits = [SearchHit(id=i, path=str(p), score=0.5 - 0.01 * i) for i, p in enumerate(paths)]
+    hits.insert(1, SearchHit(id=99, path="s3://bucket/scene.tif", score=0.495))
+    ranked = Reranker(captioner, weight=5.0, read_tile=_served_tile_pixels).rank_hits(CASES["tenniscourt80.jpg"],
+                                                                                   hits)
+    assert ranked[1].id == 99 and "s3://bucket/scene.tif" in caplog.text
+    assert sorted(h.id for h in ranked) == sorted(h.id for h in hits)
+    assert ranked[0].path.endswith("tenniscourt80.jpg")

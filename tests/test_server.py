@@ -46,13 +46,19 @@ def test_text_search_returns_hits_with_footprints_and_thumbnails(server):
     assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
 
 
-def test_text_search_can_be_reranked_by_the_captioner(server):
-    """rerank=true re-orders the plain search's 20 best tiles (scores stay cosines); a non-boolean is refused."""
-    plain = server.client.get("/api/v1/search", params={"q": "green farmland with fields", "k": 20}).json()
-    hits = server.client.get("/api/v1/search", params={"q": "green farmland with fields", "k": 5,
-                                                       "rerank": "true"}).json()
+def test_text_search_can_be_reranked_by_the_captioner(server, index):
+    """rerank=true gives the re-ranker's order of the plain search's 20 best tiles (scores stay cosines); a
+    non-boolean is refused."""
+    from terravl.tasks import Reranker, search
+
+    query = "many buildings and roads"
+    plain = server.client.get("/api/v1/search", params={"q": query, "k": 20}).json()
+    hits = server.client.get("/api/v1/search", params={"q": query, "k": 5, "rerank": "true"}).json()
     cosine = {h["id"]: h["score"] for h in plain}
     assert len(hits) == 5 and all(h["id"] in cosine and h["score"] == pytest.approx(cosine[h["id"]]) for h in hits)
+    expected = Reranker.load().rank_hits(query, search(index, text=query, k=20))[:5]
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert [h["id"] for h in hits] != [h["id"] for h in plain[:5]]  # measured: this query's order changes
     bad = server.client.get("/api/v1/search", params={"q": "farmland", "rerank": "maybe"})
     assert bad.status_code in (400, 422) and _error(bad)["field"] == "rerank"
 

@@ -348,7 +348,8 @@ class Service:
                 try:
                     self._captioner = m.load_captioner(self.captioner_name or m.DEFAULT_CAPTIONER)
                 except InputError as exc:
-                    raise Unavailable(f"captioning is unavailable: {exc}") from None
+                    log.error("captioner unavailable: %s", exc)
+                    raise Unavailable(f"captioning is unavailable: {exc.message}") from None
                 self._captioner.encoder  # noqa: B018 - load its image encoder now too
             return self._captioner
 
@@ -744,7 +745,7 @@ class Service:
         if cached is None:
             from terravl.tasks.rerank import Reranker
 
-            cached = Reranker(self.captioner())
+            cached = Reranker(self.captioner(), read_tile=_served_tile_pixels)
             with self._load_lock:
                 cached = self.__dict__.setdefault("_reranker", cached)
         return cached
@@ -1063,3 +1064,13 @@ def _scrub(value: Any, names: dict[str, str], tmp: str) -> Any:
     if isinstance(value, list):
         return [_scrub(v, names, tmp) for v in value]
     return value
+
+
+def _served_tile_pixels(hit):
+    """A hit's pixels for re-ranking, read only from a local file, as thumbnails are (:meth:`Service.tile_source`):
+    an object-store or vanished source is not fetched with the server's credentials; the hit keeps its place."""
+    from terravl.io import read_window_rgb
+
+    if not Path(hit.path).is_file():
+        raise FileNotFoundError(f"tile source unavailable: {hit.path}")
+    return read_window_rgb(hit.path, hit.window)

@@ -26,7 +26,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -66,7 +66,10 @@ def check_reranker(rerank) -> None:
 
 @dataclass(frozen=True)
 class Reranker:
-    """A captioner and how far down each ranking it reads. Holds no per-call state: one serves many threads."""
+    """A captioner and how far down each ranking it reads. It keeps no per-call state (only a cache of text
+    priors, behind a lock), so one serves many threads. ``read_tile`` reads a search hit's pixels (default:
+    :func:`terravl.io.read_window_rgb` of its path and window); a server passes one that reads only what it
+    serves."""
 
     captioner: Any
     images_per_text: int = 20
@@ -74,6 +77,7 @@ class Reranker:
     weight: float = 1.0
     references: int = 32
     seed: int = field(default=0, repr=False)
+    read_tile: Callable[[SearchHit], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _priors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -87,11 +91,13 @@ class Reranker:
 
     @classmethod
     def load(cls, captioner: str | None = None, **settings) -> "Reranker":
-        """A re-ranker over a captioner loaded by name or folder (default: the shipped one)."""
+        """A re-ranker over a captioner loaded by name or folder (default: the shipped one), its image encoder
+        loaded now rather than by the first of several threads."""
         import terravl.models as models
 
-        return cls(models.load_captioner(captioner) if captioner is not None else models.load_captioner(),
-                   **settings)
+        loaded = models.load_captioner(captioner) if captioner is not None else models.load_captioner()
+        loaded.encoder  # noqa: B018
+        return cls(loaded, **settings)
 
     def settings(self) -> dict:
         """What a result records about how it was re-ranked."""
@@ -204,7 +210,8 @@ class Reranker:
         pixels, readable = [], []
         for slot, hit in enumerate(head):
             try:
-                pixels.append(read_window_rgb(hit.path, hit.window))
+                pixels.append(self.read_tile(hit) if self.read_tile is not None
+                              else read_window_rgb(hit.path, hit.window))
                 readable.append(slot)
             except (InputError, OSError) as exc:
                 log.warning("re-ranking: tile %s (%s) not read, left in its place: %s", hit.id, hit.path, exc)

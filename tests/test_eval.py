@@ -197,3 +197,18 @@ def test_eval_cli_caption_and_compare(tmp_path, capsys):
     code = main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--format", "json"])
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert code == 0 and any(r["metric"] == "CIDEr" and r["a"] == r["b"] for r in rows)
+
+
+def test_retrieval_metrics_can_rank_texts_to_images_from_a_second_matrix():
+    """A second stage that ranks each direction on its own: image→text recalls from the first matrix, text→image
+    from ``by_text``; a matrix of another shape is refused."""
+    rng = np.random.default_rng(3)
+    sim, other = rng.normal(size=(6, 30)), rng.normal(size=(6, 30))
+    owner = np.repeat(np.arange(6), 5)
+    mixed = retrieval_metrics(sim, owner, by_text=other)
+    a, b = retrieval_metrics(sim, owner), retrieval_metrics(other, owner)
+    assert {k: v for k, v in mixed.items() if k.startswith("i2t")} == {k: v for k, v in a.items() if k.startswith("i2t")}
+    assert {k: v for k, v in mixed.items() if k.startswith("t2i")} == {k: v for k, v in b.items() if k.startswith("t2i")}
+    assert mixed["mR"] == pytest.approx(np.mean([v for k, v in mixed.items() if k != "mR"]))
+    with pytest.raises(ValueError, match="by_text"):
+        retrieval_metrics(sim, owner, by_text=other[:, :10])

@@ -162,6 +162,7 @@ def test_search_by_text_can_be_reranked_and_an_image_query_cannot(mcp, shared_da
     assert [h["id"] for h in hits] != [h["id"] for h in before[:5]]  # measured: this query's order changes
     port = _scenes(shared_data)["Port"][1]
     assert _refused(mcp.call("search", {"image": _b64(port), "rerank": True}))["field"] == "rerank"
+    assert mcp.call("search", {"text": "roads", "rerank": "if you like"}).is_error  # not a boolean: the schema
 
 
 def test_search_by_example_image_finds_the_scene_itself(mcp, shared_data):

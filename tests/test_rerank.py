@@ -218,3 +218,53 @@ def test_a_server_reads_only_local_tiles_when_reranking(captioner, shared_data, 
     assert ranked[1].id == 99 and "s3://bucket/scene.tif" in caplog.text
     assert sorted(h.id for h in ranked) == sorted(h.id for h in hits)
     assert ranked[0].path.endswith("tenniscourt80.jpg")
+
+
+def test_rerank_with_refuses_what_is_not_a_captioner_before_any_search(tmp_path, capsys):
+    """--rerank-with given a file, a folder without captioner.json, or a broken captioner.json: exit 2 naming it,
+    before the index is even opened (the index path here does not exist)."""
+    from terravl.cli.main import main
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "captioner.json").write_bytes(b'{"encoder": "../../etc/passwd", \xff')
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "captioner.json").write_text('["lm", "/etc"]')
+    for target, words in ((broken, "captioner.json"), (listed, "not captioner settings"), (text, "not a captioner"),
+                          (tmp_path, "not a captioner")):
+        assert main(["search", str(tmp_path / "no-index"), "a beach", "--rerank-with", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and str(target) in err, err
+
+
+def test_a_plain_text_search_does_not_load_the_reranking_stack(shared_data, tmp_path):
+    """A cold text search must not pay for re-ranking it did not ask for: no raster stack, no rerank module."""
+    import subprocess
+    import sys
+
+    import terravl.models as models
+    from terravl.index import build_index
+
+    idx = tmp_path / "idx"
+    build_index(_paths(shared_data)[:2], models.load(), idx)
+    code = ("import sys; from terravl.tasks import search; search(sys.argv[1], text='a beach', k=1); "
+            "print(sorted(m for m in ('rasterio', 'terravl.io', 'terravl.tasks.rerank') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(idx)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_tiles_encoded_in_several_batches_rank_the_same(captioner, shared_data, monkeypatch):
+    """An index of large tiles: the read tiles are encoded whenever their pixels pass a bound, not all held at
+    once; the order is the one a single batch gives."""
+    import terravl.tasks.rerank as rerank
+    from terravl.results import SearchHit
+
+    hits = [SearchHit(id=i, path=str(p), score=0.5 - 0.01 * i) for i, p in enumerate(_paths(shared_data))]
+    reranker = Reranker(captioner, weight=3.0)
+    once = [h.id for h in reranker.rank_hits(CASES["harbor89.jpg"], hits)]
+    monkeypatch.setattr(rerank, "PENDING_BYTES", 1)  # every tile on its own
+    assert [h.id for h in reranker.rank_hits(CASES["harbor89.jpg"], hits)] == once
+    assert once[0] == 4  # the harbour, fifth of six by cosine

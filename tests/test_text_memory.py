@@ -115,3 +115,19 @@ def test_training_chooses_it_on_validation_only_when_it_helps():
     assert choice is not None and choice["mR"] > baseline and choice["clusters"] == 10
     assert choice["validation_mR_without"] == baseline
     assert model.config["memory"]["text"] == {"clusters": 10, **{k: choice[k] for k in ("k", "tau", "beta")}}
+
+
+def test_the_text_side_leaves_image_vectors_unchanged_bit_for_bit(shared_data):
+    """Why indexes built before the text side stay valid: the shipped model without its text side gives the same
+    image vectors, and other text vectors."""
+    import copy
+
+    import terravl.models as models
+
+    shipped = models.load("terravl-default")
+    without = models.load("terravl-default")
+    without.model.config = copy.deepcopy(shipped.model.config)
+    del without.model.config["memory"]["text"]
+    images = sorted((shared_data / "aid_150px" / "images" / "Port").iterdir())[:4]
+    assert np.array_equal(shipped.encode_images(images), without.encode_images(images))
+    assert not np.allclose(shipped.encode_texts(["many boats in a port"]), without.encode_texts(["many boats in a port"]))

@@ -39,7 +39,8 @@ def rerank_option() -> Callable:
         return click.option("--rerank", is_flag=True,
                             help="Re-rank the best candidates with the shipped captioner: it reads each candidate "
                                  "text given the image, finer than one vector each. Slower: one language-model "
-                                 "pass per candidate.")(command)
+                                 "pass per candidate (20 tiles for a text), and for captions ranked for an image "
+                                 "32 more per caption (its prior).")(command)
     return both
 
 

@@ -12,13 +12,19 @@ import numpy as np
 KS = (1, 5, 10)
 
 
-def retrieval_metrics(similarity: np.ndarray, caption_image: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """``similarity`` is (n_images, n_captions); ``caption_image[j]`` is the image index of caption j.
+def retrieval_metrics(similarity: np.ndarray, caption_image: np.ndarray, ks: tuple[int, ...] = KS,
+                      by_text: np.ndarray | None = None) -> dict[str, float]:
+    """``similarity`` is (n_images, n_captions); ``caption_image[j]`` is the image index of caption j. Text→image
+    ranks come from ``by_text`` (same shape) when given: a second stage that ranks each direction on its own
+    (:mod:`terravl.tasks.rerank`) gives two matrices.
 
     Ranks are taken with a stable descending sort, so ties resolve in index order, as ``np.argsort(-s)`` does in
     the published evaluation code.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
+    by_text = similarity if by_text is None else np.asarray(by_text, dtype=np.float64)
+    if by_text.shape != similarity.shape:
+        raise ValueError(f"by_text must have the shape of similarity {similarity.shape}, got {by_text.shape}")
     caption_image = np.asarray(caption_image)
     n_img, n_cap = similarity.shape
     if caption_image.shape != (n_cap,):
@@ -32,7 +38,7 @@ def retrieval_metrics(similarity: np.ndarray, caption_image: np.ndarray, ks: tup
     own = caption_image[None, :] == np.arange(n_img)[:, None]
     best_i2t = np.where(own, rank_of, n_cap).min(axis=1)
     # text → image: rank of the caption's own image
-    order_t = np.argsort(-similarity.T, axis=1, kind="stable")
+    order_t = np.argsort(-by_text.T, axis=1, kind="stable")
     rank_t = np.argmax(order_t == caption_image[:, None], axis=1)
     out = {}
     for k in ks:

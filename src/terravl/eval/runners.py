@@ -164,10 +164,7 @@ def eval_retrieval(encoder, dataset: str | Path, split: str = "test", batch_size
     else:
         features = rerank.image_features([r.path for r in records], batch_size)
         by_image, by_text = rerank.rerank_matrix(similarity, features, captions, progress=None)
-        i2t, t2i = retrieval_metrics(by_image, caption_image), retrieval_metrics(by_text, caption_image)
-        metrics = {**{k: v for k, v in i2t.items() if k.startswith("i2t")},
-                   **{k: v for k, v in t2i.items() if k.startswith("t2i")}}
-        metrics["mR"] = float(np.mean(list(metrics.values())))
+        metrics = retrieval_metrics(by_image, caption_image, by_text=by_text)
         extra = {"rerank": rerank.settings(), "without_rerank": retrieval_metrics(similarity, caption_image)}
     return {"task": "retrieval", "model": encoder.name, "dataset": str(dataset), "split": split,
             "images": len(records), "captions": len(captions), "views": views, "scores": metrics, **extra}

@@ -177,8 +177,7 @@ def register_tools(server: MCPServer, service: Service, max_bytes: int) -> None:
         name = service.index_name(index)
         if text is not None:
             query = check_text(text, "text")
-            pool = service.heavy if rerank else service.light
-            hits = await pool.run(service.search_text, name, query, k, box, date_from, date_to, bool(rerank))
+            hits = await service.search_pool(bool(rerank)).run(service.search_text, name, query, k, box, date_from, date_to, bool(rerank))
         else:
             query = "image"
             hits = await service.on_image(ImageSource(index=name), upload(image),

@@ -349,8 +349,11 @@ class Captioner(nn.Module):
             settings = json.loads((folder / SETTINGS_FILE).read_text())
         except FileNotFoundError:
             raise CheckpointError(folder, f"not a captioner folder (no {SETTINGS_FILE})") from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(folder / SETTINGS_FILE, f"unreadable ({exc})") from None
+        if not isinstance(settings, dict) or not isinstance(settings.get("lm", "lm"), str):
+            raise CheckpointError(folder / SETTINGS_FILE, "not captioner settings (a JSON object whose 'lm' is a "
+                                                          "folder name)")
         lm_path = Path(settings.get("lm", "lm"))
         lm_path = lm_path if lm_path.is_absolute() else folder / lm_path
         if not (lm_path / "config.json").is_file():

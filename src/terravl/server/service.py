@@ -154,6 +154,7 @@ class Service:
         self.query_encoders: dict[str, CachedTextEncoder] = {}
         self.texts = TextCache()
         self._captioner = None
+        self._reranker = None
         self._local = threading.local()
         self._load_lock = threading.Lock()
         self._thumbs: OrderedDict = OrderedDict()
@@ -391,9 +392,9 @@ class Service:
     def tile_source(self, row) -> Path:
         """The source raster of an indexed tile; its absence is the server's problem (503), and its path is
         written to the server log only."""
-        source = Path(row.source)
-        if not source.is_file():
-            log.error("tile %s: source file unavailable: %s", row.id if hasattr(row, "id") else "?", source)
+        source = _local_file(row.source)
+        if source is None:
+            log.error("tile %s: source file unavailable: %s", row.id if hasattr(row, "id") else "?", row.source)
             raise Unavailable("tile source unavailable")
         return source
 
@@ -740,15 +741,18 @@ class Service:
 
     def reranker(self):
         """The captioner as a re-ranker (:mod:`terravl.tasks.rerank`), made once; it keeps no per-call state."""
-        with self._load_lock:
-            cached = self.__dict__.get("_reranker")
-        if cached is None:
+        if self._reranker is None:
+            captioner = self.captioner()  # takes the load lock itself
             from terravl.tasks.rerank import Reranker
 
-            cached = Reranker(self.captioner(), read_tile=_served_tile_pixels)
             with self._load_lock:
-                cached = self.__dict__.setdefault("_reranker", cached)
-        return cached
+                if self._reranker is None:
+                    self._reranker = Reranker(captioner, read_tile=_served_tile_pixels)
+        return self._reranker
+
+    def search_pool(self, rerank: bool) -> WorkPool:
+        """The pool a text search runs in: re-ranking reads tiles and runs the captioner, image-model work."""
+        return self.heavy if rerank else self.light
 
     def search_text(self, index: str | None, text: str, k: int, bbox, date_from, date_to,
                     rerank: bool = False) -> list[dict]:
@@ -1071,6 +1075,14 @@ def _served_tile_pixels(hit):
     an object-store or vanished source is not fetched with the server's credentials; the hit keeps its place."""
     from terravl.io import read_window_rgb
 
-    if not Path(hit.path).is_file():
+    source = _local_file(hit.path)
+    if source is None:
         raise FileNotFoundError(f"tile source unavailable: {hit.path}")
-    return read_window_rgb(hit.path, hit.window)
+    return read_window_rgb(source, hit.window)
+
+
+def _local_file(source: str) -> Path | None:
+    """An indexed tile's source when it is a file on this machine; None for a vanished file or an object-store
+    URL, which the server never fetches with its own credentials."""
+    path = Path(source)
+    return path if path.is_file() else None

@@ -31,13 +31,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from terravl.errors import InputError
-from terravl.io import read_window_rgb
 from terravl.results import SearchHit
 
 log = logging.getLogger(__name__)
 
 PRIOR_CACHE = 200_000
 """Texts whose prior a :class:`Reranker` keeps (about 100 bytes each)."""
+
+REFERENCE_SEED = 0
+"""Draws the reference images from the caption memory: fixed, so priors are the same in every process."""
+
+PENDING_BYTES = 64 << 20
+"""Pixels of read tiles held before they are encoded: tiles of an index built with large tiles are encoded in
+several batches rather than all held at once."""
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
@@ -58,6 +64,13 @@ def _lift(scores: np.ndarray, candidates: np.ndarray, combined: np.ndarray) -> N
     scores[rows, candidates] = top + 1.0 + combined - combined.min(axis=1, keepdims=True)
 
 
+def read_hit(hit: SearchHit) -> np.ndarray:
+    """A search hit's pixels, read from its source file by its window (the default ``read_tile``)."""
+    from terravl.io import read_window_rgb  # here: importing the raster stack is not free
+
+    return read_window_rgb(hit.path, hit.window)
+
+
 def check_reranker(rerank) -> None:
     """A clear error for a ``rerank`` argument that is neither None nor a :class:`Reranker`."""
     if rerank is not None and not isinstance(rerank, Reranker):
@@ -68,15 +81,13 @@ def check_reranker(rerank) -> None:
 class Reranker:
     """A captioner and how far down each ranking it reads. It keeps no per-call state (only a cache of text
     priors, behind a lock), so one serves many threads. ``read_tile`` reads a search hit's pixels (default:
-    :func:`terravl.io.read_window_rgb` of its path and window); a server passes one that reads only what it
-    serves."""
+    :func:`read_hit`); a server passes one that reads only what it serves."""
 
     captioner: Any
     images_per_text: int = 20
     texts_per_image: int = 50
     weight: float = 1.0
     references: int = 32
-    seed: int = field(default=0, repr=False)
     read_tile: Callable[[SearchHit], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _priors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
@@ -116,7 +127,7 @@ class Reranker:
         keys = memory() if memory is not None else None
         if keys is None or len(keys) == 0:
             return None
-        pick = np.random.default_rng(self.seed).choice(len(keys), min(self.references, len(keys)), replace=False)
+        pick = np.random.default_rng(REFERENCE_SEED).choice(len(keys), min(self.references, len(keys)), replace=False)
         return keys[pick]
 
     def text_priors(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray:
@@ -207,16 +218,18 @@ class Reranker:
         second opinion: it keeps its place, and a warning names it. Scores stay the encoder's cosines. (Tiles are
         read with the bands their file names; a STAC asset indexed with chosen bands is re-read with the file's.)"""
         head = list(hits[: self.images_per_text])
-        pixels, readable = [], []
+        pending, features, readable = [], [], []
         for slot, hit in enumerate(head):
             try:
-                pixels.append(self.read_tile(hit) if self.read_tile is not None
-                              else read_window_rgb(hit.path, hit.window))
+                pending.append((self.read_tile or read_hit)(hit))
                 readable.append(slot)
             except (InputError, OSError) as exc:
                 log.warning("re-ranking: tile %s (%s) not read, left in its place: %s", hit.id, hit.path, exc)
+            if pending and (slot == len(head) - 1 or sum(p.nbytes for p in pending) > PENDING_BYTES):
+                features.append(self.image_features(pending))
+                pending = []
         if len(readable) >= 2:
-            ll = self.captioner.text_logprobs(self.image_features(pixels), [text] * len(readable))
+            ll = self.captioner.text_logprobs(np.concatenate(features), [text] * len(readable))
             combined = self._combine(np.array([[head[i].score for i in readable]]), ll[None])[0]
             moved = [head[readable[i]] for i in np.argsort(-combined, kind="stable")]
             for slot, hit in zip(readable, moved):

@@ -31,6 +31,15 @@ def _encoder_for(store: IndexStore | ShardSet, encoder=None, text_only: bool = F
     return encoder
 
 
+def _check_reranker(rerank) -> None:
+    """:func:`terravl.tasks.rerank.check_reranker`, imported only when a re-ranker is given: a cold text search
+    must not pay for the raster stack that re-ranking reads tiles with."""
+    if rerank is not None:
+        from terravl.tasks.rerank import check_reranker
+
+        check_reranker(rerank)
+
+
 def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, image=None, k: int = 10,
            bbox: str | tuple[float, float, float, float] | None = None, date_from: str | None = None,
            date_to: str | None = None, encoder=None, approximate: bool | None = None,
@@ -49,9 +58,7 @@ def search(index: str | Path | IndexStore | ShardSet, text: str | None = None, i
     ``rerank`` (a :class:`~terravl.tasks.rerank.Reranker`, text queries only) has a captioner re-read the best
     ``rerank.images_per_text`` tiles from their source files and re-order them; scores stay the cosines. It costs
     reading and encoding those tiles and one language-model pass each (tens of milliseconds on a CPU)."""
-    from terravl.tasks.rerank import check_reranker
-
-    check_reranker(rerank)
+    _check_reranker(rerank)
     if (text is None) == (image is None):
         raise InputError("query", "give exactly one of a text or an image")
     if text is not None:
@@ -154,17 +161,19 @@ def search_captions(image, captions: list[str], encoder, k: int = 5, rerank=None
     """The ``k`` captions of a collection that best describe ``image`` (image → text retrieval). ``rerank`` (a
     :class:`~terravl.tasks.rerank.Reranker`) has a captioner re-order the best ``rerank.texts_per_image``; scores
     stay the cosines."""
-    from terravl.tasks.rerank import check_reranker
-
     k = check_k(k)
-    check_reranker(rerank)
+    _check_reranker(rerank)
+    if rerank is not None:  # decoded once, for the encoder and the captioner
+        from terravl.models.images import to_pil
+
+        image = to_pil(image)
     image_emb = encoder.encode_images([image])[0]
     text_emb = encoder.encode_texts(captions)
     if rerank is not None:
         cosines = text_emb @ image_emb
-        order = rerank.rank_texts(image, captions, cosines)[:k]
-        return [CaptionMatch(caption=captions[int(p)], score=float(cosines[p]), rank=r + 1)
-                for r, p in enumerate(order)]
-    pos, scores = exact_search(text_emb, image_emb, k)
+        pos = rerank.rank_texts(image, captions, cosines)[:k]
+        scores = cosines[pos]
+    else:
+        pos, scores = exact_search(text_emb, image_emb, k)
     return [CaptionMatch(caption=captions[int(p)], score=float(s), rank=r + 1)
             for r, (p, s) in enumerate(zip(pos, scores))]

@@ -35,8 +35,7 @@ async def search_text(request: Request, service: ServiceDep,
     """Text search: the ``k`` best tiles, each with its footprint and thumbnail URL."""
     text, k, box = check_text(q, "q"), check_k(k, maximum=MAX_HITS), check_bbox(bbox)
     date_from, date_to = check_date_range(date_from, date_to)
-    pool = service.heavy if rerank else service.light  # re-ranking reads tiles and runs the captioner
-    return await pool.run(service.search_text, index, text, k, box, date_from, date_to, rerank, request=request)
+    return await service.search_pool(rerank).run(service.search_text, index, text, k, box, date_from, date_to, rerank, request=request)
 
 
 @router.post("/api/v1/search", response_model=list[Hit], tags=["search"])
